@@ -1,0 +1,48 @@
+"""almtok: text-to-audio language modelling over continuous-valued tokens."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "array-record>=0.8.6,<0.9",
+    "numpy>=2.0,<2.5",
+    "scipy>=1.11",
+    "librosa>=0.11,<0.12",
+    "soundfile>=0.12",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "tensorflow-cpu>=2.21,<2.22",
+    "tensorboard>=2.21,<2.22",
+    "clu>=0.0.12",
+    "ml-collections>=1.1,<1.2",
+    "einops>=0.8.2,<0.9",
+    "safetensors>=0.4",
+    "tokenizers>=0.19",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+    "absl-py>=2.1",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
+    ],
+}
+
+setuptools.setup(
+    name="almtok",
+    version="0.1.0",
+    description=__doc__,
+    packages=setuptools.find_packages(include=["almtok", "almtok.*", "configs"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
