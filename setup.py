@@ -25,6 +25,9 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "absl-py>=2.1",
+    # TFDS needs it to build a dataset defined inside a package (it only declares it for
+    # Python < 3.9).
+    "importlib_resources>=6",
 ]
 
 EXTRAS_REQUIRE = {

@@ -14,7 +14,7 @@ Conventions:
     noisy. Functions below take `t_N` as such an index into *their* schedule. The network is
     always shown `schedule.timesteps[t_N]`, the index into the original T-step schedule, so a
     denoiser trained on T steps is sampled unchanged on a respaced schedule.
-  * alphas_cumprod[k] is the signal fraction after step k has been applied (improved-DDPM
+  * ab is short for alphas_cumprod. alphas_cumprod[k] is the signal fraction after step k has been applied (improved-DDPM
     indexing): x_k = sqrt(ab_k) x0 + sqrt(1 - ab_k) eps. There is no entry for clean data;
     alphas_cumprod_prev[0] = 1 stands for it.
   * `prediction` names what the network outputs: 'eps' (the noise) or 'v'
@@ -22,6 +22,8 @@ Conventions:
   * Denoise functions: `diffusion_loss` calls `denoise_fn(x_t_NxC, t_N, z_NxD)`; samplers call
     `denoise_fn(x_t_NxC, t_N)` and the caller closes over its conditioning (see `with_cfg`).
     In both, t_N holds original-T timesteps (int32) and the output is cast to float32.
+  * Temperature scales only the per-step sampling noise; CFG combines [cond; uncond] halves of
+    one batch as uncond + s * (cond - uncond). Both accept a scalar or a per-example [N] array.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ _PREDICTIONS = ("eps", "v")
 
 
 class Schedule(NamedTuple):
-  """Constants of a K-step Gaussian diffusion; every field is a float32 [K] array.
+  """Constants of a K-step Gaussian diffusion; every field but `timesteps` is float32 [K].
 
   `timesteps` (int32 [K]) maps each step to its index in the original T-step schedule
   (arange(T) unless respaced). Built in float64 on the host, stored as float32.
   """
 
   betas: Array
+  alphas: Array
   alphas_cumprod: Array
   alphas_cumprod_prev: Array
   sqrt_alphas_cumprod: Array
@@ -65,49 +68,86 @@ class Schedule(NamedTuple):
     return self.betas.shape[0]
 
 
-def _schedule_from_betas(betas_K: np.ndarray, timesteps_K: np.ndarray) -> Schedule:
-  """Derives every constant in float64 from the float32-rounded betas, then stores float32.
+def _log_alphas(betas32_K: np.ndarray, alphas32_K: np.ndarray) -> np.ndarray:
+  """log(1 - beta) in float64 from whichever of the float32 beta, 1 - beta is the smaller.
 
-  Rounding the betas first makes the stored constants exactly those of the stored betas, so a
-  schedule rebuilt from its own betas (e.g. `respace(s, s.num_steps)`) is bit-identical.
+  float32 holds a small number to 24 bits but 1 - (small) only to ~1e-7 absolute, so small
+  betas (the first steps) come from `betas` and betas near 1 (the last, respaced) from `alphas`.
   """
-  betas_K = np.asarray(betas_K, dtype=np.float32).astype(np.float64)
-  if betas_K.ndim != 1 or np.any(betas_K <= 0) or np.any(betas_K > 1):
-    raise ValueError("betas must be a 1-D array in (0, 1].")
-  alphas_K = 1.0 - betas_K
-  ab_K = np.cumprod(alphas_K)
+  betas_K = np.asarray(betas32_K, np.float64)
+  alphas_K = np.asarray(alphas32_K, np.float64)
+  with np.errstate(divide="ignore"):
+    return np.where(betas_K < 0.5, np.log1p(-betas_K), np.log(alphas_K))
+
+
+def _round_pair(log_alphas_K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """float32 (beta, alpha): the smaller one rounded, the other 1 minus it (so idempotent)."""
+  betas32_K = (-np.expm1(log_alphas_K)).astype(np.float32)
+  alphas32_K = np.exp(log_alphas_K).astype(np.float32)
+  one_minus = lambda a32: (1.0 - a32.astype(np.float64)).astype(np.float32)
+  small_beta_K = betas32_K < 0.5
+  return (np.where(small_beta_K, betas32_K, one_minus(alphas32_K)),
+          np.where(small_beta_K, one_minus(betas32_K), alphas32_K))
+
+
+def _schedule_from_log_alphas(log_alphas_K: np.ndarray, timesteps_K: np.ndarray) -> Schedule:
+  """Derives every constant in float64, then stores float32.
+
+  The per-step (beta, alpha) pair is rounded to float32 first and everything is derived from
+  the rounded pair, so a schedule rebuilt from its own stored fields is bit-identical
+  (`respace(s, s.num_steps) == s`).
+  """
+  log_alphas_K = np.asarray(log_alphas_K, np.float64)
+  if log_alphas_K.ndim != 1 or not np.all((log_alphas_K < 0) & np.isfinite(log_alphas_K)):
+    raise ValueError("every beta must lie in (0, 1).")
+  betas32_K, alphas32_K = _round_pair(log_alphas_K)
+  log_alphas_K = _log_alphas(betas32_K, alphas32_K)
+  betas_K = -np.expm1(log_alphas_K)
+  alphas_K = np.exp(log_alphas_K)
+  log_ab_K = np.cumsum(log_alphas_K)
+  ab_K = np.exp(log_ab_K)
+  one_minus_ab_K = -np.expm1(log_ab_K)
   ab_prev_K = np.append(1.0, ab_K[:-1])
-  post_var_K = betas_K * (1.0 - ab_prev_K) / (1.0 - ab_K)
+  one_minus_ab_prev_K = np.append(0.0, one_minus_ab_K[:-1])
+  post_var_K = betas_K * one_minus_ab_prev_K / one_minus_ab_K
   # The posterior variance is 0 at k = 0; its log borrows step 1 so that it stays finite
   # (the value at k = 0 is never used because the last reverse step adds no noise).
   post_var_for_log_K = np.append(post_var_K[1], post_var_K[1:]) if len(betas_K) > 1 else betas_K
   f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
   return Schedule(
-      betas=f32(betas_K),
+      betas=f32(betas32_K),
+      alphas=f32(alphas32_K),
       alphas_cumprod=f32(ab_K),
       alphas_cumprod_prev=f32(ab_prev_K),
       sqrt_alphas_cumprod=f32(np.sqrt(ab_K)),
-      sqrt_one_minus_alphas_cumprod=f32(np.sqrt(1.0 - ab_K)),
-      sqrt_recip_alphas_cumprod=f32(np.sqrt(1.0 / ab_K)),
-      sqrt_recipm1_alphas_cumprod=f32(np.sqrt(1.0 / ab_K - 1.0)),
+      sqrt_one_minus_alphas_cumprod=f32(np.sqrt(one_minus_ab_K)),
+      sqrt_recip_alphas_cumprod=f32(np.exp(-0.5 * log_ab_K)),
+      sqrt_recipm1_alphas_cumprod=f32(np.sqrt(np.expm1(-log_ab_K))),
       posterior_variance=f32(post_var_K),
       posterior_log_variance_clipped=f32(np.log(post_var_for_log_K)),
-      posterior_mean_coef1=f32(betas_K * np.sqrt(ab_prev_K) / (1.0 - ab_K)),
-      posterior_mean_coef2=f32((1.0 - ab_prev_K) * np.sqrt(alphas_K) / (1.0 - ab_K)),
+      posterior_mean_coef1=f32(betas_K * np.sqrt(ab_prev_K) / one_minus_ab_K),
+      posterior_mean_coef2=f32(one_minus_ab_prev_K * np.sqrt(alphas_K) / one_minus_ab_K),
       timesteps=jnp.asarray(timesteps_K, dtype=jnp.int32),
   )
+
+
+def _schedule_from_betas(betas_K: np.ndarray) -> Schedule:
+  betas_K = np.asarray(betas_K, np.float64)
+  if betas_K.ndim != 1 or np.any(betas_K <= 0) or np.any(betas_K >= 1):
+    raise ValueError("betas must be a 1-D array in (0, 1).")
+  return _schedule_from_log_alphas(np.log1p(-betas_K), np.arange(len(betas_K)))
 
 
 def cosine_schedule(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
   """Nichol & Dhariwal's cosine schedule.
 
   With f(u) = cos^2((u + s) / (1 + s) * pi / 2): beta_k = min(1 - f((k+1)/T) / f(k/T), max_beta),
-  so alphas_cumprod[k] = f((k+1)/T) / f(0) wherever no beta up to k was clipped (in practice
-  only the last step or two, where f -> 0, are clipped).
+  so alphas_cumprod[k] = f((k+1)/T) / f(0) wherever no beta up to k was clipped (for T = 1000
+  only the last beta, where f(1) = 0, is clipped).
   """
   f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
   betas = [min(1.0 - f((k + 1) / num_steps) / f(k / num_steps), max_beta) for k in range(num_steps)]
-  return _schedule_from_betas(np.array(betas), np.arange(num_steps))
+  return _schedule_from_betas(np.array(betas))
 
 
 def linear_schedule(
@@ -115,12 +155,12 @@ def linear_schedule(
 ) -> Schedule:
   """DDPM's linear betas; the endpoints are scaled by 1000 / num_steps as in improved DDPM."""
   scale = 1000.0 / num_steps
-  betas = np.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=np.float64)
-  return _schedule_from_betas(betas, np.arange(num_steps))
+  return _schedule_from_betas(
+      np.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=np.float64))
 
 
 def respaced_timesteps(num_steps: int, k: int) -> np.ndarray:
-  """k evenly spaced indices into 0..num_steps-1, always keeping both ends."""
+  """k evenly spaced indices into 0..num_steps-1 (rounded), always keeping both ends."""
   if not 1 <= k <= num_steps:
     raise ValueError(f"cannot keep {k} of {num_steps} steps")
   if k == 1:
@@ -132,17 +172,17 @@ def respaced_timesteps(num_steps: int, k: int) -> np.ndarray:
 def respace(schedule: Schedule, k: int) -> Schedule:
   """Keeps k evenly spaced steps of `schedule` (improved-DDPM respacing).
 
-  The kept steps have exactly the original alphas_cumprod; betas are recomputed so that the
-  k-step chain reaches those noise levels: beta'_j = 1 - ab[kept_j] / ab[kept_{j-1}]. The
-  products are taken over the original betas in float64, so respace(s, s.num_steps) == s
-  exactly.
-  Call on the host (k is static); the result is an ordinary `Schedule`.
+  The kept steps keep the original alphas_cumprod (to float32 rounding); betas are recomputed
+  so that the k-step chain reaches those levels: 1 - beta'_j = ab[kept_j] / ab[kept_{j-1}],
+  taken as a float64 product of the original (1 - beta) over the skipped steps. respace(s,
+  s.num_steps) == s exactly. Call on the host (k is static); the result is a `Schedule`.
   """
   kept_K = respaced_timesteps(schedule.num_steps, k)
-  ab64_T = np.cumprod(1.0 - np.asarray(schedule.betas, dtype=np.float64))
-  ab64_K = ab64_T[kept_K]
-  betas_K = 1.0 - ab64_K / np.append(1.0, ab64_K[:-1])
-  return _schedule_from_betas(betas_K, np.asarray(schedule.timesteps)[kept_K])
+  log_alphas_T = _log_alphas(np.asarray(schedule.betas), np.asarray(schedule.alphas))
+  # Step j absorbs the original steps kept_{j-1}+1 .. kept_j; reduceat sums each such segment.
+  starts_K = np.append(0, kept_K[:-1] + 1)
+  log_alphas_K = np.add.reduceat(log_alphas_T, starts_K)
+  return _schedule_from_log_alphas(log_alphas_K, np.asarray(schedule.timesteps)[kept_K])
 
 
 def _at(a_K: Array, t_N: Array, x: Array) -> Array:
@@ -182,11 +222,17 @@ def posterior_mean_variance(
 
 
 def predict_x0_from_eps(schedule: Schedule, x_t_NxC: Array, t_N: Array, eps_NxC: Array) -> Array:
+  """x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab).
+
+  Ill-conditioned at the noisiest steps: at the last cosine step (beta = 0.999) 1/sqrt(ab) is
+  about 2e4, so an eps error of 1e-3 becomes an x0 error of 20 (v prediction has no such gain).
+  """
   return (_at(schedule.sqrt_recip_alphas_cumprod, t_N, x_t_NxC) * x_t_NxC
           - _at(schedule.sqrt_recipm1_alphas_cumprod, t_N, x_t_NxC) * eps_NxC)
 
 
 def predict_eps_from_x0(schedule: Schedule, x_t_NxC: Array, t_N: Array, x0_NxC: Array) -> Array:
+  """eps = (x_t / sqrt(ab) - x0) / sqrt(1 / ab - 1)."""
   return ((_at(schedule.sqrt_recip_alphas_cumprod, t_N, x_t_NxC) * x_t_NxC - x0_NxC)
           / _at(schedule.sqrt_recipm1_alphas_cumprod, t_N, x_t_NxC))
 
@@ -219,7 +265,8 @@ def x0_eps_from_output(
   if prediction == "eps":
     eps, x0 = out_NxC, predict_x0_from_eps(schedule, x_t_NxC, t_N, out_NxC)
   else:
-    eps, x0 = eps_from_v(schedule, x_t_NxC, t_N, out_NxC), x0_from_v(schedule, x_t_NxC, t_N, out_NxC)
+    eps = eps_from_v(schedule, x_t_NxC, t_N, out_NxC)
+    x0 = x0_from_v(schedule, x_t_NxC, t_N, out_NxC)
   if clip_x0 is not None:
     x0 = jnp.clip(x0, -clip_x0, clip_x0)
     eps = predict_eps_from_x0(schedule, x_t_NxC, t_N, x0)
@@ -279,7 +326,9 @@ def diffusion_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-def cfg_scale_at(progress: float | Array, scale: float | Array, schedule: str = "constant") -> Array:
+def cfg_scale_at(
+    progress: float | Array, scale: float | Array, schedule: str = "constant"
+) -> Array:
   """Guidance scale at generation progress in [0, 1] (the fraction of tokens already produced).
 
   'constant' returns `scale`; 'linear' ramps from 1 at progress 0 to `scale` at progress 1
@@ -370,6 +419,8 @@ def ddpm_sample(
   entry replaced by the posterior variance of step 1, as improved DDPM does). `temperature` is a
   scalar or per-example [N] array that scales only the per-step noise (MAR's convention);
   the initial x_T is never scaled. Pass a shape to draw x_T ~ N(0, I) from `rng`.
+  `clip_x0` clips the x0 estimate to [-clip_x0, clip_x0] at every step (off by default; with
+  eps prediction an imperfect network may need it, see `predict_x0_from_eps`).
   Returns float32 samples with x_T's shape.
   """
   _check_prediction(prediction)

@@ -23,6 +23,12 @@ def get_builder(dataset: ml_collections.ConfigDict, data_dir: str) -> tfds.core.
             num_train=dataset.num_train, num_validation=dataset.num_validation,
             num_test=dataset.num_test, seed=dataset.seed),
         data_dir=data_dir)
+  if dataset.name == "debian_sounds":
+    from almtok.data import debian_sounds  # pylint: disable=g-import-not-at-top
+    config = debian_sounds.DebianSoundsConfig(
+        name=f"sr{dataset.sample_rate}_max{dataset.max_seconds:g}".replace(".", "p"),
+        sample_rate=dataset.sample_rate, max_seconds=dataset.max_seconds)
+    return debian_sounds.DebianSounds(config=config, data_dir=data_dir)
   raise ValueError(f"dataset.name={dataset.name!r}: must be one of {list(NAMES)}")
 
 

@@ -1,0 +1,90 @@
+r"""Parameter counts and analytic FLOPs per generated token.
+
+  python -m almtok.param_count --config=configs/continuous_lm.py:base
+
+Counts come from `jax.eval_shape` (nothing is allocated) and exclude the frozen MiniLM text
+encoder. FLOPs count multiply-adds as 2 and cover matmuls and attention; one generated token
+costs one decoder step (at the average context of a full-length clip) plus K head evaluations,
+and classifier-free guidance doubles both (conditional and unconditional rows in one batch).
+"""
+
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+import jax
+from flax import nnx
+
+from almtok import configlib
+from almtok import models
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file.", lock_config=True)
+
+
+def _size(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def _matmul_params(module: nnx.Module) -> int:
+  """Parameters that multiply activations (Linear kernels), i.e. FLOPs / 2 per row."""
+  total = 0
+  for path, value in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+    if path[-1] == "kernel":
+      total += value.size
+  return total
+
+
+def count(config) -> dict:
+  """Parameter counts and FLOPs per generated token for a model config."""
+  model = models.abstract(config)
+  total = _size(nnx.state(model, nnx.Param))
+  decoder = _size(nnx.state(model.decoder, nnx.Param))
+  head = _size(nnx.state(model.head, nnx.Param))
+  dec_cfg = config.model.decoder
+  width, layers = dec_cfg.width, dec_cfg.num_layers
+  avg_context = model.prefix_len + config.model.max_len / 2
+  decoder_step = 2 * _matmul_params(model.decoder) + 2 * 2 * layers * avg_context * width
+  decoder_step += 2 * _matmul_params(model.in_proj)
+  head_eval = 2 * _matmul_params(model.head)
+  flops = {}
+  for k in sorted({config.diffusion.sample_steps, 25}, reverse=True):
+    for cfg in (False, True):
+      flops[(k, cfg)] = (1 + cfg) * (decoder_step + k * head_eval)
+  return dict(total=total, decoder=decoder, head=head, other=total - decoder - head,
+              decoder_step_flops=decoder_step, head_eval_flops=head_eval, flops=flops,
+              avg_context=avg_context)
+
+
+def report(config, counts: dict) -> str:
+  t = counts["total"]
+  lines = [
+      f"model {config.model_name}: decoder {config.model.decoder.num_layers} x "
+      f"{config.model.decoder.width}, head {config.model.head.depth} x {config.model.head.width}"
+      f", {config.model.max_len} tokens of {config.model.token_dim} channels",
+      "parameters (from jax.eval_shape; the frozen MiniLM text encoder is not counted):",
+      f"  {'total':<28}{t / 1e6:>9.2f}M" + (
+          f"  (paper: {config.paper_params / 1e6:.0f}M, "
+          f"{100 * (t / config.paper_params - 1):+.1f}%)" if config.paper_params else ""),
+  ]
+  for name, desc in (("decoder", "causal decoder"), ("head", "diffusion head"),
+                     ("other", "prefix/input projections")):
+    lines.append(f"  {desc:<28}{counts[name] / 1e6:>9.2f}M  {100 * counts[name] / t:5.1f}%")
+  lines.append(f"FLOPs per generated token (decoder step at average context "
+               f"{counts['avg_context']:.0f} slots + K head steps):")
+  lines.append(f"  decoder step {counts['decoder_step_flops'] / 1e9:.3f} GFLOP, "
+               f"one head step {counts['head_eval_flops'] / 1e9:.4f} GFLOP")
+  for (k, cfg), f in counts["flops"].items():
+    lines.append(f"  K={k:<4} {'with CFG   ' if cfg else 'without CFG'} {f / 1e9:9.3f} GFLOP")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  configlib.validate(config, choices={"model_name": models.NAMES})
+  print(report(config, count(config)))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  configlib.run(main)
