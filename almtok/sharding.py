@@ -1,0 +1,106 @@
+"""Device mesh and sharding rules, kept as data.
+
+The mesh has two axes: `data` (pure data parallelism: parameters replicated) and `fsdp` (data
+parallelism with parameters, gradients and optimizer state sharded). The batch is split over
+both. Parameters follow `PARAM_RULES`: the first rule whose glob matches the parameter's path
+gives, per array dimension, the mesh axis it is split over (None: not split). A dimension that
+the `fsdp` axis does not divide stays whole, so every config runs on every mesh.
+
+Paths are the parameter's keys joined by '/', e.g. `decoder/blocks/3/attn/qkv/kernel`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")
+
+# (path glob, mesh axis per dimension). Large matrices are split along their input dimension,
+# embeddings along the vocabulary/position dimension; vectors (norms, biases) are replicated.
+PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    ("*/kernel", ("fsdp", None)),
+    ("*/embedding", ("fsdp", None)),
+    ("null_prefix", (None, "fsdp")),
+    ("*", ()),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'fsdp') mesh over all devices; -1 takes what the other axis leaves.
+
+  Axes are Auto so that the compiler propagates shardings through NNX code (Explicit axes make
+  gradients of NNX modules fail with a sharding type error).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if data == -1 and fsdp == -1:
+    raise ValueError("at most one of mesh.data and mesh.fsdp may be -1")
+  if data == -1:
+    data = n // fsdp
+  if fsdp == -1:
+    fsdp = n // data
+  if data * fsdp != n:
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} does not match {n} devices")
+  return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(AxisType.Auto, AxisType.Auto),
+                       devices=devices)
+
+
+def path_str(path) -> str:
+  """'a/b/0/kernel' for a pytree key path."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """The PartitionSpec of one parameter under `PARAM_RULES` on `mesh`."""
+  for pattern, axes in PARAM_RULES:
+    if fnmatch.fnmatchcase(path, pattern):
+      break
+  else:
+    axes = ()
+  axes = tuple(axes[:len(shape)]) + (None,) * (len(shape) - len(axes))
+  spec = []
+  for dim, axis in zip(shape, axes):
+    size = mesh.shape[axis] if axis else 1
+    spec.append(axis if axis and size > 1 and dim % size == 0 else None)
+  return P(*spec)
+
+
+def param_shardings(abstract_tree, mesh: Mesh):
+  """NamedShardings for a pytree of (abstract) arrays, by `PARAM_RULES`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: NamedSharding(mesh, spec_for(path_str(path), tuple(x.shape), mesh)),
+      abstract_tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Leading (batch) dimension split over data and fsdp; the rest whole."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(batch: dict, mesh: Mesh) -> dict:
+  """Assembles each process's local batch into global arrays split over the batch axes."""
+  def put(x):
+    x = np.asarray(x)
+    sharding = batch_sharding(mesh, x.ndim)
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x)
+  return jax.tree.map(put, batch)
