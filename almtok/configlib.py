@@ -19,7 +19,11 @@ import ml_collections
 from ml_collections import config_flags
 
 
-class ConfigError(ValueError):
+class FatalError(Exception):
+  """An error that an entry point reports as one line (exit status 2), without a traceback."""
+
+
+class ConfigError(FatalError, ValueError):
   """A config or flag value that cannot be used; the message names the key."""
 
 
@@ -115,13 +119,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
-  """`absl.app.run(main)` where bad flags, config overrides and `ConfigError`s end the program
-  with one line on stderr and exit status 2, before any work starts."""
+  """`absl.app.run(main)` where bad flags, config overrides and `FatalError`s (such as
+  `ConfigError`, raised before any work starts) end the program with one line on stderr and
+  exit status 2."""
 
   def guarded(argv):
     try:
       return main(argv)
-    except ConfigError as e:
+    except FatalError as e:
       _fail(str(e))
 
   app.run(guarded, flags_parser=_parse_flags)

@@ -1,0 +1,418 @@
+r"""Trains the audio LM on prepared latents.
+
+  python -m almtok.train --config=configs/synth_small.py --workdir=/tmp/lm \
+      --config.data.latents_dir=/tmp/prep/latents
+
+The run resumes by itself from the newest checkpoint in --workdir, saves and exits cleanly on
+SIGTERM, and stops with one line naming the step and the metric when the loss or gradient is
+not finite (the last good checkpoint stays). Only process 0 writes logs and files.
+
+On several hosts, pass --multihost (and, off TPU pods and SLURM, --coordinator_address,
+--num_processes and --process_id) so that `jax.distributed.initialize` runs first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+from flax import nnx
+
+from almtok import checkpoint
+from almtok import configlib
+from almtok import diffusion
+from almtok import models
+from almtok import optim
+from almtok import sharding
+from almtok.models import continuous_lm
+from almtok.text.minilm import TextEmbedding, TextEncoder
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+class NonFiniteError(configlib.FatalError):
+  """The loss or the gradient stopped being finite."""
+
+
+class WorkdirLockedError(configlib.FatalError):
+  """Another training process holds the workdir."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces that the tests and the benchmarks call directly.
+# ----------------------------------------------------------------------------------------------
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Range checks that must pass before any work starts."""
+  configlib.validate(config, choices={
+      "model_name": models.NAMES, "dtype": ("float32", "bfloat16"),
+      "diffusion.prediction": ("eps", "v"), "diffusion.schedule": ("cosine", "linear")})
+  t = config.train
+  if config.data.batch_size % t.grad_accum:
+    raise configlib.ConfigError(
+        f"config.train.grad_accum={t.grad_accum}: must divide data.batch_size="
+        f"{config.data.batch_size}")
+  if config.data.seq_len > config.model.max_len:
+    raise configlib.ConfigError(f"config.data.seq_len={config.data.seq_len}: must be <= "
+                                f"model.max_len={config.model.max_len}")
+  if not 0.0 <= t.ema_decay < 1.0:
+    raise configlib.ConfigError(f"config.train.ema_decay={t.ema_decay}: must be in [0, 1)")
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
+  make = {"cosine": diffusion.cosine_schedule, "linear": diffusion.linear_schedule}
+  return make[config.diffusion.schedule](config.diffusion.num_steps)
+
+
+def abstract_state(config, mesh, tx):
+  """The train state's graphdef, shapes and shardings, without allocating anything."""
+  model = models.abstract(config)
+  graphdef, params = nnx.split(model, nnx.Param)
+  opt_state = jax.eval_shape(tx.init, params)
+  state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
+           "opt_state": opt_state, "ema": params}
+  shardings = sharding.param_shardings(state, mesh)
+  return graphdef, state, shardings
+
+
+def init_state(config, mesh, tx):
+  """Creates the train state directly in its shardings: eval_shape, then a jitted init."""
+  graphdef, abstract, shardings = abstract_state(config, mesh, tx)
+
+  @functools.partial(jax.jit, out_shardings=shardings)
+  def init():
+    params = nnx.state(models.build(config, nnx.Rngs(config.seed)), nnx.Param)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "ema": jax.tree.map(jnp.copy, params)}
+
+  del abstract
+  return graphdef, init(), shardings
+
+
+def loss_kwargs(config) -> dict[str, Any]:
+  return dict(cfg_dropout=config.loss.cfg_dropout, mntp_weight=config.loss.mntp_weight,
+              drop_mixture=config.loss.drop_mixture, batch_mul=config.diffusion.batch_mul,
+              prediction=config.diffusion.prediction)
+
+
+def make_train_step(config, graphdef, tx, schedule):
+  """The pure step `(state, batch, rng) -> (state, metrics)`.
+
+  `batch` holds `x_BxLxC`, `mask_BxL` and `text` (a TextEmbedding). With grad_accum > 1 the batch
+  is split into micro-batches whose gradients are averaged in a scan. A step whose loss or
+  gradient norm is not finite leaves the state unchanged and reports `finite = 0`.
+  """
+  kwargs = loss_kwargs(config)
+  accum = config.train.grad_accum
+
+  def loss(params, micro, rng):
+    model = nnx.merge(graphdef, params)
+    return continuous_lm.loss_fn(model, micro["text"], micro["x_BxLxC"], micro["mask_BxL"],
+                                 rng, schedule=schedule, **kwargs)
+
+  grad_fn = jax.value_and_grad(loss, has_aux=True)
+
+  def train_step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state["step"])
+    if accum == 1:
+      (_, metrics), grads = grad_fn(state["params"], batch, rng)
+    else:
+      micro = jax.tree.map(lambda a: a.reshape(accum, a.shape[0] // accum, *a.shape[1:]), batch)
+
+      def body(carry, inputs):
+        grads_acc, metrics_acc = carry
+        i, mb = inputs
+        (_, m), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, grads_acc, g), jax.tree.map(jnp.add, metrics_acc, m)), None
+
+      zeros_g = jax.tree.map(jnp.zeros_like, state["params"])
+      _, metrics_shape = jax.eval_shape(grad_fn, state["params"],
+                                        jax.tree.map(lambda a: a[0], micro), rng)[0]
+      zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+      (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (jnp.arange(accum), micro))
+      grads = jax.tree.map(lambda g: g / accum, grads)
+      metrics = jax.tree.map(lambda m: m / accum, metrics)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
+                             for g in jax.tree.leaves(grads)))
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
+    new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+           "ema": optim.ema_update(state["ema"], params, config.train.ema_decay)}
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
+                   lr=optim.learning_rate(config.train)(state["step"]))
+    return new, metrics
+
+  return train_step
+
+
+def make_eval_step(config, graphdef, schedule):
+  """Validation loss of the EMA parameters (no CFG dropout, fixed noise per batch)."""
+  kwargs = dict(loss_kwargs(config), cfg_dropout=0.0)
+
+  def eval_step(params, batch, rng):
+    model = nnx.merge(graphdef, params)
+    _, metrics = continuous_lm.loss_fn(model, batch["text"], batch["x_BxLxC"], batch["mask_BxL"],
+                                       rng, schedule=schedule, **kwargs)
+    return metrics
+
+  return eval_step
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds an exclusive lock on the workdir for as long as the run lives (the OS drops it when
+  the process dies), so a second trainer on the same workdir is refused."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "train.lock")
+  with open(path, "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "unknown"
+      raise WorkdirLockedError(f"workdir {workdir} is in use by another training process "
+                               f"(pid {holder}); stop it or choose another --workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag that the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def matmul_flops_per_second(n: int = 1024, repeats: int = 5) -> float:
+  """Dense float32 matmul throughput of this process's first device, measured now."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    f(a).block_until_ready()
+  return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def train_flops_per_step(config, graphdef, abstract_params) -> float:
+  """Analytic model FLOPs of one step (forward + backward = 3x forward; matmuls + attention)."""
+  model = nnx.merge(graphdef, abstract_params)
+  kernels = lambda m: sum(v.size for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
+                          if p[-1] == "kernel")
+  b, l = config.data.batch_size, config.data.seq_len
+  copies = 2 if config.loss.mntp_weight > 0 else 1
+  s = model.prefix_len + l
+  dec = config.model.decoder
+  decoder = 2 * kernels(model.decoder) * s + 2 * 2 * dec.num_layers * s * s * dec.width
+  head = 2 * kernels(model.head) * l * config.diffusion.batch_mul
+  return 3.0 * b * copies * (decoder + head)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training run.
+# ----------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains until `train.num_steps` (or `train.max_minutes`, or SIGTERM); returns a summary."""
+  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
+  check_config(config)
+  is_main = jax.process_index() == 0
+  lock = workdir_lock(workdir) if is_main else contextlib.nullcontext()
+  with lock, _Preemption() as preemption:
+    # --- Mesh ----------------------------------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    jax.set_mesh(mesh)
+    logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
+                 jax.process_count())
+
+    # --- Input ---------------------------------------------------------------------------------
+    global_batch = config.data.batch_size
+    if global_batch % jax.process_count():
+      raise configlib.ConfigError(f"config.data.batch_size={global_batch}: must divide over "
+                                  f"{jax.process_count()} processes")
+    local_batch = global_batch // jax.process_count()
+    train_ds = pipeline.make_dataset(
+        config.data.latents_dir, "train", seq_len=config.data.seq_len, batch_size=local_batch,
+        seed=config.seed, shuffle=True, repeat=True, text_max_len=config.model.text_len,
+        worker_count=config.data.worker_count)
+    train_iter = iter(train_ds)
+    text_encoder = TextEncoder(max_len=config.model.text_len)
+
+    # --- Model and shardings -------------------------------------------------------------------
+    tx = optim.make_optimizer(config.train)
+    schedule = make_schedule(config)
+    graphdef, state_abstract, state_sh = abstract_state(config, mesh, tx)
+    repl = sharding.replicated(mesh)
+
+    @jax.jit
+    def embed_text(params, ids, mask):
+      return text_encoder.apply(params, ids, mask)
+
+    def device_batch(batch) -> dict[str, Any]:
+      arrays = sharding.global_batch(
+          {"x_BxLxC": batch["x_BxLxC"], "mask_BxL": batch["mask_BxL"],
+           "ids": batch["text_ids_BxN"], "text_mask": batch["text_mask_BxN"]}, mesh)
+      text = embed_text(text_encoder.params, arrays.pop("ids"), arrays.pop("text_mask"))
+      return dict(arrays, text=text)
+
+    # --- Update --------------------------------------------------------------------------------
+    train_step = jax.jit(make_train_step(config, graphdef, tx, schedule),
+                         out_shardings=(state_sh, repl), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(config, graphdef, schedule), out_shardings=repl)
+
+    # --- Checkpoint ----------------------------------------------------------------------------
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   max_to_keep=config.train.keep_checkpoints)
+    latest = ckpt.latest_step()
+    if latest is None:
+      graphdef, state, _ = init_state(config, mesh, tx)
+      logging.info("initialised a new model")
+    else:
+      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            state_abstract, state_sh)
+      state, extra = ckpt.restore(latest, target)
+      train_iter.set_state(extra["data_iterator"])
+      logging.info("resumed from step %d", latest)
+    start_step = int(state["step"])
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+    if start_step == 0 and is_main:
+      writer.write_hparams({k: str(v) for k, v in configlib.leaves(config)})
+    peak = config.train.peak_flops or matmul_flops_per_second()
+    step_flops = train_flops_per_step(config, graphdef, state_abstract["params"])
+    report = periodic_actions.ReportProgress(num_train_steps=config.train.num_steps,
+                                             writer=writer)
+
+    def save(step: int) -> None:
+      ckpt.save(step, state, {"data_iterator": train_iter.get_state(),
+                              "config": json.loads(config.to_json())})
+
+    # --- Evals ---------------------------------------------------------------------------------
+    def evaluate(step: int) -> None:
+      val_ds = pipeline.make_dataset(
+          config.data.latents_dir, "validation", seq_len=config.data.seq_len,
+          batch_size=local_batch, seed=0, shuffle=False, repeat=False,
+          text_max_len=config.model.text_len, drop_remainder=True)
+      totals, n = {}, 0
+      for i, batch in enumerate(val_ds):
+        if i >= config.train.eval_batches:
+          break
+        m = eval_step(state["ema"], device_batch(batch), jax.random.PRNGKey(i))
+        for k, v in jax.device_get(m).items():
+          totals[k] = totals.get(k, 0.0) + float(v)
+        n += 1
+      if n:
+        writer.write_scalars(step, {f"val/{k}": v / n for k, v in totals.items()})
+
+    # --- Loop ----------------------------------------------------------------------------------
+    rng = jax.random.PRNGKey(config.seed)
+    deadline = (time.time() + 60 * config.train.max_minutes if config.train.max_minutes > 0
+                else float("inf"))
+    history: list[dict[str, float]] = []
+    pending = None
+    last_time, last_step = time.perf_counter(), start_step
+    step = start_step
+
+    def finish(pending_metrics) -> None:
+      """Fetches a step's metrics (one step late, so the device never waits) and logs them."""
+      nonlocal last_time, last_step
+      done_step, m = pending_metrics
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      if m.pop("finite") < 1:
+        bad = next((k for k in ("loss", "grad_norm") if not np.isfinite(m[k])), "loss")
+        raise NonFiniteError(f"step {done_step}: {bad} is {m[bad]} (not finite); stopped, the "
+                             f"last good checkpoint is kept")
+      history.append(dict(m, step=done_step))
+      if done_step % config.train.log_every == 0 or done_step == config.train.num_steps:
+        now = time.perf_counter()
+        steps_per_s = (done_step - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, done_step
+        m["tokens_per_s"] = steps_per_s * global_batch * config.data.seq_len
+        m["mfu"] = steps_per_s * step_flops / (peak * jax.device_count())
+        writer.write_scalars(done_step, m)
+        logging.info("step %d: %s", done_step, ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+
+    while step < config.train.num_steps:
+      batch = device_batch(next(train_iter))
+      state, metrics = train_step(state, batch, rng)
+      step += 1
+      if pending is not None:
+        finish(pending)
+      pending = (step, metrics)
+      report(step)
+      out_of_time = time.time() > deadline
+      if (step % config.train.checkpoint_every == 0 or step == config.train.num_steps
+          or preemption.requested or out_of_time):
+        finish(pending)
+        pending = None
+        save(step)
+      if config.train.eval_every and step % config.train.eval_every == 0:
+        evaluate(step)
+      if preemption.requested or out_of_time:
+        logging.warning("stopping at step %d (%s)", step,
+                        "SIGTERM" if preemption.requested else "time budget")
+        break
+    if pending is not None:
+      finish(pending)
+    ckpt.wait()
+    writer.flush()
+    return {"step": step, "history": history}
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  check_config(config)
+  if not _WORKDIR.value:
+    raise configlib.ConfigError("--workdir is required")
+  if _MULTIHOST.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  logging.set_verbosity(logging.INFO)
+  train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  configlib.run(main)

@@ -1,0 +1,34 @@
+r"""The CPU demo: the `small` continuous LM on the synthetic set's `mel` latents.
+
+  python -m almtok.prepare --config=configs/prepare.py:synth_sounds,tokenizer=mel --workdir=/tmp/prep
+  python -m almtok.train --config=configs/synth_small.py --workdir=/tmp/lm \
+      --config.data.latents_dir=/tmp/prep/latents
+
+Args: `size` (a continuous_lm preset), `tokenizer`, `steps`, `minutes` (time budget, 0: none),
+`mntp` (False trains NTP only).
+"""
+
+import ml_collections
+
+from configs import common
+from configs import continuous_lm
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, size="small", tokenizer="mel", steps=2000, minutes=0.0, mntp=True,
+                         batch=32, seed=0)
+  config = continuous_lm.get_config(f"{arg.size},tokenizer={arg.tokenizer},seconds=4.0,"
+                                    f"seed={arg.seed}")
+  config.unlock()
+  config.data = ml_collections.ConfigDict(dict(
+      latents_dir="", seq_len=config.model.max_len, batch_size=arg.batch, worker_count=0))
+  config.loss.mntp_weight = 1.0 if arg.mntp else 0.0
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=arg.steps, max_minutes=arg.minutes,
+      learning_rate=1e-3, warmup_steps=100, final_lr_fraction=0.05, weight_decay=0.02,
+      b1=0.9, b2=0.95, grad_clip=1.0, ema_decay=0.995, grad_accum=1,
+      log_every=20, checkpoint_every=250, keep_checkpoints=2,
+      eval_every=250, eval_batches=4, peak_flops=0.0))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  config.lock()
+  return config
