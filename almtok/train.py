@@ -38,7 +38,7 @@ from almtok import models
 from almtok import optim
 from almtok import sharding
 from almtok.models import continuous_lm
-from almtok.text.minilm import TextEmbedding, TextEncoder
+from almtok.text.minilm import TextEncoder
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")

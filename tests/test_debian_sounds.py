@@ -248,7 +248,7 @@ def built(tmp_path_factory, small_roots):
 
 
 def test_builder_writes_every_usable_clip_to_its_split(built, small_roots):
-  from almtok.data import debian_sounds, tfds_common  # pylint: disable=g-import-not-at-top
+  from almtok.data import tfds_common  # pylint: disable=g-import-not-at-top
   expected = {}
   for s in ds.scan_sources(small_roots):
     try:

@@ -356,7 +356,6 @@ def test_rendering_has_no_aliasing():
   ev = _event(1.0, 0, kind="tone", waveform="saw", register="high", f0_hz=3900.0,
               envelope="sustained")
   power_K = _spectrogram(_render(ev), 2048, 512).mean(axis=0)
-  f_K = np.fft.rfftfreq(2048, 1 / SR)
   # Folded harmonics would land at 8000 - (k * 3900 - 8000) Hz, e.g. 4200 Hz and 400 Hz.
   for f in (400.0, 4200.0, 7500.0):
     k = int(round(f * 2048 / SR))

@@ -31,7 +31,6 @@ import os
 import re
 from typing import Any, NamedTuple
 
-from absl import logging
 import numpy as np
 
 from almtok import audio
