@@ -23,9 +23,6 @@ from almtok import plotting
 from almtok.data import datasets
 from almtok.data import tfds_common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Dataset config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 
 
 def check_config(config) -> None:
@@ -93,14 +90,17 @@ def print_summary(summary: dict) -> None:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   check_config(config)
-  if not _WORKDIR.value:
+  if not flags.FLAGS.workdir:
     raise configlib.ConfigError("--workdir is required")
   logging.set_verbosity(logging.WARNING)
-  print_summary(show(config, _WORKDIR.value))
+  print_summary(show(config, flags.FLAGS.workdir))
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so tests can import several entry points.
+  config_flags.DEFINE_config_file("config", None, "Dataset config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory.")
   flags.mark_flags_as_required(["config"])
   configlib.run(main)

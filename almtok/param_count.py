@@ -18,7 +18,6 @@ from flax import nnx
 from almtok import configlib
 from almtok import models
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file.", lock_config=True)
 
 
 def _size(tree) -> int:
@@ -80,11 +79,12 @@ def report(config, counts: dict) -> str:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   configlib.validate(config, choices={"model_name": models.NAMES})
   print(report(config, count(config)))
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Model config file.", lock_config=True)
   flags.mark_flags_as_required(["config"])
   configlib.run(main)

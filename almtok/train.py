@@ -40,12 +40,17 @@ from almtok import sharding
 from almtok.models import continuous_lm
 from almtok.text.minilm import TextEncoder
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so that tests can import this)."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
+  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+  flags.DEFINE_integer("process_id", None, "This process's index.")
+  flags.mark_flags_as_required(["config"])
 
 
 class NonFiniteError(configlib.FatalError):
@@ -403,16 +408,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  check_config(config)
-  if not _WORKDIR.value:
+  f = flags.FLAGS
+  check_config(f.config)
+  if not f.workdir:
     raise configlib.ConfigError("--workdir is required")
-  if _MULTIHOST.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if f.multihost:
+    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
   logging.set_verbosity(logging.INFO)
-  train_and_evaluate(config, _WORKDIR.value)
+  train_and_evaluate(f.config, f.workdir)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  define_flags()
   configlib.run(main)
