@@ -17,12 +17,13 @@ def get_builder(dataset: ml_collections.ConfigDict, data_dir: str) -> tfds.core.
   data_dir = os.path.expanduser(data_dir)
   if dataset.name == "synth_sounds":
     from almtok.data import synth_sounds  # pylint: disable=g-import-not-at-top
-    return synth_sounds.SynthSounds(
-        config=synth_sounds.make_config(
-            seconds=dataset.seconds, sample_rate=dataset.sample_rate,
-            num_train=dataset.num_train, num_validation=dataset.num_validation,
-            num_test=dataset.num_test, seed=dataset.seed),
-        data_dir=data_dir)
+    config = synth_sounds.make_config(
+        seconds=dataset.seconds, sample_rate=dataset.sample_rate, num_train=dataset.num_train,
+        num_validation=dataset.num_validation, num_test=dataset.num_test, seed=dataset.seed)
+    # TFDS wants the class's own object when the settings are those of a predefined config.
+    predefined = {c.name: c for c in synth_sounds.SynthSounds.BUILDER_CONFIGS}
+    return synth_sounds.SynthSounds(config=predefined.get(config.name, config),
+                                    data_dir=data_dir)
   if dataset.name == "debian_sounds":
     from almtok.data import debian_sounds  # pylint: disable=g-import-not-at-top
     config = debian_sounds.DebianSoundsConfig(
