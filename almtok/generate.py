@@ -79,12 +79,12 @@ def output_paths(out: str, count: int) -> list[str]:
 
 def load_run_config(workdir: str) -> dict[str, Any]:
   """The training config stored with the checkpoints (without loading any arrays)."""
-  from almtok import checkpoint  # pylint: disable=g-import-not-at-top
   if not workdir or not os.path.isdir(workdir):
     raise configlib.ConfigError(f"--workdir={workdir}: no such directory")
   path = os.path.join(workdir, "config.json")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.exists(path) or checkpoint.Checkpointer.latest_step_in(ckpt_dir) is None:
+  steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  if not os.path.exists(path) or not steps:
     raise configlib.ConfigError(f"--workdir={workdir}: no finished checkpoint (train first)")
   with open(path) as f:
     return json.load(f)
@@ -97,9 +97,10 @@ def check_compatible(config: dict[str, Any], stats: dict[str, Any]) -> None:
     raise configlib.ConfigError(f"checkpoint model_name={config.get('model_name')!r}: this "
                                 f"almtok generates from {list(models.NAMES)}")
   token_dim = config["model"]["token_dim"]
-  if stats.get("latent_dim") != token_dim:
+  latent_dim = stats["tokenizer"]["latent_dim"]
+  if latent_dim != token_dim:
     raise configlib.ConfigError(f"checkpoint token_dim={token_dim} does not match the latents' "
-                                f"latent_dim={stats.get('latent_dim')}")
+                                f"latent_dim={latent_dim}")
 
 
 def generate(workdir: str, captions: list[str], seconds: float,
@@ -107,7 +108,6 @@ def generate(workdir: str, captions: list[str], seconds: float,
              prompt_wav: np.ndarray | None = None, progress: bool = True
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
   """Waveforms [B, S] for the captions, their sample rate, and the settings used."""
-  from almtok import checkpoint  # pylint: disable=g-import-not-at-top
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
   from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
@@ -117,14 +117,14 @@ def generate(workdir: str, captions: list[str], seconds: float,
   stats = pipeline.load_stats(raw["data"]["latents_dir"])
   check_compatible(raw, stats)
   config = ml_collections.ConfigDict(raw)
-  tokenizer = tokenizers.from_stats(stats)
+  tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
   num_tokens = int(round(seconds * tokenizer.frame_rate))
   if num_tokens > config.model.max_len:
     raise configlib.ConfigError(
         f"--seconds={seconds:g}: longer than the trained context of "
         f"{config.model.max_len / tokenizer.frame_rate:g} s")
-  model = checkpoint.load_model(workdir, config, use_ema=True)
   from almtok import train  # pylint: disable=g-import-not-at-top
+  model = train.load_model(workdir, config, use_ema=True)
   sampler = sample.Sampler(model, train.make_schedule(config), settings)
   text = TextEncoder(max_len=config.model.text_len).encode(captions)
   prompt = None

@@ -252,6 +252,24 @@ def train_flops_per_step(config, graphdef, abstract_params) -> float:
   return 3.0 * b * copies * (decoder + head)
 
 
+def load_model(workdir: str, config: ml_collections.ConfigDict, use_ema: bool = True,
+               step: int | None = None) -> nnx.Module:
+  """The model of a training workdir's newest (or given) checkpoint, EMA weights by default."""
+  tx = optim.make_optimizer(config.train)
+  mesh = sharding.make_mesh(-1, 1)
+  graphdef, abstract, shardings = abstract_state(config, mesh, tx)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
+                                 async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoint")
+  state, _, _ = ckpt.restore(step, target)
+  ckpt.close()
+  return nnx.merge(graphdef, state["ema" if use_ema else "params"])
+
+
 # ----------------------------------------------------------------------------------------------
 # The training run.
 # ----------------------------------------------------------------------------------------------
@@ -317,14 +335,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             state_abstract, state_sh)
-      state, extra = ckpt.restore(latest, target)
-      train_iter.set_state(extra["data_iterator"])
+      state, meta, _ = ckpt.restore(latest, target)
+      train_iter.set_state(meta["data_iterator"])
       logging.info("resumed from step %d", latest)
     start_step = int(state["step"])
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-    if start_step == 0 and is_main:
-      writer.write_hparams({k: str(v) for k, v in configlib.leaves(config)})
+    if is_main:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+      if start_step == 0:
+        writer.write_hparams({k: str(v) for k, v in configlib.leaves(config)})
     peak = config.train.peak_flops or matmul_flops_per_second()
     step_flops = train_flops_per_step(config, graphdef, state_abstract["params"])
     report = periodic_actions.ReportProgress(num_train_steps=config.train.num_steps,

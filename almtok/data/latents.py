@@ -1,0 +1,218 @@
+"""Prepared latents on disk: the record layout, atomic ArrayRecord shards, and statistics.
+
+A prepared dataset is a folder (`<workdir>/latents/`):
+
+  config.json                                 what produced it; a resumed run must match it
+  <split>/<split>-KKKKK-of-NNNNN.array_record  the records of shard K of the split's inputs
+  <split>/<split>-KKKKK-of-NNNNN.json          the shard's manifest: records, skips, moments
+  stats.json                                  written once every shard is done (see `Stats`)
+  skipped.jsonl                               one line per input that has no record
+
+Shard K holds the records of inputs [K * inputs_per_shard, (K + 1) * inputs_per_shard) of its
+split, in input order; inputs that were skipped are listed in its manifest instead. A shard with
+no records has a manifest but no ArrayRecord file. Files appear only whole: each is written under
+a temporary name and renamed, the manifest last, so a manifest on disk means the shard is done.
+
+Record layout (no pickle; any language can read it):
+
+  b"ALT1" | uint32 little-endian header length H | H bytes of UTF-8 JSON | latent bytes
+
+The JSON header holds `id`, `caption`, `labels` (JSON text of the dataset's labels), `duration`
+(seconds of audio encoded), `num_tokens`, `dtype` ("float16" or "float32") and `shape` [T, C];
+the latent bytes are the little-endian C-order T x C array.
+
+Shape letters: T tokens of one clip, C latent channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+import dataclasses
+import json
+import os
+import struct
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"ALT1"
+_HEADER_LEN = struct.Struct("<I")
+LATENT_DTYPES = ("float16", "float32")
+STATS_FILE = "stats.json"
+SKIPPED_FILE = "skipped.jsonl"
+CONFIG_FILE = "config.json"
+SHARD_SUFFIX = ".array_record"
+# group_size 1 gives each record its own chunk, which random access (Grain) requires.
+WRITER_OPTIONS = "group_size:1"
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentRecord:
+  """One clip's latents (T x C, unnormalised) and what describes it."""
+  id: str
+  caption: str
+  labels: str
+  duration: float
+  latents: np.ndarray
+
+  @property
+  def num_tokens(self) -> int:
+    return int(self.latents.shape[0])
+
+
+def encode_record(record: LatentRecord) -> bytes:
+  """Serialises `record` in the layout described in the module docstring."""
+  x_TxC = np.asarray(record.latents)
+  if x_TxC.ndim != 2:
+    raise ValueError(f"latents must be T x C, got shape {x_TxC.shape}")
+  if x_TxC.dtype.name not in LATENT_DTYPES:
+    raise ValueError(f"latents must be one of {LATENT_DTYPES}, got {x_TxC.dtype}")
+  header = json.dumps({
+      "id": record.id, "caption": record.caption, "labels": record.labels,
+      "duration": float(record.duration), "num_tokens": int(x_TxC.shape[0]),
+      "dtype": x_TxC.dtype.name, "shape": list(x_TxC.shape),
+  }, ensure_ascii=False).encode("utf-8")
+  body = np.ascontiguousarray(x_TxC, dtype=x_TxC.dtype.newbyteorder("<")).tobytes()
+  return MAGIC + _HEADER_LEN.pack(len(header)) + header + body
+
+
+def decode_header(data: bytes) -> tuple[dict[str, Any], int]:
+  """The JSON header of a serialised record and the offset where its latents start."""
+  if data[:4] != MAGIC:
+    raise ValueError(f"not a latent record (starts with {bytes(data[:4])!r})")
+  (length,) = _HEADER_LEN.unpack_from(data, 4)
+  start = 4 + _HEADER_LEN.size
+  return json.loads(bytes(data[start:start + length]).decode("utf-8")), start + length
+
+
+def decode_record(data: bytes) -> LatentRecord:
+  """Inverse of `encode_record`; the latents are a read-only view of `data`."""
+  header, offset = decode_header(data)
+  shape = tuple(header["shape"])
+  x_TxC = np.frombuffer(data, dtype=np.dtype(header["dtype"]).newbyteorder("<"),
+                        count=int(np.prod(shape)), offset=offset).reshape(shape)
+  return LatentRecord(id=header["id"], caption=header["caption"], labels=header["labels"],
+                      duration=header["duration"], latents=x_TxC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+  """File stem of shard `index` of `count`: `<split>-KKKKK-of-NNNNN`."""
+  return f"{split}-{index:05d}-of-{count:05d}"
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+  """Writes JSON under a temporary name, then renames it into place."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=1, ensure_ascii=False)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def write_shard(path: str, records: Iterable[bytes]) -> int:
+  """Writes serialised records to an ArrayRecord file at `path`, atomically; returns the count.
+
+  A reader never sees a half-written shard: the records go to `<path>.tmp`, which is renamed
+  only after the writer has closed it.
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  tmp = f"{path}.tmp"
+  writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+  count = 0
+  try:
+    for data in records:
+      writer.write(data)
+      count += 1
+  finally:
+    writer.close()
+  os.replace(tmp, path)
+  return count
+
+
+def read_shard(path: str) -> list[LatentRecord]:
+  """Every record of one shard, in order (for checks and small tools; training uses Grain)."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    return [decode_record(data) for data in reader.read_all()]
+  finally:
+    reader.close()
+
+
+def read_stats(latents_dir: str) -> dict[str, Any]:
+  """The stats.json of a prepared dataset (a clear error if preparation has not finished)."""
+  path = os.path.join(latents_dir, STATS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: run `python -m almtok.prepare` to completion "
+                            "for this workdir first")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def shard_paths(latents_dir: str, split: str, stats: Mapping[str, Any] | None = None) -> list[str]:
+  """Paths of the split's non-empty shards, in order, as listed in stats.json."""
+  stats = read_stats(latents_dir) if stats is None else stats
+  if split not in stats["splits"]:
+    raise ValueError(f"no split {split!r} in {latents_dir}; it has {sorted(stats['splits'])}")
+  return [os.path.join(latents_dir, split, shard["file"])
+          for shard in stats["splits"][split]["shards"] if shard["records"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Moments:
+  """Per-channel count, mean and sum of squared deviations, mergeable across shards.
+
+  Float64 and Chan's pairwise update, so that the mean and variance of many shards are exact to
+  rounding whatever the order they are merged in.
+  """
+  count: int
+  mean_C: np.ndarray
+  m2_C: np.ndarray
+
+  @classmethod
+  def zeros(cls, channels: int) -> Moments:
+    return cls(0, np.zeros(channels, np.float64), np.zeros(channels, np.float64))
+
+  @classmethod
+  def of(cls, x_TxC: np.ndarray) -> Moments:
+    x_TxC = np.asarray(x_TxC, np.float64)
+    mean_C = x_TxC.mean(axis=0) if x_TxC.shape[0] else np.zeros(x_TxC.shape[1])
+    m2_C = np.square(x_TxC - mean_C[None, :]).sum(axis=0)
+    return cls(int(x_TxC.shape[0]), mean_C, m2_C)
+
+  def merge(self, other: Moments) -> Moments:
+    n = self.count + other.count
+    if n == 0:
+      return Moments(0, self.mean_C.copy(), self.m2_C.copy())
+    delta_C = other.mean_C - self.mean_C
+    mean_C = self.mean_C + delta_C * (other.count / n)
+    m2_C = self.m2_C + other.m2_C + np.square(delta_C) * (self.count * other.count / n)
+    return Moments(n, mean_C, m2_C)
+
+  def std_C(self) -> np.ndarray:
+    """Population standard deviation (zero when there is no data)."""
+    return np.sqrt(self.m2_C / max(self.count, 1))
+
+  def to_json(self) -> dict[str, Any]:
+    return {"count": self.count, "mean": self.mean_C.tolist(), "m2": self.m2_C.tolist()}
+
+  @classmethod
+  def from_json(cls, value: Mapping[str, Any]) -> Moments:
+    return cls(int(value["count"]), np.asarray(value["mean"], np.float64),
+               np.asarray(value["m2"], np.float64))
+
+
+def normaliser(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+  """(mean_C, std_C) as float32 from stats.json; std is already floored there."""
+  return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)

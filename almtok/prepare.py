@@ -1,0 +1,637 @@
+r"""Encodes captioned audio into tokenizer latents: ArrayRecord shards, stats and a skip report.
+
+  python -m almtok.prepare --config=configs/prepare.py:synth_sounds --workdir=/tmp/synth
+  python -m almtok.prepare --config=configs/prepare.py:synth_sounds,size=tiny,seconds=1.0 \
+      --workdir=/tmp/synth_tiny
+  python -m almtok.prepare --config=configs/prepare.py:debian_sounds --workdir=/tmp/debian
+  python -m almtok.prepare \
+      --config=configs/prepare.py:audiocaps,audio_dir=/data/ac/audio,csv_dir=/data/ac \
+      --workdir=/tmp/audiocaps
+
+Inputs (`config.dataset.name`):
+  synth_sounds, debian_sounds  TFDS builders, built offline into `config.data_dir` first
+                               (empty: <workdir>/tfds); every record of every split is an input.
+  audiocaps                    a folder of audio and one CSV per split in AudioCaps' layout
+                               (header `audiocap_id,youtube_id,start_time,caption`); every row
+                               is an input. Its audio is found by file stem, first in
+                               `<audio_dir>/<csv stem>/` then in `<audio_dir>/`: the file named
+                               `<audiocap_id>.<ext>`, else `<youtube_id>.<ext>` (AudioCaps gives
+                               each validation and test clip five captions, so those files are
+                               usually named by YouTube id and shared by five rows); `<ext>` is
+                               any format soundfile reads.
+
+Each input becomes a record or a line of skipped.jsonl with a reason; `kind` in that line is one
+of SKIP_KINDS. Audio is mixed to mono and resampled to the tokenizer's rate (never skipped for
+that), cut to its first `max_seconds`, and skipped when shorter than `min_seconds` (or than one
+token), when its peak is at or below `silence_db` dBFS, or when it cannot be read, is empty or
+holds non-finite samples.
+
+Encoding is batched and jitted: a clip is zero-padded to the next multiple of `bucket_seconds`,
+so that only one program per bucket length is compiled, and its latents are cut back to
+floor(seconds * frame_rate) tokens (zero padding may touch its last token's analysis window).
+
+Output in <workdir>/latents/, laid out as `almtok/data/latents.py` describes. A run resumes where
+an earlier one stopped: finished shards are kept as they are and the rest are redone. stats.json
+holds the per-channel mean and standard deviation of the train split's latents, which the data
+pipeline uses to normalise.
+
+Shape letters: B clips in an encoder batch, S samples, T tokens, C latent channels.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator, Mapping, Sequence
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, NamedTuple, Protocol
+
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import soundfile as sf
+import tqdm
+
+from almtok import audio
+from almtok import configlib
+from almtok.data import latents
+from almtok.tokenizers import AudioTokenizer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Preparation config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Output directory; latents go to <workdir>/latents.")
+
+TFDS_NAMES = ("synth_sounds", "debian_sounds")
+FOLDER_NAMES = ("audiocaps",)
+NAMES = TFDS_NAMES + FOLDER_NAMES
+# Why inputs are skipped, in the order the summary lists them.
+SKIP_KINDS = ("missing", "unreadable", "empty", "non-finite", "too short", "silent",
+              "bad row", "duplicate id", "non-finite latents")
+AUDIO_EXTENSIONS = frozenset({f".{f.lower()}" for f in sf.available_formats()}
+                             | {".aif", ".aifc", ".oga", ".opus"})
+CSV_SPLITS = (("train", "train_csv"), ("validation", "validation_csv"), ("test", "test_csv"))
+# Channels whose latents barely vary are divided by this instead of their own spread.
+STD_FLOOR = 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs.
+# ---------------------------------------------------------------------------------------------
+
+
+class Clip(NamedTuple):
+  """One input, read: mono audio at the tokenizer's rate (not yet checked) and its text."""
+  id: str
+  source: str
+  caption: str
+  labels: str
+  wav_S: np.ndarray
+
+
+class Skipped(Exception):
+  """An input that yields no record; `kind` is one of SKIP_KINDS."""
+
+  def __init__(self, clip_id: str, source: str, reason: str, kind: str | None = None):
+    self.clip_id, self.source, self.reason = clip_id, source, reason
+    self.kind = kind or skip_kind(reason)
+    super().__init__(f"{clip_id} ({source}): {reason}")
+
+  def to_json(self, split: str) -> dict[str, str]:
+    return {"split": split, "id": self.clip_id, "source": self.source, "kind": self.kind,
+            "reason": self.reason}
+
+
+def skip_kind(reason: str) -> str:
+  """The SKIP_KINDS entry for an `audio.AudioError` reason or one of this module's reasons."""
+  prefixes = (("no such file", "missing"), ("missing", "missing"), ("unreadable", "unreadable"),
+              ("zero channels", "unreadable"), ("empty", "empty"),
+              ("non-finite samples", "non-finite"), ("too short", "too short"),
+              ("silent", "silent"), ("bad row", "bad row"), ("duplicate id", "duplicate id"),
+              ("non-finite latents", "non-finite latents"))
+  for prefix, kind in prefixes:
+    if reason.startswith(prefix):
+      return kind
+  return "unreadable"
+
+
+class InputSet(Protocol):
+  """The inputs of one split, in a fixed order."""
+
+  def __len__(self) -> int:
+    ...
+
+  def load(self, index: int, sample_rate: int) -> Clip:
+    """Reads input `index` as mono at `sample_rate`; raises `Skipped` if that fails."""
+    ...
+
+
+class TfdsInputs:
+  """The records of one split of a built TFDS dataset with almtok's clip features."""
+
+  def __init__(self, source: Sequence[Mapping[str, Any]], name: str, split: str,
+               sample_rate: int):
+    self._source, self._name, self._split, self._rate = source, name, split, sample_rate
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def load(self, index: int, sample_rate: int) -> Clip:
+    from almtok.data import tfds_common  # pylint: disable=g-import-not-at-top
+    where = f"tfds:{self._name}/{self._split}[{index}]"
+    record = self._source[index]
+    clip_id = tfds_common.decode_text(record["id"])
+    try:
+      wav_S = audio.to_mono_at_rate(record["audio"], self._rate, sample_rate, where)
+    except audio.AudioError as e:
+      raise Skipped(clip_id, where, e.reason) from e
+    return Clip(clip_id, where, tfds_common.decode_text(record["caption"]),
+                tfds_common.decode_text(record["labels"]), wav_S)
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvRow:
+  """One row of a captions CSV and the audio file found for it (None: none found)."""
+  id: str
+  source: str
+  caption: str
+  labels: str
+  path: str | None
+  problem: str | None = None
+
+
+class FolderInputs:
+  """Rows of an AudioCaps-style CSV whose audio lies in a folder (see the module docstring)."""
+
+  def __init__(self, rows: Sequence[CsvRow]):
+    self.rows = list(rows)
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def load(self, index: int, sample_rate: int) -> Clip:
+    row = self.rows[index]
+    if row.problem:
+      raise Skipped(row.id, row.source, row.problem)
+    if row.path is None:
+      raise Skipped(row.id, row.source, "missing audio file (no <audiocap_id>.* nor "
+                    "<youtube_id>.* in the audio folder)")
+    try:
+      wav_S = audio.load(row.path, sample_rate)
+    except audio.AudioError as e:
+      raise Skipped(row.id, row.path, e.reason) from e
+    return Clip(row.id, row.path, row.caption, row.labels, wav_S)
+
+
+def index_audio(folder: str) -> dict[str, str]:
+  """File stem -> path of the audio files directly in `folder` (first extension by name)."""
+  found: dict[str, str] = {}
+  if not os.path.isdir(folder):
+    return found
+  for name in sorted(os.listdir(folder)):
+    stem, ext = os.path.splitext(name)
+    path = os.path.join(folder, name)
+    if ext.lower() in AUDIO_EXTENSIONS and not name.startswith(".") and os.path.isfile(path):
+      found.setdefault(stem, path)
+  return found
+
+
+def read_captions_csv(csv_path: str, audio_dir: str,
+                      seen_ids: set[str] | None = None) -> FolderInputs:
+  """The rows of one AudioCaps-style CSV, each matched to its audio file.
+
+  Rows without an id or caption are kept as inputs that will be skipped ("bad row"), and so are
+  ids already in `seen_ids` ("duplicate id"), which this updates.
+
+  Raises:
+    configlib.ConfigError: the file is missing or lacks the audiocap_id or caption column.
+  """
+  if not os.path.isfile(csv_path):
+    raise configlib.ConfigError(f"captions CSV {csv_path} does not exist")
+  seen_ids = set() if seen_ids is None else seen_ids
+  stem = os.path.splitext(os.path.basename(csv_path))[0]
+  # Files in <audio_dir>/<csv stem>/ win over files with the same stem in <audio_dir>/.
+  files = {**index_audio(audio_dir), **index_audio(os.path.join(audio_dir, stem))}
+  rows = []
+  with open(csv_path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    missing = {"audiocap_id", "caption"} - set(reader.fieldnames or ())
+    if missing:
+      raise configlib.ConfigError(f"{csv_path}: no column {sorted(missing)} in header "
+                                  f"{reader.fieldnames}; expected "
+                                  "audiocap_id,youtube_id,start_time,caption")
+    for line, row in enumerate(reader, start=2):
+      clip_id = (row.get("audiocap_id") or "").strip()
+      youtube_id = (row.get("youtube_id") or "").strip()
+      caption = (row.get("caption") or "").strip()
+      where = f"{csv_path}:{line}"
+      labels = json.dumps({"audiocap_id": clip_id, "youtube_id": youtube_id,
+                           "start_time": (row.get("start_time") or "").strip()}, sort_keys=True)
+      problem = None
+      if not clip_id or not caption:
+        problem = "bad row (no audiocap_id or no caption)"
+        clip_id = clip_id or f"{stem}:{line}"
+      elif clip_id in seen_ids:
+        problem = f"duplicate id (audiocap_id {clip_id} appeared in an earlier row)"
+      seen_ids.add(clip_id)
+      path = files.get(clip_id) or (files.get(youtube_id) if youtube_id else None)
+      rows.append(CsvRow(clip_id, path or where, caption, labels, path, problem))
+  return FolderInputs(rows)
+
+
+def list_inputs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, InputSet]:
+  """Split name -> its inputs, for the dataset that `config.dataset` names."""
+  dataset = config.dataset
+  if dataset.name in TFDS_NAMES:
+    from almtok.data import datasets  # pylint: disable=g-import-not-at-top
+    data_dir = config.data_dir or os.path.join(workdir, "tfds")
+    builder = datasets.build(dataset, data_dir)
+    sources = builder.as_data_source()
+    rate = builder.info.features["audio"].sample_rate
+    return {split: TfdsInputs(sources[split], dataset.name, split, rate)
+            for split in _ordered(sources)}
+  if dataset.name in FOLDER_NAMES:
+    seen: set[str] = set()
+    return {split: read_captions_csv(os.path.expanduser(dataset[key]),
+                                     os.path.expanduser(dataset.audio_dir), seen)
+            for split, key in CSV_SPLITS if dataset[key]}
+  raise configlib.ConfigError(f"config.dataset.name={dataset.name!r}: must be one of {list(NAMES)}")
+
+
+def _ordered(splits: Iterator[str] | Mapping[str, Any]) -> list[str]:
+  known = ("train", "validation", "test")
+  return sorted(splits, key=lambda s: (known.index(s) if s in known else len(known), s))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking and encoding clips.
+# ---------------------------------------------------------------------------------------------
+
+
+def num_tokens(num_samples: int, sample_rate: int, frame_rate: float) -> int:
+  """Tokens a clip of `num_samples` keeps: the whole token frames it covers."""
+  # The small epsilon keeps exact multiples (4 s at 25 Hz = 100) from rounding down.
+  return int(math.floor(num_samples * frame_rate / sample_rate + 1e-6))
+
+
+def check_clip(clip: Clip, *, sample_rate: int, frame_rate: float, min_seconds: float,
+               max_seconds: float, silence_db: float) -> np.ndarray:
+  """The clip's waveform cut to `max_seconds`; raises `Skipped` if it is too short or silent."""
+  wav_S = clip.wav_S[:int(round(max_seconds * sample_rate))]
+  seconds = wav_S.size / sample_rate
+  if seconds < min_seconds or num_tokens(wav_S.size, sample_rate, frame_rate) < 1:
+    raise Skipped(clip.id, clip.source, f"too short ({seconds:.3f} s; at least "
+                  f"{max(min_seconds, 1 / frame_rate):.3f} s needed)")
+  peak = audio.peak(wav_S)
+  if peak <= 10.0 ** (silence_db / 20.0):
+    level = 20.0 * math.log10(peak) if peak > 0 else float("-inf")
+    raise Skipped(clip.id, clip.source, f"silent (peak {level:.1f} dBFS <= {silence_db} dBFS)")
+  return wav_S
+
+
+class BucketEncoder:
+  """Batched, jitted `tokenizer.encode` over clips of different lengths.
+
+  Every call encodes a full B x S batch (unused rows are zeros) where S is a multiple of the
+  bucket length, so the number of compiled programs is the number of distinct buckets.
+  """
+
+  def __init__(self, tokenizer: AudioTokenizer, batch_size: int, bucket_seconds: float,
+               jit: bool = True):
+    self.tokenizer = tokenizer
+    self.batch_size = batch_size
+    self.bucket_samples = max(1, int(round(bucket_seconds * tokenizer.sample_rate)))
+    self._encode = jax.jit(tokenizer.encode) if jit else tokenizer.encode
+
+  def bucket(self, num_samples: int) -> int:
+    """The padded length of a clip of `num_samples`."""
+    return -(-num_samples // self.bucket_samples) * self.bucket_samples
+
+  def __call__(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Latents (float32, T_i x C) of up to `batch_size` clips that share one bucket."""
+    if not 1 <= len(wavs) <= self.batch_size:
+      raise ValueError(f"expected 1 to {self.batch_size} clips, got {len(wavs)}")
+    length = self.bucket(max(w.size for w in wavs))
+    wav_BxS = np.zeros((self.batch_size, length), np.float32)
+    for b, wav_S in enumerate(wavs):
+      wav_BxS[b, :wav_S.size] = wav_S
+    x_BxTxC = np.asarray(self._encode(wav_BxS), np.float32)
+    out = []
+    for b, wav_S in enumerate(wavs):
+      t = min(x_BxTxC.shape[1], num_tokens(wav_S.size, self.tokenizer.sample_rate,
+                                           self.tokenizer.frame_rate))
+      out.append(x_BxTxC[b, :t])
+    return out
+
+
+def _encode_shard(inputs: InputSet, start: int, stop: int, encoder: BucketEncoder,
+                  options: ml_collections.ConfigDict,
+                  progress: Callable[[int], Any]) -> list[latents.LatentRecord | Skipped]:
+  """Records or skips of inputs [start, stop), in input order."""
+  tok = encoder.tokenizer
+  dtype = np.dtype(options.latent_dtype)
+  results: dict[int, latents.LatentRecord | Skipped] = {}
+  pending: dict[int, list[tuple[int, Clip, np.ndarray]]] = collections.defaultdict(list)
+
+  def flush(bucket: int) -> None:
+    group = pending.pop(bucket, [])
+    if not group:
+      return
+    for (i, clip, wav_S), x_TxC in zip(group, encoder([w for _, _, w in group])):
+      stored_TxC = x_TxC.astype(dtype)
+      if not np.all(np.isfinite(stored_TxC)):
+        results[i] = Skipped(clip.id, clip.source,
+                             f"non-finite latents (after casting to {dtype.name})")
+      else:
+        results[i] = latents.LatentRecord(clip.id, clip.caption, clip.labels,
+                                          wav_S.size / tok.sample_rate, stored_TxC)
+    progress(len(group))
+
+  for i in range(start, stop):
+    try:
+      clip = inputs.load(i, tok.sample_rate)
+      wav_S = check_clip(clip, sample_rate=tok.sample_rate, frame_rate=tok.frame_rate,
+                         min_seconds=options.min_seconds, max_seconds=options.max_seconds,
+                         silence_db=options.silence_db)
+    except Skipped as s:
+      results[i] = s
+      progress(1)
+      continue
+    bucket = encoder.bucket(wav_S.size)
+    pending[bucket].append((i, clip, wav_S))
+    if len(pending[bucket]) == encoder.batch_size:
+      flush(bucket)
+  for bucket in sorted(pending):
+    flush(bucket)
+  return [results[i] for i in range(start, stop)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits, shards and statistics.
+# ---------------------------------------------------------------------------------------------
+
+
+def _prepare_split(split: str, inputs: InputSet, encoder: BucketEncoder,
+                   options: ml_collections.ConfigDict, out_dir: str,
+                   progress: Callable[[int], Any]) -> tuple[list[dict[str, Any]], int]:
+  """Encodes the shards of one split that are not done yet.
+
+  Returns every shard's manifest, and how many inputs this call read (not resumed).
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  per_shard = options.inputs_per_shard
+  count = max(1, -(-len(inputs) // per_shard))
+  manifests, read = [], 0
+  for k in range(count):
+    name = latents.shard_name(split, k, count)
+    manifest_path = os.path.join(out_dir, name + ".json")
+    start, stop = k * per_shard, min(len(inputs), (k + 1) * per_shard)
+    done = _read_manifest(manifest_path, out_dir)
+    if done is not None:
+      manifests.append(done)
+      progress(stop - start)
+      continue
+    results = _encode_shard(inputs, start, stop, encoder, options, progress)
+    read += stop - start
+    records = [r for r in results if isinstance(r, latents.LatentRecord)]
+    skips = [r.to_json(split) for r in results if isinstance(r, Skipped)]
+    moments = latents.Moments.zeros(encoder.tokenizer.latent_dim)
+    for r in records:
+      moments = moments.merge(latents.Moments.of(r.latents))
+    file = name + latents.SHARD_SUFFIX if records else None
+    if file:
+      latents.write_shard(os.path.join(out_dir, file),
+                          (latents.encode_record(r) for r in records))
+    manifest = {
+        "split": split, "shard": k, "num_shards": count, "inputs": [start, stop],
+        "file": file, "records": len(records), "skipped": skips,
+        "tokens": sum(r.num_tokens for r in records),
+        "max_tokens": max((r.num_tokens for r in records), default=0),
+        "seconds": sum(r.duration for r in records), "moments": moments.to_json(),
+    }
+    # The manifest goes last: its presence is what marks the shard as done.
+    latents.write_json_atomic(manifest_path, manifest)
+    manifests.append(manifest)
+  return manifests, read
+
+
+def _read_manifest(path: str, out_dir: str) -> dict[str, Any] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  if manifest["file"] and not os.path.exists(os.path.join(out_dir, manifest["file"])):
+    return None  # Its shard was removed since: redo it.
+  return manifest
+
+
+def _fingerprint(config: ml_collections.ConfigDict, tokenizer: AudioTokenizer,
+                 inputs: Mapping[str, InputSet]) -> dict[str, Any]:
+  """Everything that decides the content of the shards (not batch size or jit)."""
+  options = config.prepare
+  return {
+      "dataset": config.dataset.to_dict(),
+      "tokenizer": _tokenizer_info(config, tokenizer),
+      "prepare": {k: options[k] for k in ("max_seconds", "min_seconds", "silence_db",
+                                         "bucket_seconds", "inputs_per_shard", "latent_dtype")},
+      "inputs": {split: len(s) for split, s in inputs.items()},
+  }
+
+
+def _tokenizer_info(config: ml_collections.ConfigDict,
+                    tokenizer: AudioTokenizer) -> dict[str, Any]:
+  return {"name": config.tokenizer.name,
+          "params": {k: v for k, v in config.tokenizer.to_dict().items() if k != "name"},
+          "sample_rate": int(tokenizer.sample_rate), "frame_rate": float(tokenizer.frame_rate),
+          "latent_dim": int(tokenizer.latent_dim)}
+
+
+def _claim(latents_dir: str, fingerprint: dict[str, Any]) -> None:
+  """Records what this folder holds, or checks that a resumed run prepares the same thing."""
+  os.makedirs(latents_dir, exist_ok=True)
+  path = os.path.join(latents_dir, latents.CONFIG_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      before = json.load(f)
+    # Round-trip through JSON so tuples and lists compare equal.
+    now = json.loads(json.dumps(fingerprint))
+    if before != now:
+      differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+      raise configlib.ConfigError(
+          f"{latents_dir} holds latents prepared differently (differs in {differ}); "
+          "use another --workdir or delete that folder")
+    return
+  latents.write_json_atomic(path, fingerprint)
+
+
+def _remove_stale_temporaries(latents_dir: str) -> None:
+  """Deletes half-written files that an interrupted run left (only this layout's own names)."""
+  for root, _, files in os.walk(latents_dir):
+    for name in files:
+      if name.endswith(".tmp"):
+        os.remove(os.path.join(root, name))
+
+
+def _write_stats(latents_dir: str, fingerprint: dict[str, Any],
+                 manifests: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
+  tok = fingerprint["tokenizer"]
+  splits, skipped, by_kind = {}, [], collections.Counter()
+  for split, group in manifests.items():
+    for m in group:
+      skipped.extend(m["skipped"])
+      by_kind.update(s["kind"] for s in m["skipped"])
+    splits[split] = {
+        "inputs": sum(m["inputs"][1] - m["inputs"][0] for m in group),
+        "records": sum(m["records"] for m in group),
+        "skipped": sum(len(m["skipped"]) for m in group),
+        "tokens": sum(m["tokens"] for m in group),
+        "max_tokens": max((m["max_tokens"] for m in group), default=0),
+        "seconds": sum(m["seconds"] for m in group),
+        "shards": [{"file": m["file"], "records": m["records"]} for m in group],
+    }
+  train = latents.Moments.zeros(tok["latent_dim"])
+  for m in manifests.get("train", []):
+    train = train.merge(latents.Moments.from_json(m["moments"]))
+  if train.count:
+    mean, std, source = train.mean_C, np.maximum(train.std_C(), STD_FLOOR), "train"
+  else:
+    mean, std, source = np.zeros(tok["latent_dim"]), np.ones(tok["latent_dim"]), None
+  stats = {
+      "format": "almtok-latents-1",
+      "tokenizer": tok,
+      "sample_rate": tok["sample_rate"], "frame_rate": tok["frame_rate"],
+      "latent_dim": tok["latent_dim"],
+      "latent_dtype": fingerprint["prepare"]["latent_dtype"],
+      "dataset": fingerprint["dataset"],
+      "normalised_from": source, "train_tokens": train.count,
+      "mean": mean.tolist(), "std": std.tolist(),
+      "splits": splits,
+      "skipped": {"total": len(skipped),
+                  "by_kind": {k: by_kind[k] for k in _kind_order(by_kind)}},
+  }
+  tmp = os.path.join(latents_dir, latents.SKIPPED_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    for s in skipped:
+      f.write(json.dumps(s, ensure_ascii=False) + "\n")
+  os.replace(tmp, os.path.join(latents_dir, latents.SKIPPED_FILE))
+  latents.write_json_atomic(os.path.join(latents_dir, latents.STATS_FILE), stats)
+  return stats
+
+
+def _kind_order(kinds: Mapping[str, int]) -> list[str]:
+  return sorted(kinds, key=lambda k: (SKIP_KINDS.index(k) if k in SKIP_KINDS else 99, k))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole job.
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, *,
+            tokenizer: AudioTokenizer | None = None,
+            progress_bar: bool | None = None) -> dict[str, Any]:
+  """Encodes every input of every split into <workdir>/latents; resumes an interrupted run.
+
+  Args:
+    config: a config from configs/prepare.py.
+    workdir: output root.
+    tokenizer: overrides the tokenizer that `config.tokenizer` names.
+    progress_bar: None shows a tqdm bar on terminals only.
+
+  Returns:
+    stats.json's content plus `latents_dir`, `encoded` (inputs this run read, i.e. not in
+    shards finished before) and `seconds_taken` (by encoding them).
+  """
+  tokenizer = make_tokenizer(config.tokenizer) if tokenizer is None else tokenizer
+  latents_dir = os.path.join(workdir, "latents")
+  inputs = list_inputs(config, workdir)
+  fingerprint = _fingerprint(config, tokenizer, inputs)
+  _claim(latents_dir, fingerprint)
+  _remove_stale_temporaries(latents_dir)
+  t0 = time.perf_counter()  # Encoding time, compiling included; not building a TFDS dataset.
+  encoder = BucketEncoder(tokenizer, config.prepare.batch_size, config.prepare.bucket_seconds,
+                          jit=config.prepare.jit)
+  total = sum(len(s) for s in inputs.values())
+  manifests = {}
+  encoded = 0
+  with tqdm.tqdm(total=total, unit="clip", desc="prepare", dynamic_ncols=True,
+                 disable=None if progress_bar is None else not progress_bar) as bar:
+    for split, split_inputs in inputs.items():
+      bar.set_postfix_str(split)
+      manifests[split], read = _prepare_split(split, split_inputs, encoder, config.prepare,
+                                              os.path.join(latents_dir, split), bar.update)
+      encoded += read
+  stats = _write_stats(latents_dir, fingerprint, manifests)
+  return {**stats, "latents_dir": latents_dir, "encoded": encoded,
+          "seconds_taken": time.perf_counter() - t0}
+
+
+def make_tokenizer(tokenizer_config: ml_collections.ConfigDict) -> AudioTokenizer:
+  """The tokenizer that a config's `tokenizer` block names (other keys are its kwargs)."""
+  from almtok import tokenizers  # pylint: disable=g-import-not-at-top
+  kwargs = {k: v for k, v in tokenizer_config.to_dict().items() if k != "name"}
+  try:
+    return tokenizers.get(tokenizer_config.name, **kwargs)
+  except (KeyError, ValueError, TypeError) as e:
+    raise configlib.ConfigError(f"config.tokenizer.name={tokenizer_config.name!r}: {e}") from e
+
+
+def summary_line(stats: Mapping[str, Any]) -> str:
+  """`processed N, skipped M (unreadable 2, silent 1, ...)`."""
+  processed = sum(s["records"] for s in stats["splits"].values())
+  kinds = ", ".join(f"{k} {n}" for k, n in stats["skipped"]["by_kind"].items())
+  return f"processed {processed}, skipped {stats['skipped']['total']}" + (
+      f" ({kinds})" if kinds else "")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Range checks beyond `configlib.validate`, before any work starts."""
+  configlib.validate(config, choices={"dataset.name": NAMES,
+                                      "prepare.latent_dtype": latents.LATENT_DTYPES})
+  options = config.prepare
+  if not (isinstance(options.inputs_per_shard, int) and options.inputs_per_shard >= 1):
+    raise configlib.ConfigError(f"config.prepare.inputs_per_shard={options.inputs_per_shard!r}: "
+                                "must be an integer >= 1")
+  if options.min_seconds > options.max_seconds:
+    raise configlib.ConfigError(f"config.prepare.min_seconds={options.min_seconds}: must not "
+                                f"exceed config.prepare.max_seconds={options.max_seconds}")
+  if options.silence_db > 0:
+    raise configlib.ConfigError(f"config.prepare.silence_db={options.silence_db}: must be <= 0 "
+                                "(dBFS)")
+  if config.dataset.name in FOLDER_NAMES:
+    if not os.path.isdir(os.path.expanduser(config.dataset.audio_dir)):
+      raise configlib.ConfigError(f"config.dataset.audio_dir={config.dataset.audio_dir!r}: "
+                                  "not a folder")
+    if not any(config.dataset[key] for _, key in CSV_SPLITS):
+      raise configlib.ConfigError("config.dataset: set at least one of "
+                                  f"{[key for _, key in CSV_SPLITS]}")
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  config = _CONFIG.value
+  check_config(config)
+  if not _WORKDIR.value:
+    raise configlib.ConfigError("--workdir is required")
+  tokenizer = make_tokenizer(config.tokenizer)
+  logging.set_verbosity(logging.WARNING)
+  stats = prepare(config, _WORKDIR.value, tokenizer=tokenizer)
+  for split, s in stats["splits"].items():
+    print(f"  {split:<10} {s['records']:>7} records  {s['skipped']:>5} skipped  "
+          f"{s['tokens']:>9} tokens  {s['seconds'] / 3600:8.3f} h  {len(s['shards'])} shards")
+  rate = stats["encoded"] / max(stats["seconds_taken"], 1e-9)
+  print(f"{summary_line(stats)}; {stats['encoded']} clips encoded by this run at "
+        f"{rate:.1f} clips/s")
+  print(f"latents: {stats['latents_dir']} (skips listed in {latents.SKIPPED_FILE})")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  configlib.run(main)
