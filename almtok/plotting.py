@@ -31,6 +31,18 @@ def spectrogram_png(path: str, wav: np.ndarray, sample_rate: int = audio.SAMPLE_
   return spectrogram_grid(path, [wav], [title], sample_rate, columns=1)
 
 
+def spectrogram_image(wav: np.ndarray, sample_rate: int = audio.SAMPLE_RATE,
+                      title: str = "") -> np.ndarray:
+  """The spectrogram panel as an RGB uint8 array [H, W, 3] (for TensorBoard)."""
+  fig, ax = plt.subplots(figsize=(5.5, 2.6))
+  _draw_mel(ax, np.asarray(wav, np.float32), sample_rate, _wrap(title))
+  fig.tight_layout()
+  fig.canvas.draw()
+  image = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
+  plt.close(fig)
+  return image
+
+
 def spectrogram_grid(path: str, wavs: Sequence[np.ndarray], titles: Sequence[str],
                      sample_rate: int = audio.SAMPLE_RATE, columns: int = 2) -> str:
   """Writes one panel per clip, titled (e.g. with its caption), and returns the path."""

@@ -372,6 +372,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if n:
         writer.write_scalars(step, {f"val/{k}": v / n for k, v in totals.items()})
 
+    # --- Samples -------------------------------------------------------------------------------
+    # Generated clips for a few fixed validation captions, with the EMA parameters.
+    sampler = None
+    if config.train.sample_every:
+      from almtok import plotting, sample, tokenizers  # pylint: disable=g-import-not-at-top
+      stats = pipeline.load_stats(config.data.latents_dir)
+      audio_tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
+      captions = next(iter(pipeline.make_dataset(
+          config.data.latents_dir, "validation", seq_len=config.data.seq_len,
+          batch_size=config.train.sample_captions, shuffle=False, repeat=False,
+          keep_captions=True, drop_remainder=False)))["caption"]
+      captions = [str(c) for c in captions][:config.train.sample_captions]
+      sample_text = text_encoder.encode(captions)
+      sampler = sample.Sampler(nnx.merge(graphdef, state["ema"]), schedule, sample.SamplerSettings(
+          steps=config.train.sample_steps, cfg_scale=config.diffusion.cfg_scale,
+          cfg_schedule=config.diffusion.cfg_schedule, temperature=config.diffusion.temperature,
+          prediction=config.diffusion.prediction))
+
+    def write_samples(step: int) -> None:
+      sampler.params = state["ema"]
+      x = sampler.generate(sample_text, config.data.seq_len, jax.random.PRNGKey(config.seed),
+                           progress=False)
+      wavs = np.asarray(audio_tokenizer.decode(pipeline.denormalise(x, stats)))
+      rate = audio_tokenizer.sample_rate
+      writer.write_audios(step, {f"samples/{i}": w[None, :, None] for i, w in enumerate(wavs)},
+                          sample_rate=rate)
+      writer.write_images(step, {f"samples/{i}": plotting.spectrogram_image(w, rate, c)[None]
+                                 for i, (w, c) in enumerate(zip(wavs, captions))})
+
     # --- Loop ----------------------------------------------------------------------------------
     rng = jax.random.PRNGKey(config.seed)
     deadline = (time.time() + 60 * config.train.max_minutes if config.train.max_minutes > 0
@@ -416,6 +445,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save(step)
       if config.train.eval_every and step % config.train.eval_every == 0:
         evaluate(step)
+      if sampler is not None and step % config.train.sample_every == 0:
+        write_samples(step)
       if preemption.requested or out_of_time:
         logging.warning("stopping at step %d (%s)", step,
                         "SIGTERM" if preemption.requested else "time budget")
