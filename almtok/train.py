@@ -38,6 +38,7 @@ from almtok import models
 from almtok import optim
 from almtok import sharding
 from almtok.models import continuous_lm
+from almtok.text.cache import TextEmbeddingCache
 from almtok.text.minilm import TextEncoder
 
 
@@ -309,16 +310,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     graphdef, state_abstract, state_sh = abstract_state(config, mesh, tx)
     repl = sharding.replicated(mesh)
 
-    @jax.jit
-    def embed_text(params, ids, mask):
-      return text_encoder.apply(params, ids, mask)
+    text_cache = TextEmbeddingCache(text_encoder, config.data.text_cache)
 
     def device_batch(batch) -> dict[str, Any]:
-      arrays = sharding.global_batch(
-          {"x_BxLxC": batch["x_BxLxC"], "mask_BxL": batch["mask_BxL"],
-           "ids": batch["text_ids_BxN"], "text_mask": batch["text_mask_BxN"]}, mesh)
-      text = embed_text(text_encoder.params, arrays.pop("ids"), arrays.pop("text_mask"))
-      return dict(arrays, text=text)
+      text = text_cache.embed(batch["text_ids_BxN"], batch["text_mask_BxN"], batch["id"])
+      return sharding.global_batch(
+          {"x_BxLxC": batch["x_BxLxC"], "mask_BxL": batch["mask_BxL"], "text": text}, mesh)
 
     # --- Update --------------------------------------------------------------------------------
     train_step = jax.jit(make_train_step(config, graphdef, tx, schedule),

@@ -21,7 +21,8 @@ def get_config(arg=None):
                                     f"seed={arg.seed}")
   config.unlock()
   config.data = ml_collections.ConfigDict(dict(
-      latents_dir="", seq_len=config.model.max_len, batch_size=arg.batch, worker_count=0))
+      latents_dir="", seq_len=config.model.max_len, batch_size=arg.batch, worker_count=0,
+      text_cache=100_000))  # Captions whose frozen MiniLM embedding is kept in host memory.
   config.loss.mntp_weight = 1.0 if arg.mntp else 0.0
   config.train = ml_collections.ConfigDict(dict(
       num_steps=arg.steps, max_minutes=arg.minutes,
