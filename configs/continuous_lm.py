@@ -14,7 +14,7 @@ from configs import common
 # Decoder (width, layers, heads) and diffusion head (width, depth) per size.
 MODELS = {
     "tiny": dict(width=64, num_layers=2, num_heads=4, head_width=64, head_depth=2),
-    "small": dict(width=256, num_layers=6, num_heads=4, head_width=256, head_depth=3),
+    "small": dict(width=128, num_layers=4, num_heads=4, head_width=256, head_depth=2),
     "base": dict(width=768, num_layers=24, num_heads=12, head_width=1024, head_depth=3),
     "large": dict(width=1024, num_layers=32, num_heads=16, head_width=1280, head_depth=6),
 }

@@ -15,7 +15,7 @@ from configs import continuous_lm
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, size="small", tokenizer="mel", steps=2000, minutes=0.0, mntp=True,
+  arg = common.parse_arg(arg, size="small", tokenizer="mel", steps=1000, minutes=0.0, mntp=True,
                          batch=32, seed=0)
   config = continuous_lm.get_config(f"{arg.size},tokenizer={arg.tokenizer},seconds=4.0,"
                                     f"seed={arg.seed}")
@@ -24,9 +24,10 @@ def get_config(arg=None):
       latents_dir="", seq_len=config.model.max_len, batch_size=arg.batch, worker_count=0,
       text_cache=100_000))  # Captions whose frozen MiniLM embedding is kept in host memory.
   config.loss.mntp_weight = 1.0 if arg.mntp else 0.0
+  config.diffusion.batch_mul = 2  # MAR uses 4; 2 keeps the CPU demo's head cost down.
   config.train = ml_collections.ConfigDict(dict(
       num_steps=arg.steps, max_minutes=arg.minutes,
-      learning_rate=1e-3, warmup_steps=100, final_lr_fraction=0.05, weight_decay=0.02,
+      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=0.02,
       b1=0.9, b2=0.95, grad_clip=1.0, ema_decay=0.995, grad_accum=1,
       log_every=20, checkpoint_every=250, keep_checkpoints=2,
       eval_every=250, eval_batches=4, peak_flops=0.0,
