@@ -226,6 +226,15 @@ def load_stats(latents_dir: str) -> dict[str, Any]:
   return latents.read_stats(latents_dir)
 
 
+def normalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
+  """The pipeline's normalisation, (x - mean) / std over the last axis (e.g. for a prompt)."""
+  if isinstance(stats, (str, os.PathLike)):
+    stats = load_stats(os.fspath(stats))
+  mean_C, std_C = latents.normaliser(stats)
+  shape = (1,) * (x_xC.ndim - 1) + (mean_C.size,)
+  return (x_xC - mean_C.reshape(shape)) / std_C.reshape(shape)
+
+
 def denormalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
   """Inverse of the pipeline's normalisation: x * std + mean over the last axis.
 

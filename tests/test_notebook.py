@@ -1,0 +1,31 @@
+"""The Colab inference notebook runs headless against a tiny trained checkpoint."""
+
+import os
+
+import nbformat
+from nbclient import NotebookClient
+import soundfile as sf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_inference_notebook_runs(tiny_lm, tmp_path, monkeypatch):
+  out = tmp_path / "nb_out"
+  monkeypatch.setenv("ALMTOK_WORKDIR", tiny_lm)
+  monkeypatch.setenv("ALMTOK_OUT", str(out))
+  monkeypatch.setenv("ALMTOK_SECONDS", "1.0")
+  monkeypatch.setenv("ALMTOK_STEPS", "5")
+  nb = nbformat.read(os.path.join(ROOT, "colabs", "inference_demo.ipynb"), as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": ROOT}}).execute()
+  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  audio_outputs = [o for o in outputs if "text/html" in o.get("data", {})
+                   and "<audio" in o["data"]["text/html"]]
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(audio_outputs) == 4 and len(images) == 4  # 3 captions + 1 continuation.
+  for name in ("caption_0.wav", "caption_1.wav", "caption_2.wav", "continued.wav"):
+    info = sf.info(out / name)
+    assert info.samplerate == 16_000 and abs(info.duration - 1.0) < 0.05
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "prompt tokens: 6 of 25" in text  # A quarter of 1 s at 25 tokens/s, rounded down.
