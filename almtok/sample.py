@@ -104,8 +104,9 @@ class Sampler:
       prev = jnp.zeros((rows, self.token_dim), jnp.float32)
     return cache, prev
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6))
-  def _chunk(self, params, cache, prev_XxC, first: Array, length: int, total: int, rng: Array):
+  @functools.partial(jax.jit, static_argnums=(0, 5))
+  def _chunk(self, params, cache, prev_XxC, first: Array, length: int, total: Array,
+             rng: Array):
     """Samples tokens first .. first + length - 1 (of `total`); returns the new cache and last
     token, the tokens [B, length, C] and the conditional z that produced them [B, length, D]."""
     model = nnx.merge(self.graphdef, params)
@@ -148,7 +149,7 @@ class Sampler:
     while first < num_tokens:
       # The same chunk length every time (one compiled program); the last one is cut after.
       cache, prev, x, z = self._chunk(self.params, cache, prev, jnp.int32(first), chunk,
-                                      num_tokens, jax.random.fold_in(rng, first))
+                                      jnp.int32(num_tokens), jax.random.fold_in(rng, first))
       take = min(chunk, num_tokens - first)
       out.append(np.asarray(x[:, :take]))
       zs.append(np.asarray(z[:, :take]))
