@@ -5,7 +5,7 @@ r"""The CPU demo: the `small` continuous LM on the synthetic set's `mel` latents
       --config.data.latents_dir=/tmp/prep/latents
 
 Args: `size` (a continuous_lm preset), `tokenizer`, `steps`, `minutes` (time budget, 0: none),
-`mntp` (False trains NTP only).
+`mntp` (False trains NTP only), `batch`, `seconds` (the training context), `seed`.
 """
 
 import ml_collections
@@ -16,9 +16,9 @@ from configs import continuous_lm
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, size="small", tokenizer="mel", steps=1000, minutes=0.0, mntp=True,
-                         batch=32, seed=0)
-  config = continuous_lm.get_config(f"{arg.size},tokenizer={arg.tokenizer},seconds=4.0,"
-                                    f"seed={arg.seed}")
+                         batch=32, seconds=4.0, seed=0)
+  config = continuous_lm.get_config(f"{arg.size},tokenizer={arg.tokenizer},"
+                                    f"seconds={arg.seconds},seed={arg.seed}")
   config.unlock()
   config.data = ml_collections.ConfigDict(dict(
       latents_dir="", seq_len=config.model.max_len, batch_size=arg.batch, worker_count=0,
