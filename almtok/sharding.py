@@ -26,7 +26,7 @@ BATCH_AXES = ("data", "fsdp")
 PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     ("*/kernel", ("fsdp", None)),
     ("*/embedding", ("fsdp", None)),
-    ("null_prefix", (None, "fsdp")),
+    ("*null_prefix", (None, "fsdp")),
     ("*", ()),
 )
 
@@ -52,9 +52,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
 
 
 def path_str(path) -> str:
-  """'a/b/0/kernel' for a pytree key path."""
+  """'a/b/0/kernel' for a pytree key path.
+
+  The `.value` slot of an NNX Variable (a Param inside a State) is left out, so a rule names the
+  parameter itself whether the tree holds Variables or bare arrays.
+  """
   parts = []
   for key in path:
+    if isinstance(key, jax.tree_util.GetAttrKey) and key.name == "value":
+      continue
     for attr in ("key", "name", "idx"):
       if hasattr(key, attr):
         parts.append(str(getattr(key, attr)))

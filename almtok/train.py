@@ -393,9 +393,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            progress=False)
       wavs = np.asarray(audio_tokenizer.decode(pipeline.denormalise(x, stats)))
       rate = audio_tokenizer.sample_rate
-      writer.write_audios(step, {f"samples/{i}": w[None, :, None] for i, w in enumerate(wavs)},
+      writer.write_audios(step, {f"samples/audio_{i}": w[None, :, None]
+                                 for i, w in enumerate(wavs)},
                           sample_rate=rate)
-      writer.write_images(step, {f"samples/{i}": plotting.spectrogram_image(w, rate, c)[None]
+      # Audio and images need tags of their own: TensorBoard files a tag under one plugin only.
+      writer.write_images(step, {f"samples/spectrogram_{i}":
+                                 plotting.spectrogram_image(w, rate, c)[None]
                                  for i, (w, c) in enumerate(zip(wavs, captions))})
 
     # --- Loop ----------------------------------------------------------------------------------
@@ -417,7 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise NonFiniteError(f"step {done_step}: {bad} is {m[bad]} (not finite); stopped, the "
                              f"last good checkpoint is kept")
       history.append(dict(m, step=done_step))
-      if done_step % config.train.log_every == 0 or done_step == config.train.num_steps:
+      if ((config.train.log_every and done_step % config.train.log_every == 0)
+          or done_step == config.train.num_steps):
         now = time.perf_counter()
         steps_per_s = (done_step - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, done_step
@@ -426,32 +430,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_scalars(done_step, m)
         logging.info("step %d: %s", done_step, ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
 
-    while step < config.train.num_steps:
-      batch = device_batch(next(train_iter))
-      state, metrics = train_step(state, batch, rng)
-      step += 1
+    try:
+      while step < config.train.num_steps:
+        batch = device_batch(next(train_iter))
+        state, metrics = train_step(state, batch, rng)
+        step += 1
+        if pending is not None:
+          finish(pending)
+        pending = (step, metrics)
+        report(step)
+        out_of_time = time.time() > deadline
+        if ((config.train.checkpoint_every and step % config.train.checkpoint_every == 0)
+            or step == config.train.num_steps
+            or preemption.requested or out_of_time):
+          finish(pending)
+          pending = None
+          save(step)
+        if config.train.eval_every and step % config.train.eval_every == 0:
+          evaluate(step)
+        if sampler is not None and step % config.train.sample_every == 0:
+          write_samples(step)
+        if preemption.requested or out_of_time:
+          logging.warning("stopping at step %d (%s)", step,
+                          "SIGTERM" if preemption.requested else "time budget")
+          break
       if pending is not None:
         finish(pending)
-      pending = (step, metrics)
-      report(step)
-      out_of_time = time.time() > deadline
-      if (step % config.train.checkpoint_every == 0 or step == config.train.num_steps
-          or preemption.requested or out_of_time):
-        finish(pending)
-        pending = None
-        save(step)
-      if config.train.eval_every and step % config.train.eval_every == 0:
-        evaluate(step)
-      if sampler is not None and step % config.train.sample_every == 0:
-        write_samples(step)
-      if preemption.requested or out_of_time:
-        logging.warning("stopping at step %d (%s)", step,
-                        "SIGTERM" if preemption.requested else "time budget")
-        break
-    if pending is not None:
-      finish(pending)
-    ckpt.wait()
-    writer.flush()
+    finally:
+      # Whatever ends the loop (a non-finite step included), the saves it started must land:
+      # at interpreter exit orbax can no longer finish them.
+      ckpt.wait()
+      writer.flush()
     return {"step": step, "history": history}
 
 

@@ -15,7 +15,7 @@ from configs import continuous_lm
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, size="small", tokenizer="mel", steps=1000, minutes=0.0, mntp=True,
+  arg = common.parse_arg(arg, size="small", tokenizer="mel", steps=500, minutes=0.0, mntp=True,
                          batch=32, seconds=4.0, seed=0)
   config = continuous_lm.get_config(f"{arg.size},tokenizer={arg.tokenizer},"
                                     f"seconds={arg.seconds},seed={arg.seed}")
@@ -24,7 +24,7 @@ def get_config(arg=None):
       latents_dir="", seq_len=config.model.max_len, batch_size=arg.batch, worker_count=0,
       text_cache=100_000))  # Captions whose frozen MiniLM embedding is kept in host memory.
   config.loss.mntp_weight = 1.0 if arg.mntp else 0.0
-  config.diffusion.batch_mul = 2  # MAR uses 4; 2 keeps the CPU demo's head cost down.
+  config.diffusion.batch_mul = 1  # MAR uses 4; 1 keeps the CPU demo's head cost down.
   config.train = ml_collections.ConfigDict(dict(
       num_steps=arg.steps, max_minutes=arg.minutes,
       learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=0.02,

@@ -23,3 +23,23 @@ class AudioTokenizer(Protocol):
 
   def decode(self, x_BxTxC: jax.Array) -> jax.Array:
     ...
+
+
+NAMES = ("mel", "mel_vae")
+
+
+def get(name: str, **kwargs) -> AudioTokenizer:
+  """The tokenizer called `name`, built with `kwargs`.
+
+  `mel`: `mel.MelTokenizer(group=4, n_mels=64, vocoder=None)`.
+  `mel_vae`: `mel_vae.MelVAETokenizer.load(path, vocoder=None)`, `path` naming a directory
+  that holds mel_vae.safetensors + mel_vae.json (or either file).
+  """
+  # Imported here so that naming one tokenizer does not import the others' dependencies.
+  if name == "mel":
+    from almtok.tokenizers import mel  # pylint: disable=g-import-not-at-top
+    return mel.MelTokenizer(**kwargs)
+  if name == "mel_vae":
+    from almtok.tokenizers import mel_vae  # pylint: disable=g-import-not-at-top
+    return mel_vae.MelVAETokenizer.load(**kwargs)
+  raise ValueError(f"unknown tokenizer {name!r}; choose one of {list(NAMES)}")

@@ -1,0 +1,223 @@
+r"""Training throughput of the continuous LM on this machine: tokens/s, step time and MFU.
+
+  .venv/bin/python experiments/benchmarks/train_throughput.py              # tiny, small, base
+  .venv/bin/python experiments/benchmarks/train_throughput.py --sizes=small --profile=small
+
+Each size runs the trainer's own jitted step (`train.init_state` + `train.make_train_step`, with
+the same donation and out-shardings as `train.py`) on one device, on a synthetic batch of the CPU
+demo's shape (configs/synth_small.py: mel tokens C = 256, L = 100 tokens = 4 s, MNTP on,
+diffusion batch_mul 2). The first step compiles and is timed apart; the table reports the mean of
+the timed steps that follow.
+
+MFU = model FLOP/s / peak, where model FLOPs per step are `train.train_flops_per_step` (matmuls
+and attention, forward + backward = 3x forward) and the peak is the dense float32 N x N matmul
+FLOP/s that this process measures with `train.matmul_flops_per_second` just before each size is
+timed (N = --matmul_n, 1024 by default; the table prints it).
+
+`--profile=SIZE` splits one step of that size into its parts, each jitted and timed alone: the
+decoder (forward + backward of the NTP and MNTP sequences), the diffusion head (forward +
+backward of its loss on the decoder's z) and the optimizer (AdamW update + EMA), with the MFU of
+the two parts that have model FLOPs.
+
+Shape letters: B batch, L tokens, C token channels, D model width, N head rows (2 B L).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from almtok import diffusion
+from almtok import optim
+from almtok import sharding
+from almtok import train
+from almtok.models import mntp
+from almtok.text.minilm import TextEmbedding
+from configs import synth_small
+
+# (batch, timed steps) per size; base is the paper's 193M model, so a few steps of a small batch.
+PLAN = {"tiny": (32, 20), "small": (32, 10), "base": (4, 3)}
+
+
+def make_config(size: str, batch: int):
+  config = synth_small.get_config(f"size={size},batch={batch},steps=1000")
+  return config
+
+
+def synthetic_batch(config, seed: int = 0) -> dict:
+  """A host batch of the trainer's shapes: latents, full masks, a random text embedding."""
+  b, l = config.data.batch_size, config.data.seq_len
+  n, e, c = config.model.text_len, config.model.text_dim, config.model.token_dim
+  rng = np.random.default_rng(seed)
+  text_mask_BxN = np.arange(n)[None, :] < rng.integers(4, n + 1, size=(b,))[:, None]
+  return {"x_BxLxC": rng.standard_normal((b, l, c), dtype=np.float32),
+          "mask_BxL": np.ones((b, l), bool),
+          "text": TextEmbedding(rng.standard_normal((b, n, e), dtype=np.float32)
+                                * text_mask_BxN[:, :, None], text_mask_BxN,
+                                rng.standard_normal((b, e), dtype=np.float32))}
+
+
+def time_calls(fn, args, steps: int) -> tuple[float, float]:
+  """(seconds of the first call, mean seconds of the next `steps` calls); `fn` returns its first
+  argument's successor, which is fed back (so donated buffers stay valid)."""
+  start = time.perf_counter()
+  carry = jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(steps):
+    carry = fn(carry[0], *args[1:])
+  jax.block_until_ready(carry)
+  return first, (time.perf_counter() - start) / steps
+
+
+def flops_split(config, graphdef, params) -> tuple[float, float]:
+  """(decoder, head) model FLOPs per step, from the trainer's formula."""
+  total = train.train_flops_per_step(config, graphdef, params)
+  no_head = config.copy_and_resolve_references()
+  no_head.unlock()
+  no_head.diffusion.batch_mul = 0
+  decoder = train.train_flops_per_step(no_head, graphdef, params)
+  return decoder, total - decoder
+
+
+def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
+  config = make_config(size, batch)
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  tx = optim.make_optimizer(config.train)
+  with jax.set_mesh(mesh):
+    graphdef, state, state_sh = train.init_state(config, mesh, tx)
+    step = jax.jit(train.make_train_step(config, graphdef, tx, train.make_schedule(config)),
+                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+    batch_arrays = sharding.global_batch(synthetic_batch(config), mesh)
+    rng = jax.random.PRNGKey(0)
+    flops = train.train_flops_per_step(config, graphdef, state["params"])
+    params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    peak = train.matmul_flops_per_second(matmul_n, repeats=20)
+    compile_s, step_s = time_calls(step, (state, batch_arrays, rng), steps)
+  tokens = config.data.batch_size * config.data.seq_len
+  return dict(size=size, params=int(params), batch=config.data.batch_size,
+              seq_len=config.data.seq_len, steps=steps, first_step_s=compile_s, step_s=step_s,
+              tokens_per_s=tokens / step_s, model_flops_per_step=flops,
+              peak_flops=peak, matmul_n=matmul_n, mfu=flops / step_s / peak)
+
+
+def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
+  """Seconds and MFU of the decoder, the head and the optimizer of one step, each alone."""
+  config = make_config(size, batch)
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  tx = optim.make_optimizer(config.train)
+  schedule = train.make_schedule(config)
+  kw = train.loss_kwargs(config)
+  b, l, d = config.data.batch_size, config.data.seq_len, config.model.decoder.width
+  with jax.set_mesh(mesh):
+    graphdef, state, _ = train.init_state(config, mesh, tx)
+    host = synthetic_batch(config)
+    x_BxLxC, mask_BxL, text = (jnp.asarray(host["x_BxLxC"]), jnp.asarray(host["mask_BxL"]),
+                               jax.tree.map(jnp.asarray, host["text"]))
+    rng = jax.random.PRNGKey(0)
+
+    # The decoder as loss_fn runs it: NTP and MNTP sequences stacked on the batch axis.
+    def decoder_loss(params, probe_XxLxD, x_BxLxC, mask_BxL, text):
+      model = nnx.merge(graphdef, params)
+      ratio_B = mntp.sample_drop_ratio(rng, b, kw["drop_mixture"])
+      slots = jax.tree.map(lambda a, c: jnp.concatenate([a, c], axis=0),
+                           mntp.ntp_slots(mask_BxL), mntp.mntp_slots(rng, mask_BxL, ratio_B))
+      twice = lambda a: jnp.concatenate([a, a], axis=0)
+      z_XxLxD, _ = model(jax.tree.map(twice, text), jnp.zeros((2 * b,), bool), twice(x_BxLxC),
+                         slots)
+      return jnp.sum(z_XxLxD * probe_XxLxD)
+
+    def head_loss(params, z_NxD, x0_NxC):
+      model = nnx.merge(graphdef, params)
+      return diffusion.diffusion_loss(model.head, schedule, x0_NxC, z_NxD, None, rng,
+                                      batch_mul=kw["batch_mul"], prediction=kw["prediction"])
+
+    @jax.jit
+    def decoder_step(params, *inputs):
+      return jax.grad(decoder_loss)(params, *inputs)
+
+    @jax.jit
+    def head_step(params, z, x0):
+      return jax.grad(head_loss, argnums=(0, 1))(params, z, x0)
+
+    @jax.jit
+    def optimizer_step(st, grads):
+      updates, opt_state = tx.update(grads, st["opt_state"], st["params"])
+      params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), st["params"], updates)
+      return {"step": st["step"] + 1, "params": params, "opt_state": opt_state,
+              "ema": optim.ema_update(st["ema"], params, config.train.ema_decay)}, grads
+
+    params = state["params"]
+    probe = jax.random.normal(rng, (2 * b, l, d))
+    z = jax.random.normal(rng, (2 * b * l, d))
+    x0 = jax.random.normal(rng, (2 * b * l, config.model.token_dim))
+    peak = train.matmul_flops_per_second(matmul_n, repeats=20)
+    # Each part is called on fixed inputs (the carry is discarded) so that it is timed alone.
+    parts = {}
+    for name, fn, args in (("decoder", decoder_step, (params, probe, x_BxLxC, mask_BxL, text)),
+                           ("head", head_step, (params, z, x0))):
+      jax.block_until_ready(fn(*args))
+      start = time.perf_counter()
+      for _ in range(steps):
+        out = fn(*args)
+      jax.block_until_ready(out)
+      parts[name] = (time.perf_counter() - start) / steps
+    grads = jax.tree.map(jnp.ones_like, params)
+    _, parts["optimizer"] = time_calls(jax.jit(optimizer_step, donate_argnums=(0,)),
+                                       (state, grads), steps)
+  dec_flops, head_flops = flops_split(config, graphdef, params)
+  return dict(size=size, batch=b, seconds=parts, peak_flops=peak,
+              mfu={"decoder": dec_flops / parts["decoder"] / peak,
+                   "head": head_flops / parts["head"] / peak},
+              flops={"decoder": dec_flops, "head": head_flops})
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", default="tiny,small,base")
+  parser.add_argument("--profile", default="small", help="size to split into parts ('' : none)")
+  parser.add_argument("--matmul_n", type=int, default=1024)
+  parser.add_argument("--out", default="experiments/benchmarks/train_throughput.json")
+  args = parser.parse_args()
+
+  machine = (f"{platform.node()} {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} CPUs, jax {jax.__version__} on {jax.devices()[0].platform}, "
+             f"load average {os.getloadavg()[0]:.2f}")
+  print(f"machine: {machine}")
+  rows = []
+  print(f"{'size':<6}{'params':>9}{'batch':>6}{'L':>5}{'compile s':>10}{'step s':>9}"
+        f"{'tokens/s':>10}{'GFLOP/step':>11}{'peak GFLOP/s':>13}{'MFU':>7}")
+  for size in args.sizes.split(","):
+    batch, steps = PLAN[size]
+    r = benchmark_size(size, batch, steps, args.matmul_n)
+    rows.append(r)
+    print(f"{size:<6}{r['params'] / 1e6:>8.1f}M{r['batch']:>6}{r['seq_len']:>5}"
+          f"{r['first_step_s']:>10.1f}{r['step_s']:>9.3f}{r['tokens_per_s']:>10.0f}"
+          f"{r['model_flops_per_step'] / 1e9:>11.1f}{r['peak_flops'] / 1e9:>13.1f}"
+          f"{100 * r['mfu']:>6.1f}%", flush=True)
+  result = {"machine": machine, "rows": rows}
+  if args.profile:
+    batch, steps = PLAN[args.profile]
+    p = profile_size(args.profile, batch, steps, args.matmul_n)
+    result["profile"] = p
+    total = sum(p["seconds"].values())
+    print(f"\n{args.profile}, batch {p['batch']}, parts timed alone (peak "
+          f"{p['peak_flops'] / 1e9:.1f} GFLOP/s):")
+    for name, seconds in p["seconds"].items():
+      mfu = f"MFU {100 * p['mfu'][name]:.1f}%" if name in p["mfu"] else "no model FLOPs"
+      print(f"  {name:<10}{seconds:>8.3f} s  {100 * seconds / total:>4.0f}%  {mfu}")
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

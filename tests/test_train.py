@@ -1,0 +1,409 @@
+"""The trainer end to end: resumes are bitwise, kills never leave a half checkpoint, SIGTERM
+saves, non-finite losses stop cleanly, bad configs and busy workdirs are refused, and
+TensorBoard gets every scalar and the generated audio.
+
+Every run is `python -m almtok.train` in a subprocess on the tiny synthetic latents, with one
+config (`cli_args`), so that the runs share compiled programs through a per-session JAX
+compilation cache. Per-step losses are read back from the TensorBoard event files (one file per
+process, named with its pid), parameters from the checkpoints.
+
+Resume runs are compared bitwise: on CPU a restored state, the restored data iterator and
+`fold_in(seed, step)` feed the same compiled program the same inputs, so any difference is a bug
+(a state or input that the checkpoint missed), not rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import soundfile
+from flax import nnx
+
+from almtok import checkpoint
+from almtok import optim
+from almtok import train
+from almtok.data import latents as latents_lib
+from almtok.data import pipeline
+from configs import synth_small
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, EVERY, BATCH = 16, 4, 4
+# One config for every run; 20 of the clips' 25 tokens, so that the random crops are exercised.
+OVERRIDES = {"data.seq_len": 20, "train.log_every": 1, "train.checkpoint_every": EVERY,
+             "train.eval_every": STEPS, "train.keep_checkpoints": 3}
+SCALARS = ("loss", "ntp_loss", "mntp_loss", "grad_norm", "lr", "tokens_per_s", "mfu")
+TIMEOUT_S = 420
+# Kill points are drawn at random; the seed is in every message that depends on it.
+SEED = random.SystemRandom().randrange(1 << 30)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the trainer.
+# ----------------------------------------------------------------------------------------------
+
+
+def config_arg(steps: int = STEPS) -> str:
+  return f"--config=configs/synth_small.py:size=tiny,steps={steps},batch={BATCH}"
+
+
+def cli_args(latents_dir: str, workdir: str, steps: int = STEPS, **overrides) -> list[str]:
+  """`-m almtok.train` arguments of the shared tiny config; `overrides` use '.'-free keys
+  (`train__sample_every=16` for `train.sample_every`)."""
+  values = dict(OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()})
+  return (["-m", "almtok.train", config_arg(steps), f"--config.data.latents_dir={latents_dir}"]
+          + [f"--config.{k}={v}" for k, v in values.items()] + [f"--workdir={workdir}"])
+
+
+def tiny_config(latents_dir: str, steps: int = STEPS, **overrides):
+  """The in-process twin of `cli_args` (for `train.load_model` and the pipeline)."""
+  config = synth_small.get_config(f"size=tiny,steps={steps},batch={BATCH}")
+  values = dict(OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()})
+  config.update_from_flattened_dict(dict(values, **{"data.latents_dir": latents_dir}))
+  return config
+
+
+def subprocess_env(cache_dir: str, devices: int | None = None) -> dict[str, str]:
+  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.pop("XLA_FLAGS", None)
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+class Trainer:
+  """A subprocess whose merged output is read line by line; `cues` are (regex, signal) pairs,
+  each sent once, from the reading thread, the moment a line matches."""
+
+  def __init__(self, args: list[str], env: dict[str, str], cues=()):
+    self.cues = list(cues)
+    self.fired: list[tuple[re.Match, int]] = []
+    self.lines: list[str] = []
+    self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    self._reader = threading.Thread(target=self._read, daemon=True)
+    self._reader.start()
+
+  @property
+  def pid(self) -> int:
+    return self.proc.pid
+
+  @property
+  def output(self) -> str:
+    return "".join(self.lines)
+
+  def _read(self) -> None:
+    for line in self.proc.stdout:
+      for cue in list(self.cues):
+        match = re.search(cue[0], line)
+        if match:
+          self.proc.send_signal(cue[1])
+          self.cues.remove(cue)
+          self.fired.append((match, cue[1]))
+      self.lines.append(line)
+
+  def wait(self, timeout: float = TIMEOUT_S) -> int:
+    try:
+      rc = self.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      self.proc.wait()
+      raise AssertionError(f"trainer timed out after {timeout} s:\n{self.tail()}") from None
+    self._reader.join(30)
+    return rc
+
+  def tail(self, n: int = 40) -> str:
+    return "".join(self.lines[-n:])
+
+
+def step_line(step: int) -> str:
+  """The trainer's log line of a finished step."""
+  return rf"\] step {step}: "
+
+
+def save_line(step: int) -> str:
+  """orbax's line once the blocking part of an asynchronous save is done and the write runs on in
+  a background thread: a kill now lands in the middle of the save."""
+  return rf"Continuing save @ .*checkpoints/{step}\b"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading what it wrote.
+# ----------------------------------------------------------------------------------------------
+
+
+def event_file(workdir: str, pid: int) -> str | None:
+  """The TensorBoard event file of the process `pid` (clu names it after the pid)."""
+  paths = glob.glob(os.path.join(workdir, f"events.out.tfevents.*.{pid}.*"))
+  assert len(paths) <= 1, paths
+  return paths[0] if paths else None
+
+
+def read_events(path: str) -> dict[str, dict[int, object]]:
+  """{tag: {step: value}} of one event file through tensorboard's own reader; TF2 summaries come
+  back as tensors (scalars as floats, audio as [clips, 2] string tensors)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags()["tensors"]:
+    values = {}
+    for event in acc.Tensors(tag):
+      value = tensor_util.make_ndarray(event.tensor_proto)
+      values[event.step] = float(value) if value.dtype.kind == "f" and value.ndim == 0 else value
+    out[tag] = values
+  out["_plugins"] = {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name
+                     for tag in acc.Tags()["tensors"]}
+  return out
+
+
+def complete_steps(ckpt_dir: str) -> list[int]:
+  return sorted(int(name) for name in os.listdir(ckpt_dir) if name.isdigit())
+
+
+def temporary_dirs(ckpt_dir: str) -> list[str]:
+  return sorted(name for name in os.listdir(ckpt_dir) if not name.isdigit())
+
+
+def latest_step(workdir: str) -> int | None:
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
+                                 async_save=False)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
+def params_of(workdir: str, config, use_ema: bool) -> dict[str, np.ndarray]:
+  model = train.load_model(workdir, config, use_ema=use_ema)
+  return {"/".join(map(str, path)): np.asarray(v.value)
+          for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs shared by the tests.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory) -> str:
+  """A JAX compilation cache for the subprocesses, one per session (a fixed path, so that the
+  test modules that import this fixture share it)."""
+  path = tmp_path_factory.getbasetemp() / "jax_cache"
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_latents, jax_cache, tmp_path_factory):
+  """The uninterrupted run (which also writes audio samples at its last step), started together
+  with a second trainer on the same workdir: the one that reaches the lock second is refused."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  args = cli_args(tiny_latents, workdir, train__sample_every=STEPS, train__sample_steps=2)
+  env = subprocess_env(jax_cache)
+  first, second = Trainer(args, env), Trainer(args, env)
+  codes = first.wait(), second.wait()
+  assert sorted(codes) == [0, 2], f"exit codes {codes}:\n{first.tail()}\n{second.tail()}"
+  winner, loser = (first, second) if codes[0] == 0 else (second, first)
+  return dict(workdir=workdir, run=winner, refused=loser,
+              events=read_events(event_file(workdir, winner.pid)))
+
+
+@pytest.fixture(scope="module")
+def interrupted(tiny_latents, jax_cache, tmp_path_factory):
+  """The reference config in a fresh workdir, stopped twice and resumed each time:
+  1. SIGKILL in the middle of writing a random checkpoint c1 in {8, 12} (after 4 was written);
+  2. SIGTERM after a random step of the resumed run (it saves there and exits 0);
+  3. on to the end.
+  """
+  workdir = str(tmp_path_factory.mktemp("interrupted"))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  args, env = cli_args(tiny_latents, workdir), subprocess_env(jax_cache)
+  rng = random.Random(SEED)
+  phases = []
+
+  def run(cue_pattern=None, sig=None):
+    trainer = Trainer(args, env, cues=[(cue_pattern, sig)] if cue_pattern else [])
+    rc = trainer.wait()
+    start = re.search(r"resumed from step (\d+)", trainer.output)
+    phases.append(dict(trainer=trainer, rc=rc, start=int(start.group(1)) if start else 0,
+                       after_dirs=sorted(os.listdir(ckpt_dir)), latest=latest_step(workdir),
+                       fired=[m.group(0) for m, _ in trainer.fired]))
+    return phases[-1]
+
+  c1 = rng.choice([8, 12])
+  killed = run(save_line(c1), signal.SIGKILL)
+  assert killed["fired"] and killed["rc"] == -signal.SIGKILL, (SEED, killed["trainer"].tail())
+  run(step_line(rng.randint(c1 - EVERY + 1, STEPS - EVERY)), signal.SIGTERM)
+  run()
+  return dict(workdir=workdir, phases=phases, c1=c1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_resumed_run_is_bitwise_the_uninterrupted_run(reference, interrupted, tiny_latents):
+  want = reference["events"]["loss"]
+  assert sorted(want) == list(range(1, STEPS + 1))
+  got = {}
+  for i, phase in enumerate(interrupted["phases"]):
+    path = event_file(interrupted["workdir"], phase["trainer"].pid)
+    if path is None:  # A killed run may die before its writer flushed anything.
+      continue
+    losses = read_events(path).get("loss", {})
+    # Every step that any run logged, redone steps included, is the reference's loss exactly.
+    for step, loss in losses.items():
+      assert loss == want[step], f"seed {SEED}, run {i + 1}, step {step}: {loss} != {want[step]}"
+    got.update(losses)
+  # The resumed runs log every step after the checkpoint that the first one resumed from (what
+  # the killed run logged before it died may not have reached the disk).
+  first_resumed = interrupted["phases"][1]["start"]
+  assert set(range(first_resumed + 1, STEPS + 1)) <= set(got), (SEED, sorted(got))
+
+  config = tiny_config(tiny_latents)
+  for use_ema in (False, True):
+    want_params = params_of(reference["workdir"], config, use_ema)
+    got_params = params_of(interrupted["workdir"], config, use_ema)
+    assert want_params.keys() == got_params.keys()
+    for name in want_params:
+      np.testing.assert_array_equal(got_params[name], want_params[name],
+                                    err_msg=f"seed {SEED}: {name} (ema={use_ema})")
+
+
+def test_kill_during_a_save_leaves_only_complete_checkpoints(interrupted):
+  c1, phases = interrupted["c1"], interrupted["phases"]
+  killed = phases[0]
+  # The save of c1 was cut: its temporary directory is there, c1 itself is not.
+  assert any(name.startswith(f"{c1}.") for name in killed["after_dirs"]), (
+      SEED, killed["after_dirs"])
+  assert str(c1) not in killed["after_dirs"]
+  for before, after in zip(phases, phases[1:]):
+    # latest_step reports the newest complete step only, and the next run resumes from it.
+    complete = [int(name) for name in before["after_dirs"] if name.isdigit()]
+    assert before["latest"] == max(complete), (SEED, before["after_dirs"])
+    assert after["start"] == before["latest"], SEED
+    assert "Traceback" not in after["trainer"].output, after["trainer"].tail()
+  assert killed["latest"] == c1 - EVERY
+  # The later runs saved again over the leftovers of the cut save; none is left at the end.
+  final_dir = os.path.join(interrupted["workdir"], "checkpoints")
+  assert not temporary_dirs(final_dir), os.listdir(final_dir)
+  assert complete_steps(final_dir)[-1] == phases[-1]["latest"] == STEPS
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(interrupted):
+  phase, resumed = interrupted["phases"][1:]
+  assert phase["rc"] == 0, (SEED, phase["trainer"].tail())
+  stop = re.search(r"stopping at step (\d+) \(SIGTERM\)", phase["trainer"].output)
+  assert stop, phase["trainer"].tail()
+  stopped = int(stop.group(1))
+  signalled = int(re.search(r"step (\d+)", phase["fired"][0]).group(1))
+  assert signalled <= stopped < STEPS, SEED
+  assert phase["latest"] == stopped, (SEED, phase["after_dirs"])
+  assert resumed["start"] == stopped
+
+
+def test_tensorboard_has_every_scalar_at_every_step_and_the_audio(reference, tiny_latents):
+  events = reference["events"]
+  config = tiny_config(tiny_latents)
+  lr = optim.learning_rate(config.train)
+  for tag in SCALARS:
+    assert sorted(events[tag]) == list(range(1, STEPS + 1)), tag
+    assert all(np.isfinite(v) for v in events[tag].values()), tag
+  for step in range(1, STEPS + 1):
+    # The step's learning rate is the schedule's at the step count before the update.
+    np.testing.assert_allclose(events["lr"][step], float(lr(step - 1)), rtol=1e-6)
+    np.testing.assert_allclose(events["loss"][step],
+                               events["ntp_loss"][step] + events["mntp_loss"][step], rtol=1e-6)
+    assert events["tokens_per_s"][step] > 0 and 0 < events["mfu"][step] < 1
+  # Both come from the same measured step rate: their ratio is the same at every step.
+  ratio = [events["mfu"][s] / events["tokens_per_s"][s] for s in range(1, STEPS + 1)]
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+  assert STEPS in events["val/loss"]
+  # The generated clips of the last step: WAVs at the tokenizer's rate, one per caption, and
+  # their spectrogram images under tags of their own.
+  plugins = events["_plugins"]
+  audio = sorted(t for t, p in plugins.items() if p == "audio")
+  images = sorted(t for t, p in plugins.items() if p == "images")
+  assert len(audio) == len(images) == config.train.sample_captions, plugins
+  for tag in audio:
+    (clip, _), = events[tag][STEPS]
+    wav, rate = soundfile.read(io.BytesIO(bytes(clip)))
+    assert rate == 16_000 and abs(len(wav) - config.data.seq_len * rate // 25) <= rate // 25
+    assert np.isfinite(wav).all()
+  for tag in images:
+    assert bytes(events[tag][STEPS][2]).startswith(b"\x89PNG")
+
+
+def test_second_trainer_on_a_busy_workdir_is_refused(reference):
+  refused, run = reference["refused"], reference["run"]
+  errors = [l for l in refused.lines if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in refused.output, refused.tail()
+  assert reference["workdir"] in errors[0] and f"pid {run.pid}" in errors[0], errors
+  assert "in use by another training process" in errors[0]
+
+
+def _nan_latents(latents_dir: str, out_dir: str, bad_ids: set[str]) -> str:
+  """A copy of the prepared latents where the train clips `bad_ids` are all NaN."""
+  shutil.copytree(latents_dir, out_dir)
+  for path in latents_lib.shard_paths(out_dir, "train"):
+    records = latents_lib.read_shard(path)
+    os.remove(path)
+    latents_lib.write_shard(path, [latents_lib.encode_record(
+        dataclasses.replace(r, latents=np.full_like(r.latents, np.nan)) if r.id in bad_ids
+        else r) for r in records])
+  return out_dir
+
+
+def test_non_finite_loss_stops_in_one_line_and_keeps_the_last_checkpoint(
+    tiny_latents, jax_cache, tmp_path):
+  # The clips of the 4th batch are first seen there: steps 1-3 are finite, step 4 is not, and
+  # the asynchronous save of step 3 is still being written when the trainer stops.
+  config = tiny_config(tiny_latents, train__checkpoint_every=3)
+  stream = iter(pipeline.make_dataset(
+      tiny_latents, "train", seq_len=config.data.seq_len, batch_size=BATCH, seed=config.seed,
+      text_max_len=config.model.text_len))
+  ids = [set(map(str, next(stream)["id"])) for _ in range(4)]
+  assert not ids[3] & set.union(*ids[:3])
+  bad = _nan_latents(tiny_latents, str(tmp_path / "nan_latents"), ids[3])
+  workdir = str(tmp_path / "lm")
+  trainer = Trainer(cli_args(bad, workdir, train__checkpoint_every=3),
+                    subprocess_env(jax_cache))
+  assert trainer.wait() == 2, trainer.tail()
+  errors = [l for l in trainer.lines if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in trainer.output, trainer.tail()
+  assert re.match(r"error: step 4: loss is nan \(not finite\)", errors[0]), errors
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  assert complete_steps(ckpt_dir) == [3] and not temporary_dirs(ckpt_dir)
+  params = params_of(workdir, config, use_ema=False)
+  assert all(np.isfinite(p).all() for p in params.values())
+
+
+@pytest.mark.parametrize("override, key", [
+    ("--config.train.learning_rat=0.1", "learning_rat"),
+    ("--config.train.ema_decay=1.0", "config.train.ema_decay=1.0"),
+])
+def test_bad_config_fails_at_start_in_one_line(tmp_path, jax_cache, override, key):
+  workdir = str(tmp_path / "lm")
+  proc = subprocess.run(
+      [sys.executable, "-m", "almtok.train", config_arg(), override, f"--workdir={workdir}"],
+      cwd=ROOT, env=subprocess_env(jax_cache), capture_output=True, text=True,
+      timeout=TIMEOUT_S)
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], proc.stderr
+  assert not os.path.exists(workdir)  # Refused before any work started.
