@@ -224,3 +224,17 @@ def test_loss_is_l1_plus_weighted_kl(exported):
   num_latent, num_mel = 2 * 8 * 128, mel_BxMxF.size
   np.testing.assert_allclose(loss1 - loss0, 0.5 * m1["kl"] * num_latent / num_mel, rtol=1e-4)
   np.testing.assert_allclose(m1["kl_per_token"], 128 * m1["kl"], rtol=1e-5)
+
+
+def test_prepare_with_the_exported_mel_vae_reads_back(trained, tmp_path):
+  from almtok import prepare  # pylint: disable=g-import-not-at-top
+  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top
+  config = prepare_config.get_config(
+      f"synth_sounds,size=tiny,seconds=1.0,tokenizer=mel_vae,tokenizer_path={trained['workdir']}")
+  stats = prepare.prepare(config, str(tmp_path))
+  assert stats["latent_dim"] == 128 and stats["frame_rate"] == 25.0
+  batch = next(iter(pipeline.make_dataset(str(tmp_path / "latents"), "train", seq_len=25,
+                                          batch_size=4)))
+  assert batch["x_BxLxC"].shape == (4, 25, 128) and batch["mask_BxL"].all()
+  assert np.all(np.isfinite(batch["x_BxLxC"]))
