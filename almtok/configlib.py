@@ -9,6 +9,7 @@ any `ConfigError` into a single line on stderr and exit status 2, before any wor
 from __future__ import annotations
 
 import fnmatch
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -96,10 +97,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    # A locked ConfigDict refuses an unknown `--config.a.b=...` key with a bare key name.
-    key = str(e).strip("\"' ").split("'")[0]
-    overrides = [a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
-    where = overrides[0] if overrides else f"--config.*{key}"
+    # A locked ConfigDict refuses an unknown `--config.a.b=...` key; its message quotes the key
+    # first (sometimes escaped, sometimes followed by a suggestion).
+    match = re.search(r"[A-Za-z_][A-Za-z0-9_]*", str(e))
+    key = match.group(0) if match else "?"
+    names = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    where = next((n for n in names if n.split(".")[-1] == key),
+                 next((n for n in names if key in n), f"--config.*{key}"))
     _fail(f"{where}: the config has no key {key!r}")
   except flags.Error as e:
     # config_flags wraps errors from get_config in a traceback; its last line says what it is.

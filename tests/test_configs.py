@@ -73,7 +73,7 @@ def _run_cli(*args):
 
 @pytest.mark.parametrize("args,expected", [
     (["--config=configs/synth_sounds.py:tiny", "--config.dataset.bogus=3"],
-     "error: --config.dataset.bogus=3: the config has no key 'bogus'"),
+     "error: --config.dataset.bogus: the config has no key 'bogus'"),
     (["--config=configs/synth_sounds.py:tiny", "--config.dataset.seconds=-1"],
      "error: config.dataset.seconds=-1.0: must be a number of seconds in (0, 600]"),
     (["--config=configs/synth_sounds.py:huge"], "error: ValueError: config arg 'huge'"),

@@ -37,7 +37,9 @@ class TextEmbeddingCache:
         row = (out.tokens_BxNxE[i].astype(np.float16), out.mask_BxN[i], out.pooled_BxE[i])
         if keys_B[i] and len(self._rows) < self._capacity:
           self._rows[str(keys_B[i])] = row
-      fresh = {i: (out.tokens_BxNxE[i], out.mask_BxN[i], out.pooled_BxE[i]) for i in missing}
+      # Fresh rows go through the cache's float16 too, so results never depend on what was cached.
+      fresh = {i: (out.tokens_BxNxE[i].astype(np.float16), out.mask_BxN[i], out.pooled_BxE[i])
+               for i in missing}
     else:
       fresh = {}
     self.misses += len(missing)
