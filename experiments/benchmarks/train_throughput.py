@@ -78,6 +78,16 @@ def time_calls(fn, args, steps: int) -> tuple[float, float]:
   return first, (time.perf_counter() - start) / steps
 
 
+def time_alone(fn, args, steps: int) -> float:
+  """Mean seconds of `fn(*args)` on the same inputs, after one call that compiles it."""
+  jax.block_until_ready(fn(*args))
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
 def flops_split(config, graphdef, params) -> tuple[float, float]:
   """(decoder, head) model FLOPs per step, from the trainer's formula."""
   total = train.train_flops_per_step(config, graphdef, params)
@@ -110,7 +120,9 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
 
 
 def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
-  """Seconds and MFU of the decoder, the head and the optimizer of one step, each alone."""
+  """Seconds (and MFU where there are model FLOPs) of the parts of one step, each jitted and
+  timed alone: the decoder, the head, the optimizer; and, inside one decoder block, the
+  attention and MLP sublayers and the MLP's exact GELU by itself (all forward + backward)."""
   config = make_config(size, batch)
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx = optim.make_optimizer(config.train)
@@ -119,12 +131,15 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
   b, l, d = config.data.batch_size, config.data.seq_len, config.model.decoder.width
   with jax.set_mesh(mesh):
     graphdef, state, _ = train.init_state(config, mesh, tx)
+    dec_flops, head_flops = flops_split(config, graphdef, state["params"])
+    model = nnx.merge(graphdef, state["params"])
+    s = model.prefix_len + l
     host = synthetic_batch(config)
     x_BxLxC, mask_BxL, text = (jnp.asarray(host["x_BxLxC"]), jnp.asarray(host["mask_BxL"]),
                                jax.tree.map(jnp.asarray, host["text"]))
     rng = jax.random.PRNGKey(0)
 
-    # The decoder as loss_fn runs it: NTP and MNTP sequences stacked on the batch axis.
+    # The decoder as loss_fn runs it: NTP and MNTP sequences stacked on the batch axis (X = 2B).
     def decoder_loss(params, probe_XxLxD, x_BxLxC, mask_BxL, text):
       model = nnx.merge(graphdef, params)
       ratio_B = mntp.sample_drop_ratio(rng, b, kw["drop_mixture"])
@@ -140,41 +155,51 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
       return diffusion.diffusion_loss(model.head, schedule, x0_NxC, z_NxD, None, rng,
                                       batch_mul=kw["batch_mul"], prediction=kw["prediction"])
 
-    @jax.jit
-    def decoder_step(params, *inputs):
-      return jax.grad(decoder_loss)(params, *inputs)
+    # One decoder block's sublayers on the decoder's sequences (X x S slots, causal).
+    block_graph, block_params = nnx.split(model.decoder.blocks[0], nnx.Param)
+    positions_XxS = jnp.broadcast_to(jnp.arange(s), (2 * b, s))
+    allowed_XxSxS = jnp.broadcast_to(jnp.tril(jnp.ones((s, s), bool)), (2 * b, s, s))
 
-    @jax.jit
-    def head_step(params, z, x0):
-      return jax.grad(head_loss, argnums=(0, 1))(params, z, x0)
+    def attention_loss(params, h_XxSxD):
+      block = nnx.merge(block_graph, params)
+      out, _ = block.attn(block.attn_norm(h_XxSxD), positions_XxS, allowed_XxSxS)
+      return jnp.sum(out)
 
-    @jax.jit
+    def mlp_loss(params, h_XxSxD):
+      block = nnx.merge(block_graph, params)
+      return jnp.sum(block.mlp(block.mlp_norm(h_XxSxD)))
+
     def optimizer_step(st, grads):
       updates, opt_state = tx.update(grads, st["opt_state"], st["params"])
       params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), st["params"], updates)
       return {"step": st["step"] + 1, "params": params, "opt_state": opt_state,
               "ema": optim.ema_update(st["ema"], params, config.train.ema_decay)}, grads
 
-    params = state["params"]
+    both = (0, 1)
     probe = jax.random.normal(rng, (2 * b, l, d))
     z = jax.random.normal(rng, (2 * b * l, d))
     x0 = jax.random.normal(rng, (2 * b * l, config.model.token_dim))
+    h = jax.random.normal(rng, (2 * b, s, d))
+    hidden = jax.random.normal(rng, (2 * b, s, int(round(d * config.model.decoder.mlp_ratio))))
     peak = train.matmul_flops_per_second(matmul_n, repeats=20)
-    # Each part is called on fixed inputs (the carry is discarded) so that it is timed alone.
-    parts = {}
-    for name, fn, args in (("decoder", decoder_step, (params, probe, x_BxLxC, mask_BxL, text)),
-                           ("head", head_step, (params, z, x0))):
-      jax.block_until_ready(fn(*args))
-      start = time.perf_counter()
-      for _ in range(steps):
-        out = fn(*args)
-      jax.block_until_ready(out)
-      parts[name] = (time.perf_counter() - start) / steps
-    grads = jax.tree.map(jnp.ones_like, params)
+    parts = {
+        "decoder": time_alone(jax.jit(jax.grad(decoder_loss)),
+                              (state["params"], probe, x_BxLxC, mask_BxL, text), steps),
+        "head": time_alone(jax.jit(jax.grad(head_loss, both)), (state["params"], z, x0), steps),
+    }
+    block = {
+        "attention": time_alone(jax.jit(jax.grad(attention_loss, both)), (block_params, h),
+                                steps),
+        "mlp": time_alone(jax.jit(jax.grad(mlp_loss, both)), (block_params, h), steps),
+        "exact GELU alone": time_alone(
+            jax.jit(jax.grad(lambda a: jnp.sum(jax.nn.gelu(a, approximate=False)))), (hidden,),
+            steps),
+    }
+    grads = jax.tree.map(jnp.ones_like, state["params"])
     _, parts["optimizer"] = time_calls(jax.jit(optimizer_step, donate_argnums=(0,)),
                                        (state, grads), steps)
-  dec_flops, head_flops = flops_split(config, graphdef, params)
-  return dict(size=size, batch=b, seconds=parts, peak_flops=peak,
+  return dict(size=size, batch=b, seconds=parts, block_seconds=block,
+              num_layers=config.model.decoder.num_layers, peak_flops=peak,
               mfu={"decoder": dec_flops / parts["decoder"] / peak,
                    "head": head_flops / parts["head"] / peak},
               flops={"decoder": dec_flops, "head": head_flops})
@@ -213,7 +238,11 @@ def main():
           f"{p['peak_flops'] / 1e9:.1f} GFLOP/s):")
     for name, seconds in p["seconds"].items():
       mfu = f"MFU {100 * p['mfu'][name]:.1f}%" if name in p["mfu"] else "no model FLOPs"
-      print(f"  {name:<10}{seconds:>8.3f} s  {100 * seconds / total:>4.0f}%  {mfu}")
+      print(f"  {name:<18}{seconds:>8.3f} s  {100 * seconds / total:>4.0f}%  {mfu}")
+    print(f"one decoder block of {p['num_layers']}, forward + backward:")
+    for name, seconds in p["block_seconds"].items():
+      print(f"  {name:<18}{seconds:>8.3f} s  x {p['num_layers']} layers = "
+            f"{100 * seconds * p['num_layers'] / p['seconds']['decoder']:.0f}% of the decoder")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
