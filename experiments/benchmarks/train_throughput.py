@@ -44,7 +44,7 @@ from almtok.text.minilm import TextEmbedding
 from configs import synth_small
 
 # (batch, timed steps) per size; base is the paper's 193M model, so a few steps of a small batch.
-PLAN = {"tiny": (32, 20), "small": (32, 10), "base": (4, 3)}
+PLAN = {"tiny": (32, 20), "small": (32, 10), "base": (2, 2)}
 
 
 def make_config(size: str, batch: int):
