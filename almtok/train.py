@@ -413,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def finish(pending_metrics) -> None:
       """Fetches a step's metrics (one step late, so the device never waits) and logs them."""
       nonlocal last_time, last_step
-      done_step, m = pending_metrics
+      done_step, m, dispatched = pending_metrics
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       if m.pop("finite") < 1:
         bad = next((k for k in ("loss", "grad_norm") if not np.isfinite(m[k])), "loss")
@@ -422,9 +422,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       history.append(dict(m, step=done_step))
       if ((config.train.log_every and done_step % config.train.log_every == 0)
           or done_step == config.train.num_steps):
-        now = time.perf_counter()
-        steps_per_s = (done_step - last_step) / max(now - last_time, 1e-9)
-        last_time, last_step = now, done_step
+        # Timed between dispatches, which are one loop iteration apart, not between fetches: a
+        # checkpoint step fetches twice in a row, which would time the device step alone.
+        steps_per_s = (done_step - last_step) / max(dispatched - last_time, 1e-9)
+        last_time, last_step = dispatched, done_step
         m["tokens_per_s"] = steps_per_s * global_batch * config.data.seq_len
         m["mfu"] = steps_per_s * step_flops / (peak * jax.device_count())
         writer.write_scalars(done_step, m)
@@ -437,7 +438,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         step += 1
         if pending is not None:
           finish(pending)
-        pending = (step, metrics)
+        pending = (step, metrics, time.perf_counter())
         report(step)
         out_of_time = time.time() > deadline
         if ((config.train.checkpoint_every and step % config.train.checkpoint_every == 0)

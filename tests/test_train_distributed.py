@@ -131,8 +131,8 @@ if __name__ == "__main__":
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
-def _env(jax_cache: str, devices: int | None = None) -> dict[str, str]:
-  env = subprocess_env(jax_cache, devices)
+def _env(cache_dir: str, devices: int | None = None) -> dict[str, str]:
+  env = subprocess_env(cache_dir, devices)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
   return env
 

@@ -5,19 +5,21 @@ r"""Training throughput of the continuous LM on this machine: tokens/s, step tim
 
 Each size runs the trainer's own jitted step (`train.init_state` + `train.make_train_step`, with
 the same donation and out-shardings as `train.py`) on one device, on a synthetic batch of the CPU
-demo's shape (configs/synth_small.py: mel tokens C = 256, L = 100 tokens = 4 s, MNTP on,
-diffusion batch_mul 2). The first step compiles and is timed apart; the table reports the mean of
-the timed steps that follow.
+demo's shapes (configs/synth_small.py at that size: mel tokens, L = 100 tokens = 4 s, MNTP on,
+the demo's diffusion batch_mul). The first step compiles and is timed apart; the table reports
+the median of the timed steps that follow.
 
 MFU = model FLOP/s / peak, where model FLOPs per step are `train.train_flops_per_step` (matmuls
 and attention, forward + backward = 3x forward) and the peak is the dense float32 N x N matmul
 FLOP/s that this process measures with `train.matmul_flops_per_second` just before each size is
-timed (N = --matmul_n, 1024 by default; the table prints it).
+timed (N = --matmul_n, 1024 by default; the best of 8 measurements; the table prints it). Step
+times are medians, so that a short disturbance by another process does not move them much.
 
 `--profile=SIZE` splits one step of that size into its parts, each jitted and timed alone: the
 decoder (forward + backward of the NTP and MNTP sequences), the diffusion head (forward +
 backward of its loss on the decoder's z) and the optimizer (AdamW update + EMA), with the MFU of
-the two parts that have model FLOPs.
+the two parts that have model FLOPs; then one decoder block's attention and MLP sublayers, and
+the MLP once more with its GELU taken out.
 
 Shape letters: B batch, L tokens, C token channels, D model width, N head rows (2 B L).
 """
@@ -66,26 +68,35 @@ def synthetic_batch(config, seed: int = 0) -> dict:
 
 
 def time_calls(fn, args, steps: int) -> tuple[float, float]:
-  """(seconds of the first call, mean seconds of the next `steps` calls); `fn` returns its first
-  argument's successor, which is fed back (so donated buffers stay valid)."""
+  """(seconds of the first call, median seconds of the next `steps` calls); `fn` returns its
+  first argument's successor, which is fed back (so donated buffers stay valid)."""
   start = time.perf_counter()
   carry = jax.block_until_ready(fn(*args))
   first = time.perf_counter() - start
-  start = time.perf_counter()
+  seconds = []
   for _ in range(steps):
-    carry = fn(carry[0], *args[1:])
-  jax.block_until_ready(carry)
-  return first, (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    carry = jax.block_until_ready(fn(carry[0], *args[1:]))
+    seconds.append(time.perf_counter() - start)
+  return first, float(np.median(seconds))
+
+
+def peak_flops(n: int, trials: int = 8) -> float:
+  """The best of `trials` of the trainer's dense N x N matmul FLOP/s measurements: each lasts a
+  fraction of a second, so on a shared machine some catch both cores busy elsewhere; the best
+  one is what the cores give when they are free."""
+  return max(train.matmul_flops_per_second(n, repeats=10) for _ in range(trials))
 
 
 def time_alone(fn, args, steps: int) -> float:
-  """Mean seconds of `fn(*args)` on the same inputs, after one call that compiles it."""
+  """Median seconds of `fn(*args)` on the same inputs, after one call that compiles it."""
   jax.block_until_ready(fn(*args))
-  start = time.perf_counter()
+  seconds = []
   for _ in range(steps):
-    out = fn(*args)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    seconds.append(time.perf_counter() - start)
+  return float(np.median(seconds))
 
 
 def flops_split(config, graphdef, params) -> tuple[float, float]:
@@ -110,10 +121,12 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
     rng = jax.random.PRNGKey(0)
     flops = train.train_flops_per_step(config, graphdef, state["params"])
     params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    peak = train.matmul_flops_per_second(matmul_n, repeats=20)
+    peak = peak_flops(matmul_n)
     compile_s, step_s = time_calls(step, (state, batch_arrays, rng), steps)
   tokens = config.data.batch_size * config.data.seq_len
-  return dict(size=size, params=int(params), batch=config.data.batch_size,
+  dec = config.model.decoder
+  return dict(size=size, params=int(params), shape=f"{dec.width}x{dec.num_layers}",
+              batch=config.data.batch_size,
               seq_len=config.data.seq_len, steps=steps, first_step_s=compile_s, step_s=step_s,
               tokens_per_s=tokens / step_s, model_flops_per_step=flops,
               peak_flops=peak, matmul_n=matmul_n, mfu=flops / step_s / peak)
@@ -122,7 +135,7 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
 def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
   """Seconds (and MFU where there are model FLOPs) of the parts of one step, each jitted and
   timed alone: the decoder, the head, the optimizer; and, inside one decoder block, the
-  attention and MLP sublayers and the MLP's exact GELU by itself (all forward + backward)."""
+  attention and MLP sublayers and the MLP with its GELU taken out (all forward + backward)."""
   config = make_config(size, batch)
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx = optim.make_optimizer(config.train)
@@ -169,6 +182,11 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
       block = nnx.merge(block_graph, params)
       return jnp.sum(block.mlp(block.mlp_norm(h_XxSxD)))
 
+    def linear_mlp_loss(params, h_XxSxD):
+      """The same MLP with its activation taken out: what its matmuls alone cost."""
+      block = nnx.merge(block_graph, params)
+      return jnp.sum(block.mlp.down(block.mlp.up(block.mlp_norm(h_XxSxD))))
+
     def optimizer_step(st, grads):
       updates, opt_state = tx.update(grads, st["opt_state"], st["params"])
       params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), st["params"], updates)
@@ -180,8 +198,7 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
     z = jax.random.normal(rng, (2 * b * l, d))
     x0 = jax.random.normal(rng, (2 * b * l, config.model.token_dim))
     h = jax.random.normal(rng, (2 * b, s, d))
-    hidden = jax.random.normal(rng, (2 * b, s, int(round(d * config.model.decoder.mlp_ratio))))
-    peak = train.matmul_flops_per_second(matmul_n, repeats=20)
+    peak = peak_flops(matmul_n)
     parts = {
         "decoder": time_alone(jax.jit(jax.grad(decoder_loss)),
                               (state["params"], probe, x_BxLxC, mask_BxL, text), steps),
@@ -191,10 +208,10 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
         "attention": time_alone(jax.jit(jax.grad(attention_loss, both)), (block_params, h),
                                 steps),
         "mlp": time_alone(jax.jit(jax.grad(mlp_loss, both)), (block_params, h), steps),
-        "exact GELU alone": time_alone(
-            jax.jit(jax.grad(lambda a: jnp.sum(jax.nn.gelu(a, approximate=False)))), (hidden,),
-            steps),
     }
+    if config.model.decoder.mlp == "gelu":
+      block["mlp without GELU"] = time_alone(jax.jit(jax.grad(linear_mlp_loss, both)),
+                                             (block_params, h), steps)
     grads = jax.tree.map(jnp.ones_like, state["params"])
     _, parts["optimizer"] = time_calls(jax.jit(optimizer_step, donate_argnums=(0,)),
                                        (state, grads), steps)
@@ -218,13 +235,13 @@ def main():
              f"load average {os.getloadavg()[0]:.2f}")
   print(f"machine: {machine}")
   rows = []
-  print(f"{'size':<6}{'params':>9}{'batch':>6}{'L':>5}{'compile s':>10}{'step s':>9}"
-        f"{'tokens/s':>10}{'GFLOP/step':>11}{'peak GFLOP/s':>13}{'MFU':>7}")
+  print(f"{'size':<6}{'D x layers':>11}{'params':>9}{'batch':>6}{'L':>5}{'compile s':>10}"
+        f"{'step s':>9}{'tokens/s':>10}{'GFLOP/step':>11}{'peak GFLOP/s':>13}{'MFU':>7}")
   for size in args.sizes.split(","):
     batch, steps = PLAN[size]
     r = benchmark_size(size, batch, steps, args.matmul_n)
     rows.append(r)
-    print(f"{size:<6}{r['params'] / 1e6:>8.1f}M{r['batch']:>6}{r['seq_len']:>5}"
+    print(f"{size:<6}{r['shape']:>11}{r['params'] / 1e6:>8.1f}M{r['batch']:>6}{r['seq_len']:>5}"
           f"{r['first_step_s']:>10.1f}{r['step_s']:>9.3f}{r['tokens_per_s']:>10.0f}"
           f"{r['model_flops_per_step'] / 1e9:>11.1f}{r['peak_flops'] / 1e9:>13.1f}"
           f"{100 * r['mfu']:>6.1f}%", flush=True)
