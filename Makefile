@@ -21,7 +21,7 @@ $(STAMP): setup.py Makefile
 	touch $(STAMP)
 
 # The main job: synthetic set -> mel latents -> the small LM -> 4 clips for held-out captions.
-DEMO_STEPS ?= 500
+DEMO_STEPS ?= 450
 demo: install
 	$(PY) -m almtok.prepare --config=configs/prepare.py:synth_sounds,tokenizer=mel \
 	    --workdir=$(DEMO_DIR)/prep
