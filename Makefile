@@ -21,7 +21,8 @@ $(STAMP): setup.py Makefile
 	touch $(STAMP)
 
 # The main job: synthetic set -> mel latents -> the small LM -> 4 clips for held-out captions.
-# Temperature 0.7 (head noise scaled down): after 450 steps it gives sustained, cleaner clips.
+# Temperature 0.7 (head noise scaled down) and guidance from the first token on: after 450 steps
+# they give sustained clips that follow their captions' first events.
 DEMO_STEPS ?= 450
 demo: install
 	$(PY) -m almtok.prepare --config=configs/prepare.py:synth_sounds,tokenizer=mel \
@@ -29,6 +30,7 @@ demo: install
 	$(PY) -m almtok.train --config=configs/synth_small.py:steps=$(DEMO_STEPS) \
 	    --config.data.latents_dir=$(DEMO_DIR)/prep/latents --workdir=$(DEMO_DIR)/lm
 	$(PY) -m almtok.generate --workdir=$(DEMO_DIR)/lm --held_out=4 --seconds=4 --temperature=0.7 \
+	    --cfg_schedule=constant \
 	    --out=$(DEMO_DIR)/samples
 	@echo "demo_out: prep/latents (mel latents), lm/ (checkpoints, TensorBoard: tensorboard --logdir $(DEMO_DIR)/lm),"
 	@echo "          samples/*.wav and *.png (generated clips and their spectrograms), samples.json (settings)"
