@@ -189,7 +189,7 @@ def latest_step(workdir: str) -> int | None:
 
 def params_of(workdir: str, config, use_ema: bool) -> dict[str, np.ndarray]:
   model = train.load_model(workdir, config, use_ema=use_ema)
-  return {"/".join(map(str, path)): np.asarray(v.value)
+  return {"/".join(map(str, path)): np.asarray(v[...])
           for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
