@@ -32,6 +32,7 @@ import numpy as np
 
 from almtok import audio
 from almtok import tokenizers
+from almtok.tokenizers import melspec
 from almtok.tokenizers import vocoder as vocoder_lib
 
 _MEL_VAE = flags.DEFINE_string("mel_vae", "/work/runs/mel_vae",
@@ -44,11 +45,8 @@ _MAX_CLIPS = flags.DEFINE_integer("max_clips", 0, "Clips per split (0: all).")
 
 
 def snr_db(mel_MxF: np.ndarray, mel_hat_MxF: np.ndarray) -> float:
-  """Mel SNR of one clip in dB (inf for an exact reconstruction)."""
-  mel_MxF = mel_MxF.astype(np.float64)
-  noise = np.sum(np.square(mel_MxF - mel_hat_MxF))
-  signal = np.sum(np.square(mel_MxF - mel_MxF.mean()))
-  return float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
+  """Mel SNR of one clip in dB (`melspec.mel_snr_db` on a batch of one)."""
+  return float(melspec.mel_snr_db(mel_MxF[None], mel_hat_MxF[None])[0])
 
 
 def load_test_clips(data_dir: str, max_clips: int) -> dict[str, list[np.ndarray]]:
