@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from almtok import checkpoint
+from almtok import events
 from almtok import configlib
 from almtok import tokenizers
 from almtok.tokenizers import mel_vae
@@ -105,16 +106,7 @@ def test_checkpointer_keeps_the_last_n_and_round_trips(tmp_path):
 
 def _event_values(workdir: str, tag: str) -> list[tuple[int, np.ndarray]]:
   """(step, value) of every TensorBoard summary called `tag` in `workdir`'s event files."""
-  # pylint: disable=g-import-not-at-top
-  from tensorboard.backend.event_processing import event_accumulator
-  from tensorboard.util import tensor_util
-  values = []
-  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-    acc = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
-    acc.Reload()
-    if tag in acc.Tags()["tensors"]:
-      values += [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
-  return values
+  return events.read_events(workdir).values.get(tag, [])
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ import soundfile
 from flax import nnx
 
 from almtok import checkpoint
+from almtok import events
 from almtok import optim
 from almtok import train
 from almtok.data import latents as latents_lib
@@ -152,21 +153,11 @@ def event_file(workdir: str, pid: int) -> str | None:
 
 
 def read_events(path: str) -> dict[str, dict[int, object]]:
-  """{tag: {step: value}} of one event file through tensorboard's own reader; TF2 summaries come
-  back as tensors (scalars as floats, audio as [clips, 2] string tensors)."""
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
-  acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
-  acc.Reload()
-  out = {}
-  for tag in acc.Tags()["tensors"]:
-    values = {}
-    for event in acc.Tensors(tag):
-      value = tensor_util.make_ndarray(event.tensor_proto)
-      values[event.step] = float(value) if value.dtype.kind == "f" and value.ndim == 0 else value
-    out[tag] = values
-  out["_plugins"] = {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name
-                     for tag in acc.Tags()["tensors"]}
+  """{tag: {step: value}} of one event file (scalars as floats), plus {"_plugins": {tag: plugin}}."""
+  ev = events.read_events(path)
+  out = {tag: {step: float(v) if v.dtype.kind == "f" and v.ndim == 0 else v for step, v in pairs}
+         for tag, pairs in ev.values.items()}
+  out["_plugins"] = ev.plugins
   return out
 
 
@@ -318,35 +309,35 @@ def test_sigterm_saves_the_current_step_and_exits_0(interrupted):
 
 
 def test_tensorboard_has_every_scalar_at_every_step_and_the_audio(reference, tiny_latents):
-  events = reference["events"]
+  logged = reference["events"]
   config = tiny_config(tiny_latents)
   lr = optim.learning_rate(config.train)
   for tag in SCALARS:
-    assert sorted(events[tag]) == list(range(1, STEPS + 1)), tag
-    assert all(np.isfinite(v) for v in events[tag].values()), tag
+    assert sorted(logged[tag]) == list(range(1, STEPS + 1)), tag
+    assert all(np.isfinite(v) for v in logged[tag].values()), tag
   for step in range(1, STEPS + 1):
     # The step's learning rate is the schedule's at the step count before the update.
-    np.testing.assert_allclose(events["lr"][step], float(lr(step - 1)), rtol=1e-6)
-    np.testing.assert_allclose(events["loss"][step],
-                               events["ntp_loss"][step] + events["mntp_loss"][step], rtol=1e-6)
-    assert events["tokens_per_s"][step] > 0 and 0 < events["mfu"][step] < 1
+    np.testing.assert_allclose(logged["lr"][step], float(lr(step - 1)), rtol=1e-6)
+    np.testing.assert_allclose(logged["loss"][step],
+                               logged["ntp_loss"][step] + logged["mntp_loss"][step], rtol=1e-6)
+    assert logged["tokens_per_s"][step] > 0 and 0 < logged["mfu"][step] < 1
   # Both come from the same measured step rate: their ratio is the same at every step.
-  ratio = [events["mfu"][s] / events["tokens_per_s"][s] for s in range(1, STEPS + 1)]
+  ratio = [logged["mfu"][s] / logged["tokens_per_s"][s] for s in range(1, STEPS + 1)]
   np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
-  assert STEPS in events["val/loss"]
+  assert STEPS in logged["val/loss"]
   # The generated clips of the last step: WAVs at the tokenizer's rate, one per caption, and
   # their spectrogram images under tags of their own.
-  plugins = events["_plugins"]
+  plugins = logged["_plugins"]
   audio = sorted(t for t, p in plugins.items() if p == "audio")
   images = sorted(t for t, p in plugins.items() if p == "images")
   assert len(audio) == len(images) == config.train.sample_captions, plugins
   for tag in audio:
-    (clip, _), = events[tag][STEPS]
+    (clip, _), = logged[tag][STEPS]
     wav, rate = soundfile.read(io.BytesIO(bytes(clip)))
     assert rate == 16_000 and abs(len(wav) - config.data.seq_len * rate // 25) <= rate // 25
     assert np.isfinite(wav).all()
   for tag in images:
-    assert bytes(events[tag][STEPS][2]).startswith(b"\x89PNG")
+    assert bytes(logged[tag][STEPS][2]).startswith(b"\x89PNG")
 
 
 def test_second_trainer_on_a_busy_workdir_is_refused(reference):

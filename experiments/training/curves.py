@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from almtok import configlib
+from almtok import events
 from almtok import plotting
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the trainer's --workdir", required=True)
@@ -26,28 +27,11 @@ _TAGS = flags.DEFINE_list("tags", ["loss", "ntp_loss", "mntp_loss", "val/loss", 
 _ROWS = flags.DEFINE_integer("rows", 8, "logged steps shown in the table")
 
 
-def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
-  """{tag: {step: value}} over the event files of `workdir` (not its subfolders)."""
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
-  paths = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
-  if not paths:
-    raise configlib.FatalError(f"--workdir={workdir}: no TensorBoard event files there")
-  scalars: dict[str, dict[int, float]] = {}
-  for path in paths:
-    acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
-    acc.Reload()
-    for tag in acc.Tags()["tensors"]:
-      for event in acc.Tensors(tag):
-        value = tensor_util.make_ndarray(event.tensor_proto)
-        if value.ndim == 0 and value.dtype.kind == "f":
-          scalars.setdefault(tag, {})[event.step] = float(value)
-  return scalars
-
-
 def main(argv):
   del argv
-  scalars = read_scalars(_WORKDIR.value)
+  if not glob.glob(os.path.join(_WORKDIR.value, "events.out.tfevents.*")):
+    raise configlib.FatalError(f"--workdir={_WORKDIR.value}: no TensorBoard event files there")
+  scalars = events.scalars(events.read_events(_WORKDIR.value))
   if "loss" not in scalars:
     raise configlib.FatalError(f"--workdir={_WORKDIR.value}: the event files hold no 'loss'")
   tags = [t for t in _TAGS.value if t in scalars]
