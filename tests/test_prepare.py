@@ -293,8 +293,6 @@ def test_cli_refuses_a_bad_config_in_one_line(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-@pytest.mark.skipif(not hasattr(__import__("almtok.tokenizers").tokenizers, "get"),
-                    reason="needs the tokenizer registry almtok.tokenizers.get")
 def test_cli_prepares_the_tiny_synth_set(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(
