@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from almtok import rng as rng_lib
+
 Array = jax.Array
 SampleFn = Callable[[Array, Array], Array]
 LossDenoiseFn = Callable[[Array, Array, Array], Array]
@@ -283,6 +285,55 @@ def _check_prediction(prediction: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def diffusion_loss_terms(
+    denoise_fn: LossDenoiseFn,
+    schedule: Schedule,
+    x0_NxC: Array,
+    z_NxD: Array,
+    weight_N: Array | None,
+    rng: Array,
+    *,
+    batch_mul: int = 1,
+    prediction: str = "eps",
+) -> tuple[Array, Array]:
+  """(sum of w * loss, sum of w) over the denoiser's rows, float32 scalars.
+
+  Each token is used `batch_mul` times with independent timesteps (uniform over the schedule's
+  steps) and noise; its conditioning z and weight are repeated alongside, so the denoiser sees
+  batch_mul * N rows (tiled: row i*N + n is token n). The per-row loss is the mean over C of the
+  squared error of the eps (or v) prediction.
+
+  `rng` is one key, or one key per token ([N] keys): then token n's timesteps and noise depend on
+  its own key only, so a caller that splits a batch into parts (gradient accumulation, devices)
+  draws exactly what the whole batch would. The sums let such a caller normalise by a count taken
+  over the whole batch.
+  """
+  _check_prediction(prediction)
+  n = x0_NxC.shape[0]
+  keys_N = rng_lib.row_keys(rng, n)
+
+  def draw(key):
+    t_rng, noise_rng = jax.random.split(key)
+    return (jax.random.randint(t_rng, (batch_mul,), 0, schedule.num_steps),
+            jax.random.normal(noise_rng, (batch_mul, x0_NxC.shape[-1]), jnp.float32))
+
+  t_NxR, noise_NxRxC = jax.vmap(draw)(keys_N)
+  t_M = t_NxR.T.reshape(-1)
+  noise_MxC = noise_NxRxC.swapaxes(0, 1).reshape(batch_mul * n, -1)
+  x0_MxC = jnp.tile(x0_NxC.astype(jnp.float32), (batch_mul, 1))
+  z_MxD = jnp.tile(z_NxD, (batch_mul, 1))
+  w_N = jnp.ones((n,), jnp.float32) if weight_N is None else weight_N.astype(jnp.float32)
+  w_M = jnp.tile(w_N, (batch_mul,))
+  x_t_MxC = q_sample(schedule, x0_MxC, t_M, noise_MxC)
+  out_MxC = denoise_fn(x_t_MxC, schedule.timesteps[t_M], z_MxD).astype(jnp.float32)
+  if prediction == "eps":
+    target_MxC = noise_MxC
+  else:
+    target_MxC = v_from_x0_eps(schedule, x0_MxC, t_M, noise_MxC)
+  loss_M = jnp.mean(jnp.square(out_MxC - target_MxC), axis=-1)
+  return jnp.sum(w_M * loss_M), jnp.sum(w_M)
+
+
 def diffusion_loss(
     denoise_fn: LossDenoiseFn,
     schedule: Schedule,
@@ -296,29 +347,12 @@ def diffusion_loss(
 ) -> Array:
   """Weighted mean squared error of the denoiser's eps (or v) prediction, float32 scalar.
 
-  Each token is used `batch_mul` times with independent timesteps (uniform over the schedule's
-  steps) and noise; its conditioning z and weight are repeated alongside, so the denoiser sees
-  batch_mul * N rows (tiled: row i*N + n is token n). The per-row loss is the mean over C; the
-  result is sum(w * loss) / sum(w) over all rows (weight_N=None means all ones; all-zero weights
-  give 0).
+  sum(w * loss) / sum(w) of `diffusion_loss_terms` (weight_N=None means all ones; all-zero
+  weights give 0).
   """
-  _check_prediction(prediction)
-  n = x0_NxC.shape[0]
-  x0_MxC = jnp.tile(x0_NxC.astype(jnp.float32), (batch_mul, 1))
-  z_MxD = jnp.tile(z_NxD, (batch_mul, 1))
-  w_N = jnp.ones((n,), jnp.float32) if weight_N is None else weight_N.astype(jnp.float32)
-  w_M = jnp.tile(w_N, (batch_mul,))
-  t_rng, noise_rng = jax.random.split(rng)
-  t_M = jax.random.randint(t_rng, (batch_mul * n,), 0, schedule.num_steps)
-  noise_MxC = jax.random.normal(noise_rng, x0_MxC.shape, jnp.float32)
-  x_t_MxC = q_sample(schedule, x0_MxC, t_M, noise_MxC)
-  out_MxC = denoise_fn(x_t_MxC, schedule.timesteps[t_M], z_MxD).astype(jnp.float32)
-  if prediction == "eps":
-    target_MxC = noise_MxC
-  else:
-    target_MxC = v_from_x0_eps(schedule, x0_MxC, t_M, noise_MxC)
-  loss_M = jnp.mean(jnp.square(out_MxC - target_MxC), axis=-1)
-  return jnp.sum(w_M * loss_M) / jnp.maximum(jnp.sum(w_M), 1e-8)
+  total, weight = diffusion_loss_terms(denoise_fn, schedule, x0_NxC, z_NxD, weight_N, rng,
+                                       batch_mul=batch_mul, prediction=prediction)
+  return total / jnp.maximum(weight, 1e-8)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,7 +37,20 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   )
 
 
-def ema_update(ema, params, decay: float):
+def ema_decay_at(step, decay: float, warmup: bool = True):
+  """The EMA decay of the update after `step` earlier updates.
+
+  With warm-up, min(decay, (1 + step) / (10 + step)): the average forgets the random
+  initialisation within the first steps instead of keeping decay ** step of it (10% of it after
+  450 steps at 0.995), and reaches `decay` after 10 / (1 - decay) steps or so.
+  """
+  if not warmup:
+    return jnp.float32(decay)
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema, params, decay: float | jax.Array):
   """ema <- decay * ema + (1 - decay) * params, in float32."""
   return jax.tree.map(
       lambda e, p: (decay * e.astype(jnp.float32) + (1.0 - decay) * p.astype(jnp.float32)

@@ -120,53 +120,70 @@ def loss_kwargs(config) -> dict[str, Any]:
               prediction=config.diffusion.prediction)
 
 
+def _draw_kwargs(config) -> dict[str, Any]:
+  return dict(cfg_dropout=config.loss.cfg_dropout, mntp_weight=config.loss.mntp_weight,
+              drop_mixture=config.loss.drop_mixture)
+
+
 def make_train_step(config, graphdef, tx, schedule):
   """The pure step `(state, batch, rng) -> (state, metrics)`.
 
-  `batch` holds `x_BxLxC`, `mask_BxL` and `text` (a TextEmbedding). With grad_accum > 1 the batch
-  is split into micro-batches whose gradients are averaged in a scan. A step whose loss or
-  gradient norm is not finite leaves the state unchanged and reports `finite = 0`.
+  `batch` holds `x_BxLxC`, `mask_BxL` and `text` (a TextEmbedding). Every example draws its
+  randomness from `fold_in(fold_in(rng, step), its index in the batch)`, and each loss part is
+  normalised by its count over the whole batch, so with grad_accum > 1 (micro-batches whose
+  gradients are summed in a scan) the update is the whole batch's up to float rounding.
+  Micro-batch i takes rows i, i + accum, i + 2 accum, ...: each device's block of rows holds a
+  share of every micro-batch. A step whose loss or gradient norm is not finite leaves the state
+  unchanged and reports `finite = 0`.
   """
   kwargs = loss_kwargs(config)
   accum = config.train.grad_accum
 
-  def loss(params, micro, rng):
+  def loss(params, micro, rng, counts):
     model = nnx.merge(graphdef, params)
     return continuous_lm.loss_fn(model, micro["text"], micro["x_BxLxC"], micro["mask_BxL"],
-                                 rng, schedule=schedule, **kwargs)
+                                 rng, schedule=schedule, example_index_B=micro["index_B"],
+                                 counts=counts, **kwargs)
 
   grad_fn = jax.value_and_grad(loss, has_aux=True)
 
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state["step"])
+    b = batch["mask_BxL"].shape[0]
+    batch = dict(batch, index_B=jnp.arange(b, dtype=jnp.int32))
+    counts = continuous_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"],
+                                         **_draw_kwargs(config))
     if accum == 1:
-      (_, metrics), grads = grad_fn(state["params"], batch, rng)
+      (_, metrics), grads = grad_fn(state["params"], batch, rng, counts)
     else:
-      micro = jax.tree.map(lambda a: a.reshape(accum, a.shape[0] // accum, *a.shape[1:]), batch)
+      def split(a):
+        a = a.reshape(b // accum, accum, *a.shape[1:]).swapaxes(0, 1)
+        if not jax.sharding.get_abstract_mesh().empty:
+          a = jax.lax.with_sharding_constraint(
+              a, jax.P(None, sharding.BATCH_AXES, *([None] * (a.ndim - 2))))
+        return a
 
-      def body(carry, inputs):
-        grads_acc, metrics_acc = carry
-        i, mb = inputs
-        (_, m), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
-        return (jax.tree.map(jnp.add, grads_acc, g), jax.tree.map(jnp.add, metrics_acc, m)), None
+      micro = jax.tree.map(split, batch)
 
-      zeros_g = jax.tree.map(jnp.zeros_like, state["params"])
-      _, metrics_shape = jax.eval_shape(grad_fn, state["params"],
-                                        jax.tree.map(lambda a: a[0], micro), rng)[0]
-      zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
-      (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (jnp.arange(accum), micro))
-      grads = jax.tree.map(lambda g: g / accum, grads)
-      metrics = jax.tree.map(lambda m: m / accum, metrics)
+      def body(carry, mb):
+        (_, m), g = grad_fn(state["params"], mb, rng, counts)
+        return jax.tree.map(jnp.add, carry, (g, m)), None
+
+      first = jax.tree.map(lambda a: a[0], micro)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           jax.eval_shape(grad_fn, state["params"], first, rng, counts))
+      (grads, metrics), _ = jax.lax.scan(body, (zeros[1], zeros[0][1]), micro)
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
                              for g in jax.tree.leaves(grads)))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
+    decay = optim.ema_decay_at(state["step"], config.train.ema_decay, config.train.ema_warmup)
     new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-           "ema": optim.ema_update(state["ema"], params, config.train.ema_decay)}
+           "ema": optim.ema_update(state["ema"], params, decay)}
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
-                   lr=optim.learning_rate(config.train)(state["step"]))
+                   lr=optim.learning_rate(config.train)(state["step"]), ema_decay=decay)
     return new, metrics
 
   return train_step

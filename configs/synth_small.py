@@ -32,7 +32,7 @@ def get_config(arg=None):
   config.train = ml_collections.ConfigDict(dict(
       num_steps=arg.steps, max_minutes=arg.minutes,
       learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=0.02,
-      b1=0.9, b2=0.95, grad_clip=1.0, ema_decay=0.995, grad_accum=1,
+      b1=0.9, b2=0.95, grad_clip=1.0, ema_decay=0.995, ema_warmup=True, grad_accum=1,
       log_every=20, checkpoint_every=250, keep_checkpoints=2,
       eval_every=250, eval_batches=4, peak_flops=0.0,
       # Generated clips in TensorBoard: every N steps (0: never), K head steps, captions.

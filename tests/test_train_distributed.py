@@ -3,6 +3,7 @@
 * 8 forced host devices, mesh data=2 x fsdp=4: the large matrices of the train state are split
   over `fsdp` (each device holds a quarter), and a few steps on one global batch give the losses
   and parameters of the same steps on a single device.
+  With grad_accum 4 the same devices give the update of the whole batch.
 * 2 processes x 2 forced host devices joined by `jax.distributed` (gloo collectives): the CLI's
   `--multihost` run gives the losses of a single-process run that reads the same examples.
 
@@ -80,7 +81,34 @@ for name, mesh in (("fsdp", sharding.make_mesh(2, 4)),
     out[name + "_params"] = [np.asarray(p) for p in jax.tree.leaves(state["params"])]
 diff = max(float(np.max(np.abs(p - q))) for p, q in zip(out.pop("fsdp_params"),
                                                         out.pop("single_params")))
-print(json.dumps(dict(out, max_param_diff=diff)))
+
+# Gradient accumulation over the 8 devices: one step of batch 32 (rows of random lengths) with
+# grad_accum 1 and 4; each micro-batch of 8 rows is spread over all 8 devices.
+mesh = sharding.make_mesh(2, 4)
+lengths = rng.integers(1, l + 1, size=(32,))
+mask32 = np.arange(l)[None, :] < lengths[:, None]
+tmask32 = np.arange(n)[None, :] < rng.integers(1, n + 1, size=(32,))[:, None]
+host32 = {"x_BxLxC": rng.standard_normal((32, l, c), dtype=np.float32), "mask_BxL": mask32,
+          "tokens": rng.standard_normal((32, n, e), dtype=np.float32) * tmask32[:, :, None],
+          "text_mask": tmask32, "pooled": rng.standard_normal((32, e), dtype=np.float32)}
+accum_out = {}
+for accum in (1, 4):
+  config32 = synth_small.get_config("size=tiny,steps=16,batch=32")
+  config32.update_from_flattened_dict({"data.seq_len": 20, "train.grad_accum": accum})
+  with jax.set_mesh(mesh):
+    graphdef, state, state_sh = train.init_state(config32, mesh, tx)
+    step = jax.jit(train.make_train_step(config32, graphdef, tx, schedule),
+                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+    a = sharding.global_batch(host32, mesh)
+    batch = {"x_BxLxC": a["x_BxLxC"], "mask_BxL": a["mask_BxL"],
+             "text": TextEmbedding(a["tokens"], a["text_mask"], a["pooled"])}
+    state, metrics = step(state, batch, jax.random.PRNGKey(0))
+    accum_out[accum] = (float(metrics["loss"]), float(metrics["grad_norm"]),
+                        [np.asarray(p) for p in jax.tree.leaves(state["params"])])
+accum_diff = max(float(np.max(np.abs(p - q))) for p, q in zip(accum_out[1][2], accum_out[4][2]))
+print(json.dumps(dict(out, max_param_diff=diff, accum_loss=[accum_out[k][0] for k in (1, 4)],
+                      accum_grad_norm=[accum_out[k][1] for k in (1, 4)],
+                      accum_max_param_diff=accum_diff)))
 """
 
 # `python -m almtok.train` in one process, whose train split reads what two processes of a
@@ -172,6 +200,10 @@ def test_fsdp_over_8_devices_splits_the_matrices_and_matches_one_device(jax_cach
 
   np.testing.assert_allclose(out["fsdp"], out["single"], rtol=1e-5)
   assert out["max_param_diff"] < 1e-6, out["max_param_diff"]
+  # Accumulating 4 micro-batches on 8 devices gives the update of the whole batch.
+  np.testing.assert_allclose(out["accum_loss"][1], out["accum_loss"][0], rtol=2e-6)
+  np.testing.assert_allclose(out["accum_grad_norm"][1], out["accum_grad_norm"][0], rtol=1e-5)
+  assert out["accum_max_param_diff"] < 1e-6, out["accum_max_param_diff"]
 
 
 def test_two_processes_match_one_process_reading_the_same_examples(tiny_latents, jax_cache,

@@ -20,13 +20,14 @@ D model width, C token channels.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from almtok import diffusion
+from almtok import rng as rng_lib
 from almtok.models import mntp
 from almtok.models.decoder import Decoder, KVCache
 from almtok.models.denoiser import Denoiser
@@ -145,48 +146,102 @@ class ContinuousLM(nnx.Module):
 
 
 def cfg_drop_mask(rng: Array, batch: int, cfg_dropout: float) -> Array:
-  """Which examples train unconditionally (null prefix): each with probability cfg_dropout."""
-  return jax.random.uniform(rng, (batch,)) < cfg_dropout
+  """Which examples train unconditionally (null prefix): each with probability cfg_dropout.
+
+  `rng` is one key or one key per example.
+  """
+  keys_B = rng_lib.row_keys(rng, batch)
+  return jax.vmap(lambda k: jax.random.uniform(k))(keys_B) < cfg_dropout
+
+
+class Draws(NamedTuple):
+  """An example's random choices that do not depend on the model, and its keys for the rest."""
+  use_null_B: Array          # bool: the null prefix (CFG dropout).
+  ntp: mntp.Slots
+  masked: mntp.Slots | None  # MNTP slots (None without MNTP).
+  ntp_keys_B: Array          # Keys of the NTP part's diffusion draws.
+  mntp_keys_B: Array         # Keys of the MNTP part's diffusion draws.
+
+
+def draw(rng: Array, mask_BxL: Array, example_index_B: Array | None, *, cfg_dropout: float,
+         mntp_weight: float, drop_mixture) -> Draws:
+  """Example b draws everything from `fold_in(rng, example_index_B[b])` (default index b)."""
+  b = mask_BxL.shape[0]
+  index_B = jnp.arange(b) if example_index_B is None else example_index_B
+  cfg_k, ratio_k, drop_k, ntp_k, mntp_k = rng_lib.split_rows(
+      rng_lib.example_keys(rng, index_B), 5)
+  masked = None
+  if mntp_weight > 0:
+    masked = mntp.mntp_slots(drop_k, mask_BxL, mntp.sample_drop_ratio(ratio_k, b, drop_mixture))
+  return Draws(cfg_drop_mask(cfg_k, b, cfg_dropout), mntp.ntp_slots(mask_BxL), masked,
+               ntp_k, mntp_k)
+
+
+def target_counts(mask_BxL: Array, rng: Array, example_index_B: Array | None = None, *,
+                  cfg_dropout: float, mntp_weight: float, drop_mixture) -> dict[str, Array]:
+  """The batch's counts that normalise the loss: valid NTP and MNTP targets, and examples.
+
+  A trainer that splits a batch into micro-batches passes the whole batch's counts to each
+  part's `loss_fn`, so that the parts' losses (and gradients) add up to the whole batch's.
+  """
+  d = draw(rng, mask_BxL, example_index_B, cfg_dropout=cfg_dropout, mntp_weight=mntp_weight,
+           drop_mixture=drop_mixture)
+  counts = {"ntp": jnp.sum(d.ntp.valid_BxL.astype(jnp.float32)),
+            "examples": jnp.float32(mask_BxL.shape[0])}
+  if d.masked is not None:
+    counts["mntp"] = jnp.sum(d.masked.valid_BxL.astype(jnp.float32))
+  return counts
 
 
 def loss_fn(model: ContinuousLM, text: TextEmbedding, x_BxLxC: Array, mask_BxL: Array,
             rng: Array, *, schedule: diffusion.Schedule, cfg_dropout: float,
-            mntp_weight: float, drop_mixture, batch_mul: int, prediction: str
+            mntp_weight: float, drop_mixture, batch_mul: int, prediction: str,
+            example_index_B: Array | None = None, counts: dict[str, Array] | None = None
             ) -> tuple[Array, dict[str, Array]]:
   """Training loss `ntp + mntp_weight * mntp` and its parts (float32).
 
-  One decoder call runs the NTP sequences and, when `mntp_weight > 0`, their MNTP versions
-  stacked on the batch axis; both share each example's prefix (and its CFG drop).
+  Each part is the mean of the head's loss over its valid targets. One decoder call runs the NTP
+  sequences and, when `mntp_weight > 0`, their MNTP versions stacked on the batch axis; both
+  share each example's prefix (and its CFG drop).
+
+  Randomness is per example (see `draw`): `rng` is the step's key and `example_index_B` the
+  examples' places in the whole batch. With `counts` (the whole batch's `target_counts`) this
+  batch is one part of it: each part then divides by the whole batch's counts, so the parts'
+  losses, metrics and gradients sum to the whole batch's exactly (up to float rounding).
   """
-  b = x_BxLxC.shape[0]
-  cfg_rng, drop_rng, ratio_rng, ntp_rng, mntp_rng = jax.random.split(rng, 5)
-  use_null_B = cfg_drop_mask(cfg_rng, b, cfg_dropout)
-  ntp = mntp.ntp_slots(mask_BxL)
-  use_mntp = mntp_weight > 0
-  if use_mntp:
-    ratio_B = mntp.sample_drop_ratio(ratio_rng, b, drop_mixture)
-    masked = mntp.mntp_slots(drop_rng, mask_BxL, ratio_B)
-    slots = jax.tree.map(lambda a, c: jnp.concatenate([a, c], axis=0), ntp, masked)
+  kw = dict(cfg_dropout=cfg_dropout, mntp_weight=mntp_weight, drop_mixture=drop_mixture)
+  b, l, c = x_BxLxC.shape
+  d = draw(rng, mask_BxL, example_index_B, **kw)
+  if counts is None:
+    counts = target_counts(mask_BxL, rng, example_index_B, **kw)
+  if d.masked is not None:
+    slots = jax.tree.map(lambda a, m: jnp.concatenate([a, m], axis=0), d.ntp, d.masked)
     twice = lambda a: jnp.concatenate([a, a], axis=0)
-    text_in = jax.tree.map(twice, text)
-    z_XxLxD, targets_XxLxC = model(text_in, twice(use_null_B), twice(x_BxLxC), slots)
+    z_XxLxD, targets_XxLxC = model(jax.tree.map(twice, text), twice(d.use_null_B),
+                                   twice(x_BxLxC), slots)
   else:
-    slots = ntp
-    z_XxLxD, targets_XxLxC = model(text, use_null_B, x_BxLxC, slots)
+    slots = d.ntp
+    z_XxLxD, targets_XxLxC = model(text, d.use_null_B, x_BxLxC, slots)
 
-  c, d = x_BxLxC.shape[-1], z_XxLxD.shape[-1]
-  def part(z_BxLxD, targets_BxLxC, valid_BxL, part_rng):
-    return diffusion.diffusion_loss(
-        model.head, schedule, targets_BxLxC.reshape(-1, c), z_BxLxD.reshape(-1, d),
-        valid_BxL.reshape(-1), part_rng, batch_mul=batch_mul, prediction=prediction)
+  def part(rows, keys_B, name):
+    # Token (b, j) draws its timesteps and noise from its example's key folded with j.
+    token_keys_BxL = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
+        jnp.arange(l)))(keys_B)
+    total, _ = diffusion.diffusion_loss_terms(
+        model.head, schedule, targets_XxLxC[rows].reshape(-1, c),
+        z_XxLxD[rows].reshape(b * l, -1), slots.valid_BxL[rows].reshape(-1),
+        token_keys_BxL.reshape(b * l, *token_keys_BxL.shape[2:]), batch_mul=batch_mul,
+        prediction=prediction)
+    return total / jnp.maximum(batch_mul * counts[name], 1.0)
 
-  ntp_loss = part(z_XxLxD[:b], targets_XxLxC[:b], slots.valid_BxL[:b], ntp_rng)
-  metrics = {"ntp_loss": ntp_loss, "cfg_drop_frac": jnp.mean(use_null_B.astype(jnp.float32))}
+  ntp_loss = part(slice(0, b), d.ntp_keys_B, "ntp")
+  metrics = {"ntp_loss": ntp_loss,
+             "cfg_drop_frac": jnp.sum(d.use_null_B.astype(jnp.float32)) / counts["examples"]}
   loss = ntp_loss
-  if use_mntp:
-    mntp_loss = part(z_XxLxD[b:], targets_XxLxC[b:], slots.valid_BxL[b:], mntp_rng)
-    kept = jnp.sum(masked.valid_BxL) / jnp.maximum(jnp.sum(ntp.valid_BxL), 1)
-    metrics.update(mntp_loss=mntp_loss, mntp_kept_frac=kept.astype(jnp.float32))
+  if d.masked is not None:
+    mntp_loss = part(slice(b, 2 * b), d.mntp_keys_B, "mntp")
+    kept = jnp.sum(d.masked.valid_BxL.astype(jnp.float32)) / jnp.maximum(counts["ntp"], 1.0)
+    metrics.update(mntp_loss=mntp_loss, mntp_kept_frac=kept)
     loss = loss + mntp_weight * mntp_loss
   metrics["loss"] = loss
   return loss, metrics

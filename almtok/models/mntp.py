@@ -29,6 +29,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from almtok import rng as rng_lib
+
 Array = jax.Array
 
 
@@ -48,28 +50,37 @@ def ntp_slots(mask_BxL: Array) -> Slots:
 
 
 def sample_drop_ratio(rng: Array, batch: int, mixture: Sequence[Sequence[float]]) -> Array:
-  """Per-sequence drop ratios from a mixture of Betas, given as rows (weight, alpha, beta)."""
+  """Per-sequence drop ratios from a mixture of Betas, given as rows (weight, alpha, beta).
+
+  `rng` is one key or one key per sequence (then each ratio depends on its own key only).
+  """
   weights = jnp.asarray([m[0] for m in mixture], jnp.float32)
   alphas = jnp.asarray([m[1] for m in mixture], jnp.float32)
   betas = jnp.asarray([m[2] for m in mixture], jnp.float32)
-  pick_rng, beta_rng = jax.random.split(rng)
-  mode_B = jax.random.categorical(pick_rng, jnp.log(weights), shape=(batch,))
-  return jax.random.beta(beta_rng, alphas[mode_B], betas[mode_B]).astype(jnp.float32)
+
+  def draw(key):
+    pick_rng, beta_rng = jax.random.split(key)
+    mode = jax.random.categorical(pick_rng, jnp.log(weights))
+    return jax.random.beta(beta_rng, alphas[mode], betas[mode])
+
+  return jax.vmap(draw)(rng_lib.row_keys(rng, batch)).astype(jnp.float32)
 
 
 def mntp_slots(rng: Array, mask_BxL: Array, ratio_B: Array) -> Slots:
   """Drops a fraction `ratio_B` of each sequence's input tokens and draws a target per slot.
 
   `mask_BxL` marks real tokens, which must form a prefix of each row (padding at the end).
+  `rng` is one key or one key per row (then each row's slots depend on its own key only).
   """
   b, l = mask_BxL.shape
-  drop_rng, target_rng = jax.random.split(rng)
+  drop_keys, target_keys = rng_lib.split_rows(rng_lib.row_keys(rng, b), 2)
+  uniform_BxL = lambda keys: jax.vmap(lambda k: jax.random.uniform(k, (l,)))(keys)
   pos_L = jnp.arange(l, dtype=jnp.int32)
   n_B = jnp.sum(mask_BxL.astype(jnp.int32), axis=1)
   # Tokens 0 .. n-2 can be inputs; the last real token is only ever a target.
   candidate_BxL = pos_L[None, :] < (n_B - 1)[:, None]
   n_drop_B = jnp.floor(ratio_B * jnp.maximum(n_B - 1, 0)).astype(jnp.int32)
-  score_BxL = jnp.where(candidate_BxL, jax.random.uniform(drop_rng, (b, l)), 2.0)
+  score_BxL = jnp.where(candidate_BxL, uniform_BxL(drop_keys), 2.0)
   rank_BxL = jnp.argsort(jnp.argsort(score_BxL, axis=1), axis=1)
   keep_BxL = candidate_BxL & (rank_BxL >= n_drop_B[:, None])
   n_keep_B = jnp.sum(keep_BxL.astype(jnp.int32), axis=1)
@@ -83,7 +94,7 @@ def mntp_slots(rng: Array, mask_BxL: Array, ratio_B: Array) -> Slots:
   next_src_BxL = jnp.concatenate([src_BxL[:, 1:], jnp.zeros((b, 1), jnp.int32)], axis=1)
   end_BxL = jnp.where(is_last_BxL, (n_B - 1)[:, None], next_src_BxL)
   span_BxL = jnp.maximum(end_BxL - src_BxL, 1)
-  draw_BxL = jnp.floor(jax.random.uniform(target_rng, (b, l)) * span_BxL).astype(jnp.int32)
+  draw_BxL = jnp.floor(uniform_BxL(target_keys) * span_BxL).astype(jnp.int32)
   offset_BxL = jnp.where(valid_BxL, 1 + jnp.minimum(draw_BxL, span_BxL - 1), 0)
   src_BxL = jnp.where(valid_BxL, src_BxL, -1)
   return Slots(src_BxL, offset_BxL.astype(jnp.int32), valid_BxL)
