@@ -1,18 +1,24 @@
-"""Audio I/O and features: loading, writing, log-mel, and simple measurements.
+"""Audio I/O and features: loading, writing, log-mel, and level measurements.
 
-Everything returns float32 numpy arrays. Shape letters: S samples, M mel bins, F frames.
+Everything returns float32 numpy arrays. `write` never changes a level silently: it applies one
+stated gain (`strategy`), warns when samples clip, and returns a `WriteReport` of the levels
+written. Shape letters: S samples, M mel bins, F frames.
 Every failure to read usable audio raises an `AudioError` whose message names the file and
 the reason, so that data preparation can skip the file and record why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Literal
 
+from absl import logging
 import numpy as np
 import soundfile as sf
+
+from almtok import fileio
 
 SAMPLE_RATE = 16_000
 N_MELS = 64
@@ -85,21 +91,85 @@ def resample(wav_S: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
   return signal.resample_poly(wav_S, target_rate // g, rate // g).astype(np.float32)
 
 
-def write(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = SAMPLE_RATE,
-          subtype: Literal["PCM_16", "FLOAT"] = "PCM_16") -> None:
-  """Writes a mono (S) or multichannel (SxK) WAV file, 16-bit PCM or 32-bit float.
+WRITE_STRATEGIES = ("clip", "peak", "loudness")
+PEAK_DB = -1.0       # Default peak for strategy "peak", and the ceiling for "loudness".
+LOUDNESS_DB = -20.0  # Default RMS level for strategy "loudness", in dBFS.
 
-  16-bit output is clipped to [-1, 1]; float output is written as is.
+
+@dataclasses.dataclass(frozen=True)
+class WriteReport:
+  """What `write` did to the levels. `dataclasses.asdict` gives a JSON-serialisable dict.
+
+  `peak` and `rms` measure the samples written (after the gain, and after clipping for 16-bit
+  files) in full-scale units: 1.0 is 0 dBFS. `clipped` is the fraction of samples that the gain
+  left beyond full scale: clipped to it in a 16-bit file, kept in a float file (where any later
+  conversion or playback clips them).
+  """
+  path: str
+  strategy: str
+  gain: float
+  gain_db: float
+  peak: float
+  rms: float
+  clipped: float
+
+
+def write(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = SAMPLE_RATE,
+          subtype: Literal["PCM_16", "FLOAT"] = "PCM_16", *,
+          strategy: Literal["clip", "peak", "loudness"] = "clip", peak_db: float = PEAK_DB,
+          loudness_db: float = LOUDNESS_DB) -> WriteReport:
+  """Writes a mono (S) or multichannel (SxK) WAV file atomically and reports its levels.
+
+  `strategy` chooses the one gain applied to the whole file:
+    "clip": gain 1, so levels stay what the model produced. Samples beyond full scale are
+      clipped to it in 16-bit files and kept in float files.
+    "peak": the peak goes to `peak_db` dBFS (default -1).
+    "loudness": the RMS level goes to `loudness_db` dBFS (default -20), except that the gain is
+      lowered where needed to keep the peak at or below `peak_db`, so nothing clips.
+  Digital silence gets gain 1 under every strategy. Whenever samples end up beyond full scale,
+  one absl warning names the file and the fraction. The file appears whole or not at all
+  (`fileio.atomic_path`).
+
+  Raises:
+    AudioError: `wav` holds non-finite samples.
+    ValueError: unknown `subtype` or `strategy`.
   """
   wav = np.asarray(wav, np.float32)
   if not np.all(np.isfinite(wav)):
     raise AudioError(path, "refusing to write non-finite samples")
-  if subtype == "PCM_16":
-    wav = np.clip(wav, -1.0, 1.0)
-  elif subtype != "FLOAT":
+  if subtype not in ("PCM_16", "FLOAT"):
     raise ValueError(f"subtype must be 'PCM_16' or 'FLOAT', got {subtype!r}")
+  if strategy not in WRITE_STRATEGIES:
+    raise ValueError(f"strategy must be one of {WRITE_STRATEGIES}, got {strategy!r}")
+  gain = _gain(wav, strategy, peak_db, loudness_db)
+  # In float64, so that which samples count as clipped does not hang on float32 rounding.
+  scaled = wav.astype(np.float64) * gain
+  over = levels(scaled)
+  if over["clipped"] > 0:
+    logging.warning("%s: %.1f%% of samples %s (peak %+.1f dBFS); write with strategy='peak' "
+                    "or 'loudness' to avoid it", os.fspath(path), 100 * over["clipped"],
+                    "clipped at full scale" if subtype == "PCM_16" else
+                    "beyond full scale (kept in this float file; playback clips them)",
+                    over["peak_db"])
+  if subtype == "PCM_16":
+    scaled = np.clip(scaled, -1.0, 1.0)
+  out = scaled.astype(np.float32)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  sf.write(os.fspath(path), wav, sample_rate, subtype=subtype, format="WAV")
+  with fileio.atomic_path(path) as tmp:
+    sf.write(tmp, out, sample_rate, subtype=subtype, format="WAV")
+  return WriteReport(path=os.fspath(path), strategy=strategy, gain=float(gain),
+                     gain_db=float(20.0 * np.log10(gain)), peak=peak(out), rms=_rms(out),
+                     clipped=over["clipped"])
+
+
+def _gain(wav: np.ndarray, strategy: str, peak_db: float, loudness_db: float) -> float:
+  top, rms = peak(wav), _rms(wav)
+  if strategy == "clip" or top == 0.0:
+    return 1.0
+  ceiling = 10.0 ** (peak_db / 20.0)
+  if strategy == "peak":
+    return ceiling / top
+  return min(10.0 ** (loudness_db / 20.0) / rms, ceiling / top)
 
 
 def duration(path: str | os.PathLike) -> float:
@@ -119,9 +189,30 @@ def peak(wav: np.ndarray) -> float:
 
 def rms_db(wav: np.ndarray) -> float:
   """Root-mean-square level in dB relative to full scale (-inf dB for digital silence)."""
-  wav = np.asarray(wav, np.float64)
-  rms = np.sqrt(np.mean(np.square(wav))) if wav.size else 0.0
+  rms = _rms(wav)
   return float(20.0 * np.log10(rms)) if rms > 0 else float("-inf")
+
+
+def _rms(wav: np.ndarray) -> float:
+  wav = np.asarray(wav, np.float64)
+  return float(np.sqrt(np.mean(np.square(wav)))) if wav.size else 0.0
+
+
+def levels(wav: np.ndarray) -> dict[str, float]:
+  """Levels to print beside a clip: peak (full-scale units), peak_db and rms_db (dBFS, -inf
+  for digital silence) and clipped (fraction of samples beyond full scale, |x| > 1)."""
+  wav = np.asarray(wav)
+  top = peak(wav)
+  return {"peak": top, "peak_db": float(20.0 * np.log10(top)) if top > 0 else float("-inf"),
+          "rms_db": rms_db(wav),
+          "clipped": float(np.mean(np.abs(wav) > 1.0)) if wav.size else 0.0}
+
+
+def format_levels(wav: np.ndarray) -> str:
+  """`levels` as one line, e.g. "peak -1.0 dBFS, rms -18.3 dBFS, 0.0% clipped"."""
+  lv = levels(wav)
+  return (f"peak {lv['peak_db']:+.1f} dBFS, rms {lv['rms_db']:+.1f} dBFS, "
+          f"{100 * lv['clipped']:.1f}% clipped")
 
 
 def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
@@ -153,7 +244,8 @@ def log_mel(wav_S: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mels: int = N_M
   frames_FxN = padded[idx] * window[None, :]
   mag_FxK = np.abs(np.fft.rfft(frames_FxN, axis=-1)).astype(np.float32)
   mel_MxF = mel_filterbank(sample_rate, n_fft, n_mels) @ mag_FxK.T
-  return (20.0 * np.log10(np.maximum(mel_MxF, MEL_FLOOR))).astype(np.float32)
+  # The log in float64: in float32, 20·log10(float32(1e-5)) rounds to -100.00001, below the floor.
+  return (20.0 * np.log10(np.maximum(mel_MxF.astype(np.float64), MEL_FLOOR))).astype(np.float32)
 
 
 def _first_line(e: BaseException) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from almtok import audio
 from almtok import configlib
+from almtok import fileio
 from almtok import plotting
 from almtok.data import datasets
 from almtok.data import tfds_common
@@ -71,8 +72,7 @@ def show(config, workdir: str) -> dict:
   if wavs:
     summary["spectrograms"] = plotting.spectrogram_grid(
         os.path.join(out_dir, "spectrograms.png"), wavs, captions, config.dataset.sample_rate)
-  with open(os.path.join(out_dir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  fileio.atomic_json(os.path.join(out_dir, "summary.json"), summary, indent=2)
   summary["data_dir"] = builder.data_dir
   return summary
 

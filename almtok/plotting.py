@@ -1,4 +1,8 @@
-"""Pictures a person would rather look at than read: spectrograms and curves, as PNG files."""
+"""Pictures a person would rather look at than read: spectrograms and curves, as PNG files.
+
+Spectrograms share one fixed dB scale (`TOP_DB`, `BOTTOM_DB`) and state their clip's levels, so
+that a clip too loud or too quiet looks it; a picture scaled to its own maximum would hide that.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,36 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-t
 import numpy as np  # noqa: E402
 
 from almtok import audio  # noqa: E402
+from almtok import fileio  # noqa: E402
+
+
+# One fixed dB scale for every spectrogram, so that pictures compare and a level error shows. The
+# units are `audio.log_mel`'s: dB of the mel-filtered STFT magnitude, in which a full-scale sine
+# peaks at +12 to +15 dB (below 3 kHz) and a full-scale square wave at +17 dB. TOP_DB leaves a few
+# dB above those; BOTTOM_DB is 80 dB below it, where the quietest detail of the synthetic data
+# fades (log_mel's floor, -100 dB, is digital silence). Anything louder than TOP_DB saturates in
+# OVER_COLOR, which the colour map does not otherwise use.
+TOP_DB = 20.0
+BOTTOM_DB = -60.0
+CMAP = "magma"
+OVER_COLOR = "#39d0ff"
 
 
 def _draw_mel(ax, wav: np.ndarray, sample_rate: int, title: str) -> None:
   mel_MxF = audio.log_mel(wav, sample_rate)
   seconds = len(wav) / sample_rate
-  top = float(mel_MxF.max())
-  ax.imshow(mel_MxF, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
-            extent=(0.0, seconds, 0, mel_MxF.shape[0]), interpolation="nearest")
+  cmap = plt.get_cmap(CMAP).with_extremes(over=OVER_COLOR)
+  image = ax.imshow(mel_MxF, origin="lower", aspect="auto", cmap=cmap, vmin=BOTTOM_DB,
+                    vmax=TOP_DB, extent=(0.0, seconds, 0, mel_MxF.shape[0]),
+                    interpolation="nearest")
+  colorbar = ax.figure.colorbar(image, ax=ax, pad=0.01, extend="max")
+  colorbar.set_label("dB", fontsize=8)
+  colorbar.ax.tick_params(labelsize=7)
+  # The picture carries the clip's level, so a clip that is too loud or too quiet says so.
+  over = audio.levels(wav)["clipped"] > 0
+  ax.text(0.01, 0.97, audio.format_levels(wav), transform=ax.transAxes, fontsize=7, va="top",
+          ha="left", color="white", bbox=dict(facecolor="red" if over else "black", alpha=0.6,
+                                              linewidth=0, pad=1.5))
   ax.set_title(title, fontsize=9)
   ax.set_xlabel("seconds")
   ax.set_ylabel("mel bin")
@@ -27,13 +53,14 @@ def _draw_mel(ax, wav: np.ndarray, sample_rate: int, title: str) -> None:
 
 def spectrogram_png(path: str, wav: np.ndarray, sample_rate: int = audio.SAMPLE_RATE,
                     title: str = "") -> str:
-  """Writes the log-mel spectrogram of one clip (80 dB range) and returns the path."""
+  """Writes the log-mel spectrogram of one clip on the fixed dB scale and returns the path."""
   return spectrogram_grid(path, [wav], [title], sample_rate, columns=1)
 
 
 def spectrogram_image(wav: np.ndarray, sample_rate: int = audio.SAMPLE_RATE,
                       title: str = "") -> np.ndarray:
-  """The spectrogram panel as an RGB uint8 array [H, W, 3] (for TensorBoard)."""
+  """The spectrogram panel, on the fixed dB scale, as an RGB uint8 array [H, W, 3] (for
+  TensorBoard)."""
   fig, ax = plt.subplots(figsize=(5.5, 2.6))
   _draw_mel(ax, np.asarray(wav, np.float32), sample_rate, _wrap(title))
   fig.tight_layout()
@@ -45,7 +72,11 @@ def spectrogram_image(wav: np.ndarray, sample_rate: int = audio.SAMPLE_RATE,
 
 def spectrogram_grid(path: str, wavs: Sequence[np.ndarray], titles: Sequence[str],
                      sample_rate: int = audio.SAMPLE_RATE, columns: int = 2) -> str:
-  """Writes one panel per clip, titled (e.g. with its caption), and returns the path."""
+  """Writes one panel per clip, titled (e.g. with its caption), and returns the path.
+
+  Every panel uses the same fixed dB scale (TOP_DB..BOTTOM_DB) and is annotated with its clip's
+  peak and RMS in dBFS; the file appears whole or not at all.
+  """
   if len(wavs) != len(titles) or not wavs:
     raise ValueError(f"need one title per clip and at least one clip, got {len(wavs)} clips, "
                      f"{len(titles)} titles")
@@ -57,9 +88,7 @@ def spectrogram_grid(path: str, wavs: Sequence[np.ndarray], titles: Sequence[str
   for ax, wav, title in zip(axes.flat, wavs, titles):
     _draw_mel(ax, np.asarray(wav, np.float32), sample_rate, _wrap(title))
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
@@ -79,10 +108,19 @@ def curves_png(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[f
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
+
+
+def _save(fig, path: str) -> None:
+  """Saves and closes `fig`, atomically; the format comes from `path`'s extension."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+  try:
+    with fileio.atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=100, format=fmt)
+  finally:
+    plt.close(fig)
 
 
 def _wrap(text: str, width: int = 60) -> str:

@@ -131,3 +131,127 @@ def test_in_memory_validation():
     audio.to_mono_at_rate(np.zeros((2, 2, 2), np.float32), SR, source="mem")
   np.testing.assert_allclose(
       audio.to_mono_at_rate(np.ones((4, 2), np.float32), SR), np.ones(4, np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: one stated gain, a warning when samples clip, and a report of the levels written.
+# ---------------------------------------------------------------------------------------------
+
+
+def _read(path):
+  samples, rate = sf.read(path, dtype="float64")
+  assert rate == SR
+  return samples
+
+
+def _clip_warnings(caplog):
+  return [r for r in caplog.records if r.name == "absl" and r.levelname == "WARNING"
+          and "clipped" in r.getMessage()]
+
+
+def test_write_clip_is_the_default_and_keeps_levels(tmp_path, caplog):
+  wav = _tone(440.0, amp=0.25)
+  with caplog.at_level("WARNING", logger="absl"):
+    report = audio.write(tmp_path / "a.wav", wav)
+  assert report.strategy == "clip" and report.gain == 1.0 and report.gain_db == 0.0
+  assert report.clipped == 0.0
+  assert report.peak == pytest.approx(0.25, abs=1e-3)
+  assert report.rms == pytest.approx(0.25 / np.sqrt(2), rel=1e-3)
+  np.testing.assert_allclose(_read(tmp_path / "a.wav"), wav, atol=1 / 32768)
+  assert not _clip_warnings(caplog)
+
+
+def test_write_clip_warns_once_and_reports_the_clipped_fraction(tmp_path, caplog):
+  wav = _tone(440.0, amp=3.0)
+  path = tmp_path / "loud.wav"
+  with caplog.at_level("WARNING", logger="absl"):
+    report = audio.write(path, wav, strategy="clip")
+  warnings = _clip_warnings(caplog)
+  assert len(warnings) == 1
+  want = float(np.mean(np.abs(wav) > 1.0))
+  assert 0.7 < want < 0.8   # |3 sin| > 1 for 1 - (2/pi) asin(1/3) of the time.
+  message = warnings[0].getMessage()
+  assert str(path) in message and f"{100 * want:.1f}%" in message and "+9.5 dBFS" in message
+  assert report.clipped == pytest.approx(want)
+  assert report.gain == 1.0 and report.peak == 1.0
+  samples = _read(path)
+  assert np.max(np.abs(samples)) <= 1.0
+  assert np.mean(np.abs(samples) >= 32767 / 32768) == pytest.approx(want, abs=1e-3)
+
+
+def test_write_peak_strategy_puts_the_peak_at_peak_db(tmp_path, caplog):
+  wav = _tone(440.0, amp=3.0)
+  with caplog.at_level("WARNING", logger="absl"):
+    report = audio.write(tmp_path / "p.wav", wav, strategy="peak")
+    quiet = audio.write(tmp_path / "q.wav", wav, strategy="peak", peak_db=-6.0)
+  assert not _clip_warnings(caplog)
+  assert report.gain == pytest.approx(10 ** (-1 / 20) / 3.0, rel=1e-5)
+  assert report.gain_db == pytest.approx(-1.0 - 20 * np.log10(3.0), abs=1e-4)
+  assert report.peak == pytest.approx(10 ** (-1 / 20), rel=1e-5) and report.clipped == 0.0
+  np.testing.assert_allclose(_read(tmp_path / "p.wav"), wav * report.gain, atol=1 / 32768)
+  assert audio.peak(_read(tmp_path / "q.wav")) == pytest.approx(10 ** (-6 / 20), abs=1e-4)
+  assert quiet.gain_db == pytest.approx(-6.0 - 20 * np.log10(3.0), abs=1e-4)
+
+
+def test_write_loudness_strategy_reaches_the_rms_unless_the_peak_would_clip(tmp_path, caplog):
+  sine = _tone(440.0, amp=0.01)   # Crest factor 3 dB: -20 dBFS RMS puts the peak at -17 dBFS.
+  with caplog.at_level("WARNING", logger="absl"):
+    report = audio.write(tmp_path / "s.wav", sine, strategy="loudness")
+    # A single click: reaching -20 dBFS RMS would need a peak far above full scale, so the gain
+    # stops where the peak reaches -1 dBFS.
+    click = np.zeros(SR, np.float32)
+    click[100] = 0.1
+    limited = audio.write(tmp_path / "c.wav", click, strategy="loudness", loudness_db=-20.0)
+  assert not _clip_warnings(caplog)
+  assert report.rms == pytest.approx(0.1, rel=1e-3)
+  assert audio.rms_db(_read(tmp_path / "s.wav")) == pytest.approx(-20.0, abs=0.01)
+  assert report.gain == pytest.approx(0.1 / (0.01 / np.sqrt(2)), rel=1e-3)
+  assert limited.gain == pytest.approx(10 ** (-1 / 20) / 0.1, rel=1e-5)
+  assert limited.peak == pytest.approx(10 ** (-1 / 20), rel=1e-5) and limited.clipped == 0.0
+  assert audio.peak(_read(tmp_path / "c.wav")) == pytest.approx(10 ** (-1 / 20), abs=1e-4)
+  assert audio.rms_db(_read(tmp_path / "c.wav")) < -20.0
+
+
+@pytest.mark.parametrize("strategy", audio.WRITE_STRATEGIES)
+def test_write_silence_has_unit_gain(tmp_path, strategy, caplog):
+  with caplog.at_level("WARNING", logger="absl"):
+    report = audio.write(tmp_path / "z.wav", np.zeros(1600, np.float32), strategy=strategy)
+  assert (report.gain, report.gain_db, report.peak, report.rms, report.clipped) == (
+      1.0, 0.0, 0.0, 0.0, 0.0)
+  np.testing.assert_array_equal(_read(tmp_path / "z.wav"), 0.0)
+  assert not caplog.records
+
+
+def test_write_report_is_json_and_the_write_is_atomic(tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "sub" / "r.wav"
+  report = audio.write(path, _tone(440.0, amp=2.0), strategy="loudness")
+  assert json.loads(json.dumps(dataclasses.asdict(report)))["strategy"] == "loudness"
+  assert os.listdir(tmp_path / "sub") == ["r.wav"]   # No temporary left beside it.
+  with pytest.raises(ValueError, match="strategy"):
+    audio.write(path, _tone(440.0), strategy="normalise")
+  with pytest.raises(audio.AudioError, match="non-finite"):
+    audio.write(path, np.array([np.inf], np.float32))
+  assert os.listdir(tmp_path / "sub") == ["r.wav"]
+
+
+def test_float_files_keep_samples_beyond_full_scale_but_say_so(tmp_path, caplog):
+  wav = np.array([0.0, 0.5, 1.5, -2.0], np.float32)
+  with caplog.at_level("WARNING", logger="absl"):
+    report = audio.write(tmp_path / "f.wav", wav, subtype="FLOAT")
+  np.testing.assert_array_equal(_read(tmp_path / "f.wav"), wav)
+  assert report.clipped == 0.5 and report.peak == 2.0
+  assert len(_clip_warnings(caplog)) == 0
+  assert len([r for r in caplog.records if "beyond" in r.getMessage()]) == 1
+
+
+def test_levels():
+  wav = _tone(440.0, amp=2.0)
+  lv = audio.levels(wav)
+  assert lv["peak"] == pytest.approx(2.0, abs=1e-3)
+  assert lv["peak_db"] == pytest.approx(20 * np.log10(2.0), abs=0.01)
+  assert lv["rms_db"] == pytest.approx(audio.rms_db(wav))
+  assert lv["clipped"] == pytest.approx(np.mean(np.abs(wav) > 1.0))
+  assert audio.levels(np.zeros(4))["peak_db"] == float("-inf")
+  assert "% clipped" in audio.format_levels(wav)

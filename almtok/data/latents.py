@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from almtok import fileio
+
 MAGIC = b"ALT1"
 _HEADER_LEN = struct.Struct("<I")
 LATENT_DTYPES = ("float16", "float32")
@@ -106,32 +108,26 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def write_json_atomic(path: str, value: Any) -> None:
-  """Writes JSON under a temporary name, then renames it into place."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=1, ensure_ascii=False)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes JSON that appears whole or not at all (`fileio.atomic_json`)."""
+  fileio.atomic_json(path, value, indent=1, ensure_ascii=False)
 
 
 def write_shard(path: str, records: Iterable[bytes]) -> int:
   """Writes serialised records to an ArrayRecord file at `path`, atomically; returns the count.
 
-  A reader never sees a half-written shard: the records go to `<path>.tmp`, which is renamed
-  only after the writer has closed it.
+  A reader never sees a half-written shard: the records go to a temporary (`.<name>.<pid>-
+  <random>.tmp`, which `prepare` removes if a run dies), renamed only after the writer closed it.
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  tmp = f"{path}.tmp"
-  writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
-  count = 0
-  try:
-    for data in records:
-      writer.write(data)
-      count += 1
-  finally:
-    writer.close()
-  os.replace(tmp, path)
+  with fileio.atomic_path(path) as tmp:
+    writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    count = 0
+    try:
+      for data in records:
+        writer.write(data)
+        count += 1
+    finally:
+      writer.close()
   return count
 
 

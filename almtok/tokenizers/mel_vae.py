@@ -30,8 +30,6 @@ channels, S samples.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import json
-import os
 from typing import Any
 
 import jax
@@ -40,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from almtok import audio
+from almtok import fileio
 from almtok.tokenizers import melspec
 from almtok.tokenizers import vocoder as vocoder_lib
 
@@ -278,25 +277,22 @@ def export(model: MelVAE, model_config: Mapping[str, Any], directory: str,
            extra: Mapping[str, Any] | None = None) -> tuple[str, str]:
   """Writes <directory>/mel_vae.safetensors and mel_vae.json; returns both paths.
 
+  The weights also live under their content hash (mel_vae-<sha256[:16]>.safetensors), which the
+  JSON names; `load_model` reads the pair the JSON describes (`fileio.write_export`).
+
   `model_config` holds the `MelVAE` keyword arguments that rebuild the architecture.
   """
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
-  os.makedirs(directory, exist_ok=True)
-  weights = os.path.join(directory, f"{EXPORT_NAME}.safetensors")
-  meta = os.path.join(directory, f"{EXPORT_NAME}.json")
   description = dict(format_version=FORMAT_VERSION, model=_jsonable(dict(model_config)),
                      sample_rate=audio.SAMPLE_RATE, hop_length=audio.HOP_LENGTH,
                      n_fft=audio.N_FFT, win_length=audio.WIN_LENGTH,
                      frame_rate=audio.SAMPLE_RATE / audio.HOP_LENGTH / model.downsample,
                      latent_dim=model.latent_dim, token_layout="frequency-major (k * L + l)",
                      encode="posterior mean", **_jsonable(dict(extra or {})))
-  # Written to temporary names first, so that readers never see half a pair.
-  st_numpy.save_file(flat_params(model), weights + ".tmp")
-  with open(meta + ".tmp", "w") as f:
-    json.dump(description, f, indent=2)
-  os.replace(weights + ".tmp", weights)
-  os.replace(meta + ".tmp", meta)
-  return weights, meta
+  # The JSON is the manifest, written last, naming the weights by content hash: a reader never
+  # pairs one export's JSON with another's weights, even after a kill mid-export.
+  return fileio.write_export(directory, EXPORT_NAME, st_numpy.save(flat_params(model)),
+                             description, indent=2)
 
 
 def load_model(path: str) -> tuple[MelVAE, dict[str, Any]]:
@@ -306,12 +302,8 @@ def load_model(path: str) -> tuple[MelVAE, dict[str, Any]]:
     ValueError: the weights do not match the architecture the JSON describes.
   """
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
-  base = path
-  if os.path.isdir(path):
-    base = os.path.join(path, EXPORT_NAME)
-  base = base.removesuffix(".safetensors").removesuffix(".json")
-  with open(base + ".json") as f:
-    description = json.load(f)
+  data, description, meta_path = fileio.read_export(path, EXPORT_NAME)
+  base = meta_path.removesuffix(".json")
   if description.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{base}.json: format_version {description.get('format_version')} is not "
                      f"{FORMAT_VERSION}")
@@ -319,7 +311,7 @@ def load_model(path: str) -> tuple[MelVAE, dict[str, Any]]:
   model_kwargs["channels"] = tuple(model_kwargs["channels"])
   abstract = nnx.eval_shape(lambda: MelVAE(**model_kwargs, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  weights = st_numpy.load_file(base + ".safetensors")
+  weights = st_numpy.load(data)
   expected = {_flat_key(p): v for p, v in nnx.to_flat_state(abstract_state)}
   if set(weights) != set(expected):
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))

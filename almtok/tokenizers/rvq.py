@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import time
 from typing import Any, NamedTuple
@@ -42,6 +41,7 @@ from safetensors import numpy as st_numpy
 
 from almtok import checkpoint
 from almtok import configlib
+from almtok import fileio
 from almtok.data import latents as latents_lib
 
 Array = jax.Array
@@ -280,26 +280,24 @@ class RVQ(NamedTuple):
 
   def export(self, directory: str | os.PathLike, *,
              source: Mapping[str, Any] | None = None) -> str:
-    """Writes <directory>/rvq.safetensors (`codebooks_QxKxC`) and rvq.json; returns the first."""
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, EXPORT_STEM + ".safetensors")
-    st_numpy.save_file({"codebooks_QxKxC": np.asarray(self.codebooks_QxKxC, np.float32)}, path,
-                       metadata={"format": FORMAT})
-    latents_lib.write_json_atomic(os.path.join(directory, EXPORT_STEM + ".json"),
-                                  self.meta(source))
+    """Writes <directory>/rvq.safetensors (`codebooks_QxKxC`) and rvq.json; returns the first.
+
+    A reader never pairs the JSON of one export with the codebooks of another: rvq.json is the
+    manifest, written last, that names the codebooks by content hash (`fileio.write_export`).
+    """
+    weights = st_numpy.save({"codebooks_QxKxC": np.asarray(self.codebooks_QxKxC, np.float32)},
+                            metadata={"format": FORMAT})
+    path, _ = fileio.write_export(directory, EXPORT_STEM, weights, self.meta(source), indent=1,
+                                  ensure_ascii=False)
     return path
 
   @classmethod
   def from_export(cls, path: str | os.PathLike, *,
                   stats: Mapping[str, Any] | None = None) -> RVQ:
     """Codebooks from `export`'s files: a directory, or the .safetensors or .json path."""
-    path = os.fspath(path)
-    stem = os.path.join(path, EXPORT_STEM) if os.path.isdir(path) else os.path.splitext(path)[0]
-    with open(stem + ".json", encoding="utf-8") as f:
-      meta = json.load(f)
-    rvq = cls(jnp.asarray(st_numpy.load_file(stem + ".safetensors")["codebooks_QxKxC"]))
-    _check_meta(rvq, meta, stem + ".json")
+    weights, meta, meta_path = fileio.read_export(path, EXPORT_STEM)
+    rvq = cls(jnp.asarray(st_numpy.load(weights)["codebooks_QxKxC"]))
+    _check_meta(rvq, meta, meta_path)
     if stats is not None:
       check_source(meta, stats)
     return rvq

@@ -40,6 +40,7 @@ from flax import nnx
 from almtok import audio
 from almtok import checkpoint
 from almtok import configlib
+from almtok import fileio
 from almtok import optim
 from almtok.tokenizers import mel_vae
 from almtok.tokenizers import melspec
@@ -369,8 +370,7 @@ def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> dict[st
         trained_steps=step, train_seconds=round(train_seconds, 1),
         kl_weight=tc.kl_weight, eval=summary))
     summary.update(weights=weights, meta=meta)
-    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    fileio.atomic_json(os.path.join(workdir, "train_summary.json"), summary, indent=2)
   writer.flush()
   writer.close()
   return summary
