@@ -70,6 +70,11 @@ class Checkpointer:
     extras = {name: restored[name] for name in (extra_args or {})}
     return restored["state"], dict(restored["meta"] or {}), extras
 
+  def restore_meta(self, step: int) -> dict[str, Any]:
+    """The JSON metadata of `step` alone (no arrays are read)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"] or {})
+
   def wait(self) -> None:
     """Blocks until every save that has started is on disk."""
     self._manager.wait_until_finished()

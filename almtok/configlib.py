@@ -50,6 +50,11 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("*num_heads", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("*width", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("*depth", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    # A zero here would make a run do nothing without a word.
+    ("*num_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("*sample_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("*batch_mul", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("*grad_accum", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("*steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("*every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 turns it off)"),
     ("*dropout", lambda v: _is_num(v) and 0 <= v < 1, "a probability in [0, 1)"),

@@ -257,11 +257,27 @@ def eps_from_v(schedule: Schedule, x_t_NxC: Array, t_N: Array, v_NxC: Array) -> 
           + _at(schedule.sqrt_alphas_cumprod, t_N, x_t_NxC) * v_NxC)
 
 
+def dynamic_threshold(x0_NxC: Array, percentile: float, bound: float) -> Array:
+  """Imagen's dynamic thresholding, for latents normalised to unit std: per row, s = max(bound,
+  the `percentile` quantile of |x0|); x0 is clipped to [-s, s] and scaled by bound / s.
+
+  A row whose quantile is within the bound is only clipped to it; a row that guidance pushed
+  beyond it is shrunk as a whole, keeping its shape, so that every entry ends within +-bound.
+  """
+  s_Nx1 = jnp.maximum(jnp.quantile(jnp.abs(x0_NxC), percentile, axis=-1, keepdims=True), bound)
+  return jnp.clip(x0_NxC, -s_Nx1, s_Nx1) * (bound / s_Nx1)
+
+
 def x0_eps_from_output(
     schedule: Schedule, x_t_NxC: Array, t_N: Array, out_NxC: Array, prediction: str,
-    clip_x0: float | None = None,
+    clip_x0: float | None = None, threshold: float | None = None,
 ) -> tuple[Array, Array]:
-  """Turns a network output into (x0, eps) estimates; eps is made consistent with a clipped x0."""
+  """Turns a network output into (x0, eps) estimates.
+
+  `clip_x0` bounds x0 to [-clip_x0, clip_x0]; with `threshold` (a percentile in (0, 1)) the bound
+  is applied by `dynamic_threshold` instead of a plain clip. eps is made consistent with the
+  bounded x0.
+  """
   _check_prediction(prediction)
   out_NxC = out_NxC.astype(jnp.float32)
   if prediction == "eps":
@@ -269,7 +285,12 @@ def x0_eps_from_output(
   else:
     eps = eps_from_v(schedule, x_t_NxC, t_N, out_NxC)
     x0 = x0_from_v(schedule, x_t_NxC, t_N, out_NxC)
-  if clip_x0 is not None:
+  if threshold is not None:
+    if clip_x0 is None:
+      raise ValueError("dynamic thresholding needs a bound (clip_x0)")
+    x0 = dynamic_threshold(x0, threshold, clip_x0)
+    eps = predict_eps_from_x0(schedule, x_t_NxC, t_N, x0)
+  elif clip_x0 is not None:
     x0 = jnp.clip(x0, -clip_x0, clip_x0)
     eps = predict_eps_from_x0(schedule, x_t_NxC, t_N, x0)
   return x0, eps
@@ -445,6 +466,7 @@ def ddpm_sample(
     prediction: str = "eps",
     variance: str = "small",
     clip_x0: float | None = None,
+    threshold: float | None = None,
 ) -> Array:
   """Ancestral DDPM sampling over all steps of `schedule` (usually a respaced one).
 
@@ -454,7 +476,8 @@ def ddpm_sample(
   scalar or per-example [N] array that scales only the per-step noise (MAR's convention);
   the initial x_T is never scaled. Pass a shape to draw x_T ~ N(0, I) from `rng`.
   `clip_x0` clips the x0 estimate to [-clip_x0, clip_x0] at every step (off by default; with
-  eps prediction an imperfect network may need it, see `predict_x0_from_eps`).
+  eps prediction an imperfect network may need it, see `predict_x0_from_eps`); with `threshold`
+  the bound is applied by `dynamic_threshold`.
   Returns float32 samples with x_T's shape.
   """
   _check_prediction(prediction)
@@ -470,7 +493,7 @@ def ddpm_sample(
   def step(x, k, step_rng):
     k_N = jnp.full(x.shape[:1], k, jnp.int32)
     out = denoise_fn(x, schedule.timesteps[k_N])
-    x0, _ = x0_eps_from_output(schedule, x, k_N, out, prediction, clip_x0)
+    x0, _ = x0_eps_from_output(schedule, x, k_N, out, prediction, clip_x0, threshold)
     mean, _, _ = posterior_mean_variance(schedule, x0, x, k_N)
     sigma = jnp.exp(0.5 * log_var_K[k]) * (k > 0)
     noise = jax.random.normal(step_rng, x.shape, jnp.float32)
@@ -489,6 +512,7 @@ def ddim_sample(
     temperature: float | Array = 1.0,
     prediction: str = "eps",
     clip_x0: float | None = None,
+    threshold: float | None = None,
 ) -> Array:
   """DDIM sampling over all steps of `schedule` (Song et al.).
 
@@ -504,7 +528,7 @@ def ddim_sample(
   def step(x, k, step_rng):
     k_N = jnp.full(x.shape[:1], k, jnp.int32)
     out = denoise_fn(x, schedule.timesteps[k_N])
-    x0, eps = x0_eps_from_output(schedule, x, k_N, out, prediction, clip_x0)
+    x0, eps = x0_eps_from_output(schedule, x, k_N, out, prediction, clip_x0, threshold)
     ab, ab_prev = schedule.alphas_cumprod[k], schedule.alphas_cumprod_prev[k]
     sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab)) * jnp.sqrt(1.0 - ab / ab_prev)
     mean = jnp.sqrt(ab_prev) * x0 + jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps

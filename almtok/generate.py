@@ -6,8 +6,10 @@ r"""Generates audio from captions with a trained model.
   python -m almtok.generate --workdir=/tmp/lm --caption="..." --prompt_wav=start.wav \
       --prompt_seconds=1.0 --out=cont.wav
 
-For each caption it writes a WAV, a spectrogram PNG beside it, and one `<out>.json` with the
-settings used. The model is the newest checkpoint in --workdir, with its EMA parameters. Bad
+For each caption it writes a WAV, a spectrogram PNG beside it (on one fixed dB scale), and one
+`<out>.json` with the settings used and each clip's levels; it prints each clip's peak and rms
+(beside those of the held-out clip through the same tokenizer, with --held_out). WAVs keep the
+model's level unless --normalize says otherwise; samples beyond full scale are reported. The model is the newest checkpoint in --workdir, with its EMA parameters. Bad
 arguments (an empty caption, a duration that is not positive or longer than the trained
 context, a missing or incompatible checkpoint) stop the program with one line before any model
 is loaded.
@@ -27,6 +29,7 @@ import numpy as np
 
 from almtok import audio
 from almtok import configlib
+from almtok import fileio
 from almtok import plotting
 from almtok import sample
 
@@ -48,17 +51,33 @@ def define_flags() -> None:
                     "Guidance over the clip: constant, or ramping up from 1.")
   flags.DEFINE_float("temperature", 1.0, "Scales the sampling noise.")
   flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.DEFINE_float("threshold", 0.0, "Dynamic thresholding of the head's x0 estimate: the "
+                     "percentile of |x0| (e.g. 0.99) scaled down to --clip_x0 (0: off).")
+  flags.DEFINE_float("clip_x0", 5.0, "Bound on the x0 estimate in latent standard deviations "
+                     "(0: none).")
   flags.DEFINE_string("prompt_wav", None, "Audio to continue from.")
   flags.DEFINE_float("prompt_seconds", 1.0, "Seconds of the prompt to keep.")
+  flags.DEFINE_enum("normalize", "clip", ["clip", "peak", "loudness"],
+                    "WAV level: 'clip' keeps the model's level (clipping at full scale warns), "
+                    "'peak' and 'loudness' apply one gain per clip (recorded in the JSON).")
 
 
-def held_out_captions(latents_dir: str, count: int) -> list[str]:
-  """The first `count` captions of a prepared dataset's test split."""
+def held_out(latents_dir: str, count: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """The first `count` captions of a prepared dataset's test split (clips the model never saw),
+  with their normalised latents [B, L, C] and token masks [B, L], for reference."""
+  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
   from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
-  batch = next(iter(pipeline.make_dataset(latents_dir, "test", seq_len=1, batch_size=count,
+  stats = latents_lib.read_stats(latents_dir)
+  size = int(stats["splits"].get("test", {}).get("records", 0))
+  if count > size:
+    raise configlib.ConfigError(f"--held_out={count}: the test split of {latents_dir} holds "
+                                f"{size} clips")
+  seq_len = max(int(stats["splits"]["test"].get("max_tokens", 0)), 1)
+  batch = next(iter(pipeline.make_dataset(latents_dir, "test", seq_len=seq_len, batch_size=count,
                                           shuffle=False, repeat=False, keep_captions=True,
-                                          drop_remainder=False)))
-  return [str(c) for c, v in zip(batch["caption"], batch["valid_B"]) if v]
+                                          drop_remainder=False, random_crop=False)))
+  return ([str(c) for c in batch["caption"]], np.asarray(batch["x_BxLxC"]),
+          np.asarray(batch["mask_BxL"]))
 
 
 def read_captions(caption: str | None, captions_file: str | None) -> list[str]:
@@ -114,11 +133,34 @@ def check_compatible(config: dict[str, Any], stats: dict[str, Any]) -> None:
                                 f"latent_dim={latent_dim}")
 
 
+def model_settings(settings: sample.SamplerSettings, config: Any,
+                   workdir: str) -> sample.SamplerSettings:
+  """`settings` with what the trained head fixes filled in from the run's config: its prediction
+  type. A caller's value that contradicts the run, or more head steps than the head was trained
+  on, is a one-line error."""
+  trained = config["diffusion"]["prediction"]
+  if settings.prediction is None:
+    settings = dataclasses.replace(settings, prediction=trained)
+  elif settings.prediction != trained:
+    raise configlib.ConfigError(
+        f"prediction={settings.prediction!r}: the model in {workdir} was trained to predict "
+        f"{trained!r} (leave prediction unset to take it from the run)")
+  num_steps = config["diffusion"]["num_steps"]
+  if settings.steps > num_steps:
+    raise configlib.ConfigError(f"--steps={settings.steps}: the head was trained on "
+                                f"{num_steps} diffusion steps; use at most that many")
+  return settings
+
+
 def generate(workdir: str, captions: list[str], seconds: float,
              settings: sample.SamplerSettings, seed: int = 0,
              prompt_wav: np.ndarray | None = None, progress: bool = True
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
-  """Waveforms [B, S] for the captions, their sample rate, and the settings used."""
+  """Waveforms [B, S] for the captions, their sample rate, and the settings used.
+
+  What the trained head fixes (its prediction type) comes from the run's config
+  (`model_settings`); every argument is checked before the model is loaded.
+  """
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
   from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
@@ -127,21 +169,28 @@ def generate(workdir: str, captions: list[str], seconds: float,
   raw = load_run_config(workdir)
   stats = pipeline.load_stats(raw["data"]["latents_dir"])
   check_compatible(raw, stats)
+  settings = model_settings(settings, raw, workdir)
   config = ml_collections.ConfigDict(raw)
   tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
   num_tokens = int(round(seconds * tokenizer.frame_rate))
+  if num_tokens < 1:
+    raise configlib.ConfigError(f"--seconds={seconds:g}: shorter than one token "
+                                f"({1 / tokenizer.frame_rate:g} s)")
   if num_tokens > config.model.max_len:
     raise configlib.ConfigError(
         f"--seconds={seconds:g}: longer than the trained context of "
         f"{config.model.max_len / tokenizer.frame_rate:g} s")
-  from almtok import train  # pylint: disable=g-import-not-at-top
-  model = train.load_model(workdir, config, use_ema=True)
-  sampler = sample.Sampler(model, train.make_schedule(config), settings)
-  text = TextEncoder(max_len=config.model.text_len).encode(captions)
   prompt = None
   if prompt_wav is not None:
     x = np.asarray(tokenizer.encode(prompt_wav[None].astype(np.float32)))
     prompt = np.repeat(pipeline.normalise(x, stats), len(captions), axis=0)
+    if prompt.shape[1] >= num_tokens:
+      raise configlib.ConfigError(f"the prompt covers {prompt.shape[1]} of the {num_tokens} "
+                                  f"tokens: nothing is left to generate")
+  from almtok import train  # pylint: disable=g-import-not-at-top
+  model = train.load_model(workdir, config, use_ema=True)
+  sampler = sample.Sampler(model, train.make_schedule(config), settings)
+  text = TextEncoder(max_len=config.model.text_len).encode_for_lm(captions)
   x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
                        progress=progress)
   wav = np.asarray(tokenizer.decode(pipeline.denormalise(x, stats)))
@@ -151,49 +200,92 @@ def generate(workdir: str, captions: list[str], seconds: float,
   return wav, tokenizer.sample_rate, used
 
 
-def main(argv):
-  del argv
-  if flags.FLAGS.seconds <= 0:
-    raise configlib.ConfigError(f"--seconds={flags.FLAGS.seconds:g}: must be positive")
-  if flags.FLAGS.held_out is not None:
-    if flags.FLAGS.caption is not None or flags.FLAGS.captions_file is not None:
+def reference_audio(workdir: str, x_BxLxC: np.ndarray, mask_BxL: np.ndarray) -> list[np.ndarray]:
+  """Held-out clips as the run's tokenizer and vocoder give them back (the path generated
+  audio takes), to set generated levels beside."""
+  from almtok import tokenizers  # pylint: disable=g-import-not-at-top
+  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  stats = pipeline.load_stats(load_run_config(workdir)["data"]["latents_dir"])
+  tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
+  wav = np.asarray(tokenizer.decode(pipeline.denormalise(x_BxLxC, stats)))
+  per_token = wav.shape[1] // x_BxLxC.shape[1]
+  return [w[:int(m.sum()) * per_token] for w, m in zip(wav, mask_BxL)]
+
+
+def run(*, workdir: str, caption: str | None = None, captions_file: str | None = None,
+        held_out_count: int | None = None, seconds: float = 4.0, out: str = "out.wav",
+        steps: int = 100, sampler: str = "ddpm", eta: float = 0.0, cfg_scale: float = 3.0,
+        cfg_schedule: str = "linear", temperature: float = 1.0, threshold: float = 0.0,
+        clip_x0: float = 5.0, seed: int = 0, prompt_wav: str | None = None,
+        prompt_seconds: float = 1.0, normalize: str = "clip") -> dict[str, Any]:
+  """The command line's work: checks every argument, generates, writes WAV + PNG per caption and
+  the settings JSON (each file whole or not at all), prints each clip's levels; returns what
+  went into the JSON."""
+  if seconds <= 0:
+    raise configlib.ConfigError(f"--seconds={seconds:g}: must be positive")
+  if normalize not in audio.WRITE_STRATEGIES:
+    raise configlib.ConfigError(f"--normalize={normalize}: must be one of "
+                                f"{list(audio.WRITE_STRATEGIES)}")
+  reference = None
+  if held_out_count is not None:
+    if caption is not None or captions_file is not None:
       raise configlib.ConfigError("give exactly one of --caption, --captions_file and --held_out")
-    if flags.FLAGS.held_out < 1:
-      raise configlib.ConfigError(f"--held_out={flags.FLAGS.held_out}: must be >= 1")
-    config = load_run_config(flags.FLAGS.workdir)
-    captions = held_out_captions(config["data"]["latents_dir"], flags.FLAGS.held_out)
+    if held_out_count < 1:
+      raise configlib.ConfigError(f"--held_out={held_out_count}: must be >= 1")
+    config = load_run_config(workdir)
+    captions, ref_x, ref_mask = held_out(config["data"]["latents_dir"], held_out_count)
+    reference = (ref_x, ref_mask)
   else:
-    captions = read_captions(flags.FLAGS.caption, flags.FLAGS.captions_file)
-    config = load_run_config(flags.FLAGS.workdir)
-  prompt_wav = None
-  if flags.FLAGS.prompt_wav:
-    if flags.FLAGS.prompt_seconds <= 0 or flags.FLAGS.prompt_seconds >= flags.FLAGS.seconds:
-      raise configlib.ConfigError(f"--prompt_seconds={flags.FLAGS.prompt_seconds:g}: must be in "
+    captions = read_captions(caption, captions_file)
+    config = load_run_config(workdir)
+  wav_prompt = None
+  if prompt_wav:
+    if prompt_seconds <= 0 or prompt_seconds >= seconds:
+      raise configlib.ConfigError(f"--prompt_seconds={prompt_seconds:g}: must be in "
                                   f"(0, --seconds)")
     try:
-      prompt_wav = audio.load(flags.FLAGS.prompt_wav)
+      wav_prompt = audio.load(prompt_wav)
     except audio.AudioError as e:
       raise configlib.ConfigError(f"--prompt_wav={e}") from None
-    prompt_wav = prompt_wav[:int(flags.FLAGS.prompt_seconds * audio.SAMPLE_RATE)]
+    wav_prompt = wav_prompt[:int(prompt_seconds * audio.SAMPLE_RATE)]
   try:
     settings = sample.SamplerSettings(
-        steps=flags.FLAGS.steps, sampler=flags.FLAGS.sampler, eta=flags.FLAGS.eta, cfg=flags.FLAGS.cfg_scale != 1.0,
-        cfg_scale=flags.FLAGS.cfg_scale, cfg_schedule=flags.FLAGS.cfg_schedule,
-        temperature=flags.FLAGS.temperature, prediction=config["diffusion"]["prediction"])
+        steps=steps, sampler=sampler, eta=eta, cfg=cfg_scale != 1.0, cfg_scale=cfg_scale,
+        cfg_schedule=cfg_schedule, temperature=temperature,
+        threshold=threshold or None, clip_x0=clip_x0 or None)
   except ValueError as e:
     raise configlib.ConfigError(str(e)) from None
-  logging.set_verbosity(logging.WARNING)
-  wav, rate, used = generate(flags.FLAGS.workdir, captions, flags.FLAGS.seconds, settings, flags.FLAGS.seed,
-                             prompt_wav)
-  paths = output_paths(flags.FLAGS.out, len(captions))
-  for path, w, caption in zip(paths, wav, captions):
-    audio.write(path, w, rate)
-    plotting.spectrogram_png(path[:-4] + ".png", w, rate, caption)
-    print(f"{path}  ({caption})")
+  wav, rate, used = generate(workdir, captions, seconds, settings, seed, wav_prompt)
+  paths = output_paths(out, len(captions))
+  refs = reference_audio(workdir, *reference) if reference is not None else [None] * len(paths)
+  reports = []
+  for path, w, caption_i, ref in zip(paths, wav, captions, refs):
+    report = audio.write(path, w, rate, strategy=normalize)
+    plotting.spectrogram_png(path[:-4] + ".png", w, rate, caption_i)
+    reports.append(dict(dataclasses.asdict(report),
+                        reference=None if ref is None else audio.levels(ref)))
+    line = f"{path}  {audio.format_levels(w)}"
+    if report.gain != 1.0:
+      line += f", written with gain {report.gain_db:+.1f} dB"
+    if ref is not None:
+      line += f"  | its held-out clip through the tokenizer: {audio.format_levels(ref)}"
+    print(f"{line}  ({caption_i})")
   settings_path = (paths[0][:-4] if len(paths) == 1 else os.path.dirname(paths[0])) + ".json"
-  with open(settings_path, "w") as f:
-    json.dump(dict(used, outputs=paths), f, indent=2)
+  used = dict(used, outputs=paths, written=reports)
+  fileio.atomic_json(settings_path, used, indent=2)
   print(f"settings: {settings_path}")
+  return used
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  logging.set_verbosity(logging.WARNING)
+  run(workdir=f.workdir, caption=f.caption, captions_file=f.captions_file,
+      held_out_count=f.held_out, seconds=f.seconds, out=f.out, steps=f.steps, sampler=f.sampler,
+      eta=f.eta, cfg_scale=f.cfg_scale, cfg_schedule=f.cfg_schedule, temperature=f.temperature,
+      threshold=f.threshold, clip_x0=f.clip_x0, seed=f.seed, prompt_wav=f.prompt_wav,
+      prompt_seconds=f.prompt_seconds, normalize=f.normalize)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,13 @@ class SamplerSettings:
   cfg_scale: float = 3.0          # Guidance scale (1: the conditional prediction exactly).
   cfg_schedule: str = "linear"    # 'constant' or 'linear' (1 at the first token -> cfg_scale).
   temperature: float = 1.0        # Scales the per-step sampling noise.
-  prediction: str = "eps"         # What the head predicts: 'eps' or 'v'.
+  # What the head predicts, 'eps' or 'v': fixed by training, so `generate` fills it in from the
+  # run's config; a Sampler refuses to run without it.
+  prediction: str | None = None
   clip_x0: float | None = 5.0     # Bound on the x0 estimate (latents are normalised to unit std).
+  # Dynamic thresholding (Imagen): the percentile of |x0| per token that is scaled down to
+  # clip_x0; None clips at clip_x0 instead. Keeps strongly guided chains on the data's scale.
+  threshold: float | None = None
 
   def __post_init__(self):
     if self.steps < 1:
@@ -51,6 +56,13 @@ class SamplerSettings:
       raise ValueError(f"cfg_schedule={self.cfg_schedule!r}: must be 'constant' or 'linear'")
     if self.temperature <= 0:
       raise ValueError(f"temperature={self.temperature}: must be > 0")
+    if self.prediction not in (None, "eps", "v"):
+      raise ValueError(f"prediction={self.prediction!r}: must be 'eps' or 'v'")
+    if self.threshold is not None and not (0 < self.threshold < 1 and self.clip_x0):
+      raise ValueError(f"threshold={self.threshold}: must be a percentile in (0, 1), with a "
+                       f"bound clip_x0 > 0")
+    if self.clip_x0 is not None and self.clip_x0 <= 0:
+      raise ValueError(f"clip_x0={self.clip_x0}: must be > 0 (or None)")
 
   @property
   def guided(self) -> bool:
@@ -68,7 +80,7 @@ def _sample_token(model: ContinuousLM, z_XxD: Array, schedule: diffusion.Schedul
   else:
     denoise = lambda x_t, t: model.head(x_t, t, z_XxD)
   kw = dict(temperature=settings.temperature, prediction=settings.prediction,
-            clip_x0=settings.clip_x0)
+            clip_x0=settings.clip_x0, threshold=settings.threshold)
   if settings.sampler == "ddpm":
     return diffusion.ddpm_sample(denoise, schedule, (b, c), rng, **kw)
   return diffusion.ddim_sample(denoise, schedule, (b, c), rng, eta=settings.eta, **kw)
@@ -79,6 +91,9 @@ class Sampler:
 
   def __init__(self, model: ContinuousLM, train_schedule: diffusion.Schedule,
                settings: SamplerSettings = SamplerSettings()):
+    if settings.prediction is None:
+      raise ValueError("SamplerSettings.prediction is unset: pass what the model was trained to "
+                       "predict (config.diffusion.prediction)")
     self.graphdef, self.params = nnx.split(model)
     self.settings = settings
     self.schedule = diffusion.respace(train_schedule, settings.steps)

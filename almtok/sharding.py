@@ -38,17 +38,22 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
   gradients of NNX modules fail with a sharding type error).
   """
   devices = list(jax.devices() if devices is None else devices)
-  n = len(devices)
-  if data == -1 and fsdp == -1:
-    raise ValueError("at most one of mesh.data and mesh.fsdp may be -1")
-  if data == -1:
-    data = n // fsdp
-  if fsdp == -1:
-    fsdp = n // data
-  if data * fsdp != n:
-    raise ValueError(f"mesh data={data} x fsdp={fsdp} does not match {n} devices")
+  data, fsdp = mesh_shape(data, fsdp, len(devices))
   return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(AxisType.Auto, AxisType.Auto),
                        devices=devices)
+
+
+def mesh_shape(data: int, fsdp: int, n: int) -> tuple[int, int]:
+  """(data, fsdp) over n devices, -1 taking what the other axis leaves; ValueError if they do
+  not multiply to n."""
+  if data == -1 and fsdp == -1:
+    raise ValueError("at most one of mesh.data and mesh.fsdp may be -1")
+  if (data != -1 and data < 1) or (fsdp != -1 and fsdp < 1):
+    raise ValueError(f"mesh data={data}, fsdp={fsdp}: each must be >= 1 or -1")
+  shape = (n // fsdp if data == -1 else data, n // data if fsdp == -1 else fsdp)
+  if shape[0] * shape[1] != n:
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} does not match the {n} devices")
+  return shape
 
 
 def path_str(path) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import functools
 import json
 import os
@@ -34,6 +35,8 @@ from flax import nnx
 from almtok import checkpoint
 from almtok import configlib
 from almtok import diffusion
+from almtok import fileio
+from almtok import flops
 from almtok import models
 from almtok import optim
 from almtok import sharding
@@ -73,6 +76,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       "model_name": models.NAMES, "dtype": ("float32", "bfloat16"),
       "diffusion.prediction": ("eps", "v"), "diffusion.schedule": ("cosine", "linear")})
   t = config.train
+  if t.grad_accum < 1:
+    raise configlib.ConfigError(f"config.train.grad_accum={t.grad_accum}: must be >= 1")
   if config.data.batch_size % t.grad_accum:
     raise configlib.ConfigError(
         f"config.train.grad_accum={t.grad_accum}: must divide data.batch_size="
@@ -82,6 +87,66 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                 f"model.max_len={config.model.max_len}")
   if not 0.0 <= t.ema_decay < 1.0:
     raise configlib.ConfigError(f"config.train.ema_decay={t.ema_decay}: must be in [0, 1)")
+
+
+# Keys (globs over dotted paths) whose value may differ between the config stored with a
+# checkpoint and the one that resumes it: budgets, logging, evaluation, sampling, where the data
+# is read from, and how the work is laid out (accumulation changes memory, not the update).
+RESUMABLE_KEYS = (
+    "train.num_steps", "train.max_minutes", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.sample_*",
+    "train.peak_flops", "train.grad_accum", "data.latents_dir", "data.worker_count",
+    "data.text_cache", "mesh.*", "sample.*", "diffusion.sampler", "diffusion.sample_steps",
+    "diffusion.temperature", "diffusion.cfg_scale", "diffusion.cfg_schedule",
+)
+
+
+def check_resume(stored: dict[str, Any], config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a checkpoint with a config that changes the model or the objective."""
+  new = dict(configlib.leaves(ml_collections.ConfigDict(json.loads(config.to_json()))))
+  old = dict(configlib.leaves(ml_collections.ConfigDict(stored)))
+  for key in sorted(set(old) | set(new)):
+    if old.get(key) != new.get(key) and not any(fnmatch.fnmatchcase(key, g)
+                                                for g in RESUMABLE_KEYS):
+      raise configlib.ConfigError(
+          f"config.{key}={new.get(key)!r}: the checkpoint in {workdir} was trained with "
+          f"{old.get(key)!r}; only {', '.join(RESUMABLE_KEYS)} may change on resume (or use a "
+          f"new --workdir)")
+
+
+def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """What must hold before a run touches its workdir: the data, the devices, the checkpoint."""
+  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  where = config.data.latents_dir
+  if not where:
+    raise configlib.ConfigError("config.data.latents_dir is empty: set "
+                                "--config.data.latents_dir to the latents of `almtok.prepare`")
+  if not os.path.isdir(where):
+    raise configlib.ConfigError(f"config.data.latents_dir={where}: no such directory")
+  try:
+    stats = latents_lib.read_stats(where)
+    if not latents_lib.shard_paths(where, "train", stats):
+      raise ValueError("its train split holds no records")
+  except (OSError, ValueError, KeyError) as e:
+    raise configlib.ConfigError(f"config.data.latents_dir={where}: {e}") from None
+  n = jax.device_count()
+  try:
+    sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, n)
+  except ValueError as e:
+    raise configlib.ConfigError(f"config.mesh: {e}") from None
+  rows = config.data.batch_size // config.train.grad_accum
+  if rows % n:
+    raise configlib.ConfigError(
+        f"config.data.batch_size={config.data.batch_size}: each of the "
+        f"{config.train.grad_accum} micro-batches ({rows} rows) must split evenly over the {n} "
+        f"devices")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpt_dir):
+    with checkpoint.Checkpointer(ckpt_dir, max_to_keep=None, async_save=False) as ckpt:
+      latest = ckpt.latest_step()
+      stored = ckpt.restore_meta(latest).get("config") if latest is not None else None
+    if stored is not None:
+      check_resume(stored, config, workdir)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
@@ -190,14 +255,15 @@ def make_train_step(config, graphdef, tx, schedule):
 
 
 def make_eval_step(config, graphdef, schedule):
-  """Validation loss of the EMA parameters (no CFG dropout, fixed noise per batch)."""
+  """Validation loss of the EMA parameters (no CFG dropout, fixed noise per batch), and the
+  batch's number of examples with tokens (padding rows of a last partial batch have none)."""
   kwargs = dict(loss_kwargs(config), cfg_dropout=0.0)
 
   def eval_step(params, batch, rng):
     model = nnx.merge(graphdef, params)
     _, metrics = continuous_lm.loss_fn(model, batch["text"], batch["x_BxLxC"], batch["mask_BxL"],
                                        rng, schedule=schedule, **kwargs)
-    return metrics
+    return metrics, jnp.sum(jnp.any(batch["mask_BxL"], axis=1).astype(jnp.float32))
 
   return eval_step
 
@@ -245,31 +311,6 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def matmul_flops_per_second(n: int = 1024, repeats: int = 5) -> float:
-  """Dense float32 matmul throughput of this process's first device, measured now."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(repeats):
-    f(a).block_until_ready()
-  return 2 * n ** 3 * repeats / (time.perf_counter() - start)
-
-
-def train_flops_per_step(config, graphdef, abstract_params) -> float:
-  """Analytic model FLOPs of one step (forward + backward = 3x forward; matmuls + attention)."""
-  model = nnx.merge(graphdef, abstract_params)
-  kernels = lambda m: sum(v.size for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
-                          if p[-1] == "kernel")
-  b, l = config.data.batch_size, config.data.seq_len
-  copies = 2 if config.loss.mntp_weight > 0 else 1
-  s = model.prefix_len + l
-  dec = config.model.decoder
-  decoder = 2 * kernels(model.decoder) * s + 2 * 2 * dec.num_layers * s * s * dec.width
-  head = 2 * kernels(model.head) * l * config.diffusion.batch_mul
-  return 3.0 * b * copies * (decoder + head)
-
-
 def load_model(workdir: str, config: ml_collections.ConfigDict, use_ema: bool = True,
                step: int | None = None) -> nnx.Module:
   """The model of a training workdir's newest (or given) checkpoint, EMA weights by default."""
@@ -299,6 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
   check_config(config)
+  check_run(config, workdir)
   is_main = jax.process_index() == 0
   lock = workdir_lock(workdir) if is_main else contextlib.nullcontext()
   with lock, _Preemption() as preemption:
@@ -356,12 +398,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     if is_main:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
+      with fileio.atomic_write(os.path.join(workdir, "config.json")) as f:
         f.write(config.to_json_best_effort(indent=2))
       if start_step == 0:
         writer.write_hparams({k: str(v) for k, v in configlib.leaves(config)})
-    peak = config.train.peak_flops or matmul_flops_per_second()
-    step_flops = train_flops_per_step(config, graphdef, state_abstract["params"])
+    peak = flops.peak(config.dtype, config.train.peak_flops)
+    logging.info("MFU divides by %.4g FLOP/s per device (%s)", peak.flops_per_s, peak.source)
+    step_flops = flops.train_flops_per_step(config, graphdef, state_abstract["params"])
     report = periodic_actions.ReportProgress(num_train_steps=config.train.num_steps,
                                              writer=writer)
 
@@ -374,15 +417,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       val_ds = pipeline.make_dataset(
           config.data.latents_dir, "validation", seq_len=config.data.seq_len,
           batch_size=local_batch, seed=0, shuffle=False, repeat=False,
-          text_max_len=config.model.text_len, drop_remainder=True)
-      totals, n = {}, 0
+          text_max_len=config.model.text_len, drop_remainder=False)
+      # A split smaller than the batch still counts: its last batch is padded with rows that
+      # hold no tokens, and each batch's mean is weighted by its real examples.
+      totals, n = {}, 0.0
       for i, batch in enumerate(val_ds):
         if i >= config.train.eval_batches:
           break
-        m = eval_step(state["ema"], device_batch(batch), jax.random.PRNGKey(i))
-        for k, v in jax.device_get(m).items():
-          totals[k] = totals.get(k, 0.0) + float(v)
-        n += 1
+        m, count = jax.device_get(eval_step(state["ema"], device_batch(batch),
+                                            jax.random.PRNGKey(i)))
+        for k, v in m.items():
+          totals[k] = totals.get(k, 0.0) + float(v) * float(count)
+        n += float(count)
       if n:
         writer.write_scalars(step, {f"val/{k}": v / n for k, v in totals.items()})
 
@@ -393,12 +439,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       from almtok import plotting, sample, tokenizers  # pylint: disable=g-import-not-at-top
       stats = pipeline.load_stats(config.data.latents_dir)
       audio_tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
-      captions = next(iter(pipeline.make_dataset(
+      first = next(iter(pipeline.make_dataset(
           config.data.latents_dir, "validation", seq_len=config.data.seq_len,
           batch_size=config.train.sample_captions, shuffle=False, repeat=False,
-          keep_captions=True, drop_remainder=False)))["caption"]
-      captions = [str(c) for c in captions][:config.train.sample_captions]
-      sample_text = text_encoder.encode(captions)
+          keep_captions=True, drop_remainder=False)))
+      # Only real validation captions: a split smaller than sample_captions pads with empty ones.
+      captions = [str(c) for c, v in zip(first["caption"], first["valid_B"]) if v]
+      sample_text = text_encoder.encode_for_lm(captions)
       sampler = sample.Sampler(nnx.merge(graphdef, state["ema"]), schedule, sample.SamplerSettings(
           steps=config.train.sample_steps, cfg_scale=config.diffusion.cfg_scale,
           cfg_schedule=config.diffusion.cfg_schedule, temperature=config.diffusion.temperature,
@@ -444,7 +491,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         steps_per_s = (done_step - last_step) / max(dispatched - last_time, 1e-9)
         last_time, last_step = dispatched, done_step
         m["tokens_per_s"] = steps_per_s * global_batch * config.data.seq_len
-        m["mfu"] = steps_per_s * step_flops / (peak * jax.device_count())
+        m["model_flops_per_s_per_device"] = steps_per_s * step_flops / jax.device_count()
+        m["mfu"] = m["model_flops_per_s_per_device"] / peak.flops_per_s
         writer.write_scalars(done_step, m)
         logging.info("step %d: %s", done_step, ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
 

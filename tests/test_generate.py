@@ -1,4 +1,9 @@
-"""The generate command line: outputs per caption, and one-line errors for bad arguments."""
+"""The generate command line: outputs per caption with their levels, the run's own prediction
+type, and one-line errors for bad arguments before anything is loaded or written.
+
+The bad arguments are checked in-process through `generate.run` (what `main` calls); one
+subprocess checks that the program prints such an error as one line.
+"""
 
 import json
 import os
@@ -8,6 +13,10 @@ import sys
 import pytest
 import soundfile as sf
 
+from almtok import configlib
+from almtok import generate
+from almtok import sample
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -16,7 +25,7 @@ def _run(*args):
                         capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_writes_wav_png_and_settings(tiny_lm, tmp_path):
+def test_writes_wav_png_settings_and_levels(tiny_lm, tmp_path):
   out = tmp_path / "clips"
   result = _run(f"--workdir={tiny_lm}", "--held_out=2", "--seconds=1", f"--out={out}",
                 "--steps=5", "--seed=3")
@@ -27,33 +36,69 @@ def test_writes_wav_png_and_settings(tiny_lm, tmp_path):
     assert os.path.getsize(out / f"{i:03d}.png") > 5_000
   settings = json.loads((tmp_path / "clips.json").read_text())
   assert settings["seed"] == 3 and settings["steps"] == 5 and len(settings["captions"]) == 2
+  # The head's prediction type is the run's, and each clip's levels are recorded and printed
+  # beside those of its held-out clip through the same tokenizer.
+  run_config = json.loads(open(os.path.join(tiny_lm, "config.json")).read())
+  assert settings["prediction"] == run_config["diffusion"]["prediction"] == "v"
+  assert [w["strategy"] for w in settings["written"]] == ["clip", "clip"]
+  for w in settings["written"]:
+    assert w["gain"] == 1.0 and 0 <= w["clipped"] <= 1 and w["reference"]["rms_db"] < 0
+  printed = [l for l in result.stdout.splitlines() if l.startswith(str(out))]
+  assert len(printed) == 2 and all("dBFS" in l and "held-out clip" in l for l in printed)
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--caption="], "error: caption 1 is empty"),
-    (["--caption=a beep", "--seconds=0"], "error: --seconds=0: must be positive"),
-    (["--caption=a beep", "--seconds=60"], "error: --seconds=60: longer than the trained"),
-    (["--caption=a beep", "--captions_file=x.txt"], "error: give exactly one of"),
-    (["--caption=a beep", "--temperature=0"], "error: temperature=0.0: must be > 0"),
-])
-def test_bad_arguments_fail_in_one_line(tiny_lm, args, expected):
-  result = _run(f"--workdir={tiny_lm}", *args)
+def test_bad_argument_is_one_line_from_the_program(tiny_lm, tmp_path):
+  result = _run(f"--workdir={tiny_lm}", "--caption=a beep", "--steps=2000",
+                f"--out={tmp_path}/x.wav")
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-500:]
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert lines[-1].startswith("error: --steps=2000: the head was trained on 1000"), lines
+  assert not os.listdir(tmp_path)
+
+
+# (arguments of generate.run besides workdir and out, what the one line must start with).
+BAD = [
+    (dict(caption=""), "caption 1 is empty"),
+    (dict(caption="a beep", seconds=0), "--seconds=0: must be positive"),
+    (dict(caption="a beep", seconds=60), "--seconds=60: longer than the trained"),
+    (dict(caption="a beep", seconds=0.02), "--seconds=0.02: shorter than one token"),
+    (dict(caption="a beep", captions_file="x.txt"), "give exactly one of"),
+    (dict(caption="a beep", temperature=0), "temperature=0: must be > 0"),
+    (dict(caption="a beep", steps=2000), "--steps=2000: the head was trained on 1000"),
+    (dict(held_out_count=5), "--held_out=5: the test split of"),
+    (dict(held_out_count=0), "--held_out=0: must be >= 1"),
+    (dict(caption="a beep", normalize="loud"), "--normalize=loud: must be one of"),
+    (dict(caption="a beep", threshold=1.5), "threshold=1.5: must be a percentile"),
+]
+
+
+@pytest.mark.parametrize("kwargs,expected", BAD, ids=[e.split(":")[0] for _, e in BAD])
+def test_bad_arguments_fail_before_any_work(tiny_lm, tmp_path, kwargs, expected):
+  out = tmp_path / "out"
+  with pytest.raises(configlib.ConfigError) as e:
+    generate.run(workdir=tiny_lm, out=str(out), **kwargs)
+  assert str(e.value).startswith(expected) and "\n" not in str(e.value), str(e.value)
+  assert not out.exists() and not os.listdir(tmp_path)
+
+
+def test_settings_that_contradict_the_run_are_refused(tiny_lm):
+  with pytest.raises(configlib.ConfigError, match=r"prediction='eps': the model in .* was "
+                     r"trained to predict 'v'"):
+    generate.generate(tiny_lm, ["a beep"], 1.0, sample.SamplerSettings(prediction="eps"))
+  with pytest.raises(ValueError, match="prediction is unset"):
+    sample.Sampler(None, None, sample.SamplerSettings())
 
 
 def test_missing_and_incompatible_checkpoints(tiny_lm, tmp_path):
-  result = _run(f"--workdir={tmp_path}", "--caption=a beep")
-  assert result.returncode == 2
-  assert "no finished checkpoint" in result.stderr.strip().splitlines()[-1]
+  with pytest.raises(configlib.ConfigError, match="no finished checkpoint"):
+    generate.run(workdir=str(tmp_path), caption="a beep", out=str(tmp_path / "x.wav"))
   # A config whose token size does not match the latents it names.
   bad = tmp_path / "bad"
-  bad.mkdir()
   (bad / "checkpoints" / "1").mkdir(parents=True)
   config = json.loads(open(os.path.join(tiny_lm, "config.json")).read())
   config["model"]["token_dim"] = 7
   (bad / "config.json").write_text(json.dumps(config))
-  result = _run(f"--workdir={bad}", "--caption=a beep")
-  assert result.returncode == 2
-  assert "token_dim=7 does not match the latents' latent_dim=256" in result.stderr
+  with pytest.raises(configlib.ConfigError,
+                     match="token_dim=7 does not match the latents' latent_dim=256"):
+    generate.run(workdir=str(bad), caption="a beep", out=str(tmp_path / "y.wav"))

@@ -1,9 +1,13 @@
-"""The Colab inference notebook runs headless against a tiny trained checkpoint."""
+"""The Colab inference notebook runs headless against a tiny trained checkpoint, and gives the
+clips that the generate command line gives for the same captions and seed."""
 
 import os
+import subprocess
+import sys
 
 import nbformat
 from nbclient import NotebookClient
+import numpy as np
 import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,3 +33,20 @@ def test_inference_notebook_runs(tiny_lm, tmp_path, monkeypatch):
     assert info.samplerate == 16_000 and abs(info.duration - 1.0) < 0.05
   text = "".join(o.get("text", "") for o in outputs)
   assert "prompt tokens: 6 of 25" in text  # A quarter of 1 s at 25 tokens/s, rounded down.
+
+  # The command line with the notebook's captions (one batch, as the notebook), seed and
+  # settings writes the same samples: the run's prediction type reaches both the same way.
+  captions = tmp_path / "captions.txt"
+  captions.write_text("\n".join(["a high-pitched sine tone fading in",
+                                 "rapid clicks at a fast pace",
+                                 "a low saw note followed by a burst of white noise"]) + "\n")
+  cli = subprocess.run(
+      [sys.executable, "-m", "almtok.generate", f"--workdir={tiny_lm}",
+       f"--captions_file={captions}", "--seconds=1.0", "--steps=5", "--seed=0",
+       "--cfg_scale=3.0", "--cfg_schedule=linear", "--temperature=1.0",
+       f"--out={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  for i in range(3):
+    want, _ = sf.read(out / f"caption_{i}.wav", dtype="int16")
+    got, _ = sf.read(tmp_path / "cli" / f"{i:03d}.wav", dtype="int16")
+    np.testing.assert_array_equal(got, want, err_msg=f"caption {i}")

@@ -26,7 +26,7 @@ def model():
 
 
 def make_sampler(model, **settings):
-  settings = dict(dict(steps=8, cfg_scale=2.0), **settings)
+  settings = dict(dict(steps=8, cfg_scale=2.0, prediction="eps"), **settings)
   return sample.Sampler(model, diffusion.cosine_schedule(1000), sample.SamplerSettings(**settings))
 
 

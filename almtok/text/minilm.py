@@ -261,3 +261,18 @@ class TextEncoder:
     """Tokenises `texts` to `max_len` positions and encodes them."""
     ids_BxN, mask_BxN = self.tokenizer(texts)
     return self.encode_ids(ids_BxN, mask_BxN)
+
+  def encode_for_lm(self, texts: Sequence[str]) -> TextEmbedding:
+    """`encode`, with the token states rounded as the LM is trained on them (`for_lm`)."""
+    return for_lm(self.encode(texts))
+
+
+def for_lm(emb: TextEmbedding) -> TextEmbedding:
+  """The conditioning the LM sees: token states rounded to float16 precision (held as float32).
+
+  The training cache keeps token states in float16 to halve its memory; training, its samples
+  and generation all round through this one function so that the model is always conditioned on
+  the same numbers.
+  """
+  tokens = emb.tokens_BxNxE.astype(jnp.float16).astype(jnp.float32)
+  return TextEmbedding(tokens, emb.mask_BxN, emb.pooled_BxE)

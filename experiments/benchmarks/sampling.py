@@ -51,7 +51,8 @@ def text_for(config, batch: int) -> TextEmbedding:
 
 def time_sampler(model, config, batch: int, k: int, cfg: bool, tokens: int) -> float:
   """Seconds to sample `tokens` tokens for `batch` captions (compiled beforehand)."""
-  settings = sample.SamplerSettings(steps=k, cfg=cfg, cfg_scale=3.0 if cfg else 1.0)
+  settings = sample.SamplerSettings(steps=k, cfg=cfg, cfg_scale=3.0 if cfg else 1.0,
+                                    prediction=config.diffusion.prediction)
   sampler = sample.Sampler(model, diffusion.cosine_schedule(config.diffusion.num_steps),
                            settings)
   text = text_for(config, batch)
@@ -103,7 +104,7 @@ def time_naive(model, config, tokens: int, k: int) -> float:
 
 def split_token_time(model, config, k: int, repeats: int = 5) -> tuple[float, float]:
   """(decoder step, K head steps) seconds for one token at batch 1 with guidance."""
-  settings = sample.SamplerSettings(steps=k, cfg=True)
+  settings = sample.SamplerSettings(steps=k, cfg=True, prediction=config.diffusion.prediction)
   schedule = diffusion.respace(diffusion.cosine_schedule(config.diffusion.num_steps), k)
   cache = model.init_cache(2, config.model.max_len)
   prev = jnp.zeros((2, model.token_dim))

@@ -9,9 +9,9 @@ demo's shapes (configs/synth_small.py at that size: mel tokens, L = 100 tokens =
 the demo's diffusion batch_mul). The first step compiles and is timed apart; the table reports
 the median of the timed steps that follow.
 
-MFU = model FLOP/s / peak, where model FLOPs per step are `train.train_flops_per_step` (matmuls
+MFU = model FLOP/s / peak, where model FLOPs per step are `flops.train_flops_per_step` (matmuls
 and attention, forward + backward = 3x forward) and the peak is the dense float32 N x N matmul
-FLOP/s that this process measures with `train.matmul_flops_per_second` just before each size is
+FLOP/s that this process measures with `flops.measure_matmul_peak` just before each size is
 timed (N = --matmul_n, 1024 by default; the best of 8 measurements; the table prints it). Step
 times are medians, so that a short disturbance by another process does not move them much.
 
@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from almtok import diffusion
+from almtok import flops
 from almtok import optim
 from almtok import sharding
 from almtok import train
@@ -85,7 +86,7 @@ def peak_flops(n: int, trials: int = 8) -> float:
   """The best of `trials` of the trainer's dense N x N matmul FLOP/s measurements: each lasts a
   fraction of a second, so on a shared machine some catch both cores busy elsewhere; the best
   one is what the cores give when they are free."""
-  return max(train.matmul_flops_per_second(n, repeats=10) for _ in range(trials))
+  return max(flops.measure_matmul_peak(n, repeats=10, trials=1) for _ in range(trials))
 
 
 def time_alone(fn, args, steps: int) -> float:
@@ -101,11 +102,11 @@ def time_alone(fn, args, steps: int) -> float:
 
 def flops_split(config, graphdef, params) -> tuple[float, float]:
   """(decoder, head) model FLOPs per step, from the trainer's formula."""
-  total = train.train_flops_per_step(config, graphdef, params)
+  total = flops.train_flops_per_step(config, graphdef, params)
   no_head = config.copy_and_resolve_references()
   no_head.unlock()
   no_head.diffusion.batch_mul = 0
-  decoder = train.train_flops_per_step(no_head, graphdef, params)
+  decoder = flops.train_flops_per_step(no_head, graphdef, params)
   return decoder, total - decoder
 
 
@@ -119,7 +120,7 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     batch_arrays = sharding.global_batch(synthetic_batch(config), mesh)
     rng = jax.random.PRNGKey(0)
-    flops = train.train_flops_per_step(config, graphdef, state["params"])
+    flops = flops.train_flops_per_step(config, graphdef, state["params"])
     params = sum(x.size for x in jax.tree.leaves(state["params"]))
     peak = peak_flops(matmul_n)
     compile_s, step_s = time_calls(step, (state, batch_arrays, rng), steps)

@@ -1,0 +1,93 @@
+"""Model FLOPs of a train step, and the peak FLOP/s that MFU divides by.
+
+MFU = achieved model FLOP/s / (peak FLOP/s per device x devices). On known accelerators the
+peak is the vendor's dense figure from `PEAKS`; on anything else (CPUs) it is measured: the
+median of several timed float32 matmuls after a warm-up, reported as an estimate. A peak taken
+from a single short burst while other threads are busy reads low and inflates MFU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Dense peak FLOP/s per device (one chip; for GPUs the SXM part) by compute dtype, from the
+# vendors' spec sheets. float32 on TPUs runs through the bf16 MXU at default precision; on
+# Ampere and later GPUs XLA runs float32 matmuls as TF32 by default, so those are TF32 figures.
+# Matched against `jax.Device.device_kind`, first substring match wins (so 'v5 lite' before 'v5').
+PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("TPU v6", {"bfloat16": 918e12, "float32": 918e12}),
+    ("TPU v5 lite", {"bfloat16": 197e12, "float32": 197e12}),
+    ("TPU v5e", {"bfloat16": 197e12, "float32": 197e12}),
+    ("TPU v5", {"bfloat16": 459e12, "float32": 459e12}),
+    ("TPU v4", {"bfloat16": 275e12, "float32": 275e12}),
+    ("TPU v3", {"bfloat16": 123e12, "float32": 123e12}),
+    ("H200", {"bfloat16": 989e12, "float32": 494e12}),
+    ("H100", {"bfloat16": 989e12, "float32": 494e12}),
+    ("A100", {"bfloat16": 312e12, "float32": 156e12}),
+    ("L4", {"bfloat16": 121e12, "float32": 60e12}),
+    ("V100", {"bfloat16": 125e12, "float32": 15.7e12}),
+)
+
+
+class Peak(NamedTuple):
+  flops_per_s: float   # Per device.
+  source: str          # Where the figure comes from, for the log.
+
+
+def table_peak(device_kind: str, dtype: str) -> float | None:
+  """The spec-sheet peak of a device kind for a compute dtype, or None when it is not known."""
+  for name, peaks in PEAKS:
+    if name.lower() in device_kind.lower():
+      return peaks.get(dtype)
+  return None
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 5, trials: int = 7,
+                        timer: Callable[[], float] = time.perf_counter) -> float:
+  """float32 matmul FLOP/s of the first device: the median over `trials` timings of `repeats`
+  matmuls each, after a compile and a warm-up trial."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+
+  def trial() -> float:
+    start = timer()
+    for _ in range(repeats):
+      f(a).block_until_ready()
+    return 2 * n ** 3 * repeats / max(timer() - start, 1e-12)
+
+  trial()
+  return statistics.median(trial() for _ in range(trials))
+
+
+def peak(dtype: str, override: float = 0.0, device: jax.Device | None = None,
+         measure: Callable[[], float] = measure_matmul_peak) -> Peak:
+  """The per-device peak that MFU divides by: `override` if set, the table, or a measurement."""
+  if override:
+    return Peak(override, "config.train.peak_flops")
+  device = device or jax.devices()[0]
+  known = table_peak(device.device_kind, dtype)
+  if known is not None:
+    return Peak(known, f"spec sheet, {device.device_kind} {dtype}")
+  return Peak(measure(), f"estimate: median float32 matmul rate measured on {device.device_kind}")
+
+
+def train_flops_per_step(config, graphdef, abstract_params) -> float:
+  """Analytic model FLOPs of one step (forward + backward = 3x forward; matmuls + attention)."""
+  model = nnx.merge(graphdef, abstract_params)
+  kernels = lambda m: sum(v.size for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
+                          if p[-1] == "kernel")
+  b, l = config.data.batch_size, config.data.seq_len
+  copies = 2 if config.loss.mntp_weight > 0 else 1
+  s = model.prefix_len + l
+  dec = config.model.decoder
+  decoder = 2 * kernels(model.decoder) * s + 2 * 2 * dec.num_layers * s * s * dec.width
+  head = 2 * kernels(model.head) * l * config.diffusion.batch_mul
+  return 3.0 * b * copies * (decoder + head)
