@@ -86,3 +86,29 @@ def test_too_long_and_bad_settings_fail_clearly(model, text):
     sample.SamplerSettings(sampler="euler")
   with pytest.raises(ValueError, match="steps=0"):
     sample.SamplerSettings(steps=0)
+
+
+def test_dynamic_threshold_bounds_rows_and_keeps_their_shape():
+  rng = np.random.default_rng(0)
+  calm = rng.standard_normal((1, 256)).astype(np.float32)      # Within the bound: only clipped.
+  loud = 40.0 * rng.standard_normal((1, 256)).astype(np.float32)  # Far beyond it.
+  x0 = jnp.asarray(np.concatenate([calm, loud]))
+  out = np.asarray(diffusion.dynamic_threshold(x0, 0.99, 3.0))
+  assert np.abs(out).max() <= 3.0 + 1e-6
+  np.testing.assert_allclose(out[0], np.clip(calm[0], -3, 3), rtol=1e-6)
+  # The loud row is scaled as a whole (entries below its 99th percentile keep their ratios).
+  s = np.quantile(np.abs(loud[0]), 0.99)
+  inside = np.abs(loud[0]) < s
+  np.testing.assert_allclose(out[1][inside], loud[0][inside] * 3.0 / s, rtol=1e-5)
+
+
+def test_thresholding_keeps_a_strongly_guided_chain_within_its_bound(model, text):
+  # CFG scale 50 on the tiny model drives the x0 estimates far beyond the data's scale; the last
+  # reverse step returns the x0 estimate itself, so every sampled token must lie within the bound.
+  unbounded = make_sampler(model, cfg_scale=50.0, cfg_schedule="constant", clip_x0=None)
+  x = unbounded.generate(text, L, jax.random.PRNGKey(2), chunk=5, progress=False)
+  assert np.abs(x).max() > 10.0
+  for settings in (dict(threshold=0.99, clip_x0=2.0), dict(clip_x0=2.0)):
+    bounded = make_sampler(model, cfg_scale=50.0, cfg_schedule="constant", **settings)
+    x = bounded.generate(text, L, jax.random.PRNGKey(2), chunk=5, progress=False)
+    assert np.all(np.isfinite(x)) and np.abs(x).max() <= 2.0 + 1e-4, (settings, np.abs(x).max())
