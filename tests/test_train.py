@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 
+import jax
 import numpy as np
 import pytest
 import soundfile
@@ -34,6 +35,7 @@ from flax import nnx
 from almtok import checkpoint
 from almtok import events
 from almtok import optim
+from almtok import sharding
 from almtok import train
 from almtok.data import latents as latents_lib
 from almtok.data import pipeline
@@ -44,10 +46,39 @@ STEPS, EVERY, BATCH = 16, 4, 4
 # One config for every run; 20 of the clips' 25 tokens, so that the random crops are exercised.
 OVERRIDES = {"data.seq_len": 20, "train.log_every": 1, "train.checkpoint_every": EVERY,
              "train.eval_every": STEPS, "train.keep_checkpoints": 3}
-SCALARS = ("loss", "ntp_loss", "mntp_loss", "grad_norm", "lr", "tokens_per_s", "mfu")
+SCALARS = ("loss", "ntp_loss", "mntp_loss", "grad_norm", "lr", "tokens_per_s", "mfu",
+           "model_flops_per_s_per_device", "ema_decay")
 TIMEOUT_S = 420
-# Kill points are drawn at random; the seed is in every message that depends on it.
-SEED = random.SystemRandom().randrange(1 << 30)
+# Kill points are drawn at random; the seed is in every message that depends on it, and
+# ALMTOK_TEST_SEED=<seed> replays a run.
+SEED = int(os.environ.get("ALMTOK_TEST_SEED") or random.SystemRandom().randrange(1 << 30))
+
+# `python -m almtok.train` whose process kills itself (SIGKILL) at one known point of one save:
+# the step's files are all written into orbax's temporary directory, and the rename that
+# commits them is next. argv[1] is that step; the trainer's arguments follow.
+_KILL_BEFORE_COMMIT = r"""
+import os
+import signal
+import sys
+from orbax.checkpoint._src.path import atomicity
+from almtok import configlib, train
+
+KILL_STEP = sys.argv.pop(1)
+_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+
+async def finalize(self):
+  if self._final_path.name == KILL_STEP:
+    print(f"killing before the commit of step {KILL_STEP}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+  return await _finalize(self)
+
+
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+if __name__ == "__main__":
+  train.define_flags()
+  configlib.run(train.main)
+"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,12 +165,6 @@ def step_line(step: int) -> str:
   return rf"\] step {step}: "
 
 
-def save_line(step: int) -> str:
-  """orbax's line once the blocking part of an asynchronous save is done and the write runs on in
-  a background thread: a kill now lands in the middle of the save."""
-  return rf"Continuing save @ .*checkpoints/{step}\b"
-
-
 # ----------------------------------------------------------------------------------------------
 # Reading what it wrote.
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +201,23 @@ def latest_step(workdir: str) -> int | None:
     return ckpt.latest_step()
   finally:
     ckpt.close()
+
+
+def restore_state(workdir: str, config) -> tuple[dict[str, np.ndarray], dict]:
+  """The newest checkpoint's whole train state ({'params/decoder/...': array, 'ema/...',
+  'opt_state/...', 'step'}) and its metadata (data iterator, config)."""
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  _, abstract, shardings = train.abstract_state(config, mesh, optim.make_optimizer(config.train))
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
+                                 async_save=False)
+  try:
+    state, meta, _ = ckpt.restore(ckpt.latest_step(), target)
+  finally:
+    ckpt.close()
+  return {sharding.path_str(path): np.asarray(x)
+          for path, x in jax.tree_util.tree_leaves_with_path(state)}, meta
 
 
 def params_of(workdir: str, config, use_ema: bool) -> dict[str, np.ndarray]:
@@ -216,7 +258,8 @@ def reference(tiny_latents, jax_cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def interrupted(tiny_latents, jax_cache, tmp_path_factory):
   """The reference config in a fresh workdir, stopped twice and resumed each time:
-  1. SIGKILL in the middle of writing a random checkpoint c1 in {8, 12} (after 4 was written);
+  1. SIGKILL while saving a random checkpoint c1 in {8, 12} (after 4 was written), at the last
+     moment: its files are written, the rename that commits them is not done;
   2. SIGTERM after a random step of the resumed run (it saves there and exits 0);
   3. on to the end.
   """
@@ -226,8 +269,9 @@ def interrupted(tiny_latents, jax_cache, tmp_path_factory):
   rng = random.Random(SEED)
   phases = []
 
-  def run(cue_pattern=None, sig=None):
-    trainer = Trainer(args, env, cues=[(cue_pattern, sig)] if cue_pattern else [])
+  def run(cue_pattern=None, sig=None, kill_step=None):
+    cmd = args if kill_step is None else ["-c", _KILL_BEFORE_COMMIT, str(kill_step)] + args[2:]
+    trainer = Trainer(cmd, env, cues=[(cue_pattern, sig)] if cue_pattern else [])
     rc = trainer.wait()
     start = re.search(r"resumed from step (\d+)", trainer.output)
     phases.append(dict(trainer=trainer, rc=rc, start=int(start.group(1)) if start else 0,
@@ -236,8 +280,9 @@ def interrupted(tiny_latents, jax_cache, tmp_path_factory):
     return phases[-1]
 
   c1 = rng.choice([8, 12])
-  killed = run(save_line(c1), signal.SIGKILL)
-  assert killed["fired"] and killed["rc"] == -signal.SIGKILL, (SEED, killed["trainer"].tail())
+  killed = run(kill_step=c1)
+  assert killed["rc"] == -signal.SIGKILL, (SEED, killed["trainer"].tail())
+  assert f"killing before the commit of step {c1}" in killed["trainer"].output, SEED
   run(step_line(rng.randint(c1 - EVERY + 1, STEPS - EVERY)), signal.SIGTERM)
   run()
   return dict(workdir=workdir, phases=phases, c1=c1)
@@ -266,14 +311,23 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(reference, interrupted, ti
   first_resumed = interrupted["phases"][1]["start"]
   assert set(range(first_resumed + 1, STEPS + 1)) <= set(got), (SEED, sorted(got))
 
+  # The final train state, leaf by leaf: parameters, EMA, Adam's moments and counters, the step;
+  # and the data iterator's position.
   config = tiny_config(tiny_latents)
+  want_state, want_meta = restore_state(reference["workdir"], config)
+  got_state, got_meta = restore_state(interrupted["workdir"], config)
+  assert want_state.keys() == got_state.keys()
+  assert {n.split("/")[0] for n in want_state} == {"params", "ema", "opt_state", "step"}
+  for name, want_leaf in want_state.items():
+    np.testing.assert_array_equal(got_state[name], want_leaf, err_msg=f"seed {SEED}: {name}")
+  assert got_meta["data_iterator"] == want_meta["data_iterator"], SEED
+  # What generate and the notebook load is that EMA.
   for use_ema in (False, True):
-    want_params = params_of(reference["workdir"], config, use_ema)
     got_params = params_of(interrupted["workdir"], config, use_ema)
-    assert want_params.keys() == got_params.keys()
-    for name in want_params:
-      np.testing.assert_array_equal(got_params[name], want_params[name],
-                                    err_msg=f"seed {SEED}: {name} (ema={use_ema})")
+    tree = "ema" if use_ema else "params"
+    for name, value in got_params.items():
+      np.testing.assert_array_equal(value, want_state[f"{tree}/{name}"],
+                                    err_msg=f"seed {SEED}: {tree}/{name}")
 
 
 def test_kill_during_a_save_leaves_only_complete_checkpoints(interrupted):
@@ -282,18 +336,18 @@ def test_kill_during_a_save_leaves_only_complete_checkpoints(interrupted):
   # The save of c1 was cut: its temporary directory is there, c1 itself is not.
   assert any(name.startswith(f"{c1}.") for name in killed["after_dirs"]), (
       SEED, killed["after_dirs"])
-  assert str(c1) not in killed["after_dirs"]
+  assert str(c1) not in killed["after_dirs"], (SEED, killed["after_dirs"])
   for before, after in zip(phases, phases[1:]):
     # latest_step reports the newest complete step only, and the next run resumes from it.
     complete = [int(name) for name in before["after_dirs"] if name.isdigit()]
     assert before["latest"] == max(complete), (SEED, before["after_dirs"])
     assert after["start"] == before["latest"], SEED
-    assert "Traceback" not in after["trainer"].output, after["trainer"].tail()
-  assert killed["latest"] == c1 - EVERY
+    assert "Traceback" not in after["trainer"].output, (SEED, after["trainer"].tail())
+  assert killed["latest"] == c1 - EVERY, SEED
   # The later runs saved again over the leftovers of the cut save; none is left at the end.
   final_dir = os.path.join(interrupted["workdir"], "checkpoints")
-  assert not temporary_dirs(final_dir), os.listdir(final_dir)
-  assert complete_steps(final_dir)[-1] == phases[-1]["latest"] == STEPS
+  assert not temporary_dirs(final_dir), (SEED, os.listdir(final_dir))
+  assert complete_steps(final_dir)[-1] == phases[-1]["latest"] == STEPS, SEED
 
 
 def test_sigterm_saves_the_current_step_and_exits_0(interrupted):
@@ -305,7 +359,7 @@ def test_sigterm_saves_the_current_step_and_exits_0(interrupted):
   signalled = int(re.search(r"step (\d+)", phase["fired"][0]).group(1))
   assert signalled <= stopped < STEPS, SEED
   assert phase["latest"] == stopped, (SEED, phase["after_dirs"])
-  assert resumed["start"] == stopped
+  assert resumed["start"] == stopped, SEED
 
 
 def test_tensorboard_has_every_scalar_at_every_step_and_the_audio(reference, tiny_latents):
@@ -380,8 +434,9 @@ def test_non_finite_loss_stops_in_one_line_and_keeps_the_last_checkpoint(
   assert re.match(r"error: step 4: loss is nan \(not finite\)", errors[0]), errors
   ckpt_dir = os.path.join(workdir, "checkpoints")
   assert complete_steps(ckpt_dir) == [3] and not temporary_dirs(ckpt_dir)
-  params = params_of(workdir, config, use_ema=False)
-  assert all(np.isfinite(p).all() for p in params.values())
+  state, meta = restore_state(workdir, config)
+  assert state["step"] == 3 and meta["data_iterator"]["next_index"] == 3
+  assert all(np.isfinite(x).all() for x in state.values())
 
 
 @pytest.mark.parametrize("override, key", [
