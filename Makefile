@@ -24,17 +24,18 @@ $(STAMP): setup.py Makefile $(LOCK)
 	touch $(STAMP)
 
 # The main job: synthetic set -> mel latents -> the small LM -> 4 clips for held-out captions.
-# Temperature 0.7 (head noise scaled down) and guidance from the first token on: after 450 steps
-# they give sustained clips that follow their captions' first events.
+# Guidance 3 from the first token on, temperature 1, x0 kept within the data's per-channel range
+# (generate's default), clips written with the 'limit' strategy: the settings that kept levels
+# nearest the data's in experiments/sampling/levels.md. generate prints each clip's levels beside
+# its held-out clip's.
 DEMO_STEPS ?= 450
 demo: install
 	$(PY) -m almtok.prepare --config=configs/prepare.py:synth_sounds,tokenizer=mel \
 	    --workdir=$(DEMO_DIR)/prep
 	$(PY) -m almtok.train --config=configs/synth_small.py:steps=$(DEMO_STEPS) \
 	    --config.data.latents_dir=$(DEMO_DIR)/prep/latents --workdir=$(DEMO_DIR)/lm
-	$(PY) -m almtok.generate --workdir=$(DEMO_DIR)/lm --held_out=4 --seconds=4 --temperature=0.7 \
-	    --cfg_schedule=constant \
-	    --out=$(DEMO_DIR)/samples
+	$(PY) -m almtok.generate --workdir=$(DEMO_DIR)/lm --held_out=4 --seconds=4 --temperature=1.0 \
+	    --cfg_schedule=constant --normalize=limit --out=$(DEMO_DIR)/samples
 	@echo "demo_out: prep/latents (mel latents), lm/ (checkpoints, TensorBoard: tensorboard --logdir $(DEMO_DIR)/lm),"
 	@echo "          samples/*.wav and *.png (generated clips and their spectrograms), samples.json (settings)"
 

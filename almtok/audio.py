@@ -91,8 +91,8 @@ def resample(wav_S: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
   return signal.resample_poly(wav_S, target_rate // g, rate // g).astype(np.float32)
 
 
-WRITE_STRATEGIES = ("clip", "peak", "loudness")
-PEAK_DB = -1.0       # Default peak for strategy "peak", and the ceiling for "loudness".
+WRITE_STRATEGIES = ("clip", "limit", "peak", "loudness")
+PEAK_DB = -1.0       # Default peak for strategy "peak", the ceiling for "limit" and "loudness".
 LOUDNESS_DB = -20.0  # Default RMS level for strategy "loudness", in dBFS.
 
 
@@ -116,13 +116,15 @@ class WriteReport:
 
 def write(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = SAMPLE_RATE,
           subtype: Literal["PCM_16", "FLOAT"] = "PCM_16", *,
-          strategy: Literal["clip", "peak", "loudness"] = "clip", peak_db: float = PEAK_DB,
-          loudness_db: float = LOUDNESS_DB) -> WriteReport:
+          strategy: Literal["clip", "limit", "peak", "loudness"] = "clip",
+          peak_db: float = PEAK_DB, loudness_db: float = LOUDNESS_DB) -> WriteReport:
   """Writes a mono (S) or multichannel (SxK) WAV file atomically and reports its levels.
 
   `strategy` chooses the one gain applied to the whole file:
     "clip": gain 1, so levels stay what the model produced. Samples beyond full scale are
       clipped to it in 16-bit files and kept in float files.
+    "limit": gain 1 unless the peak is above `peak_db`; then the gain that puts it there (the
+      level is the model's wherever it fits, and nothing clips).
     "peak": the peak goes to `peak_db` dBFS (default -1).
     "loudness": the RMS level goes to `loudness_db` dBFS (default -20), except that the gain is
       lowered where needed to keep the peak at or below `peak_db`, so nothing clips.
@@ -169,6 +171,8 @@ def _gain(wav: np.ndarray, strategy: str, peak_db: float, loudness_db: float) ->
   ceiling = 10.0 ** (peak_db / 20.0)
   if strategy == "peak":
     return ceiling / top
+  if strategy == "limit":
+    return min(1.0, ceiling / top)
   return min(10.0 ** (loudness_db / 20.0) / rms, ceiling / top)
 
 

@@ -271,12 +271,14 @@ def dynamic_threshold(x0_NxC: Array, percentile: float, bound: float) -> Array:
 def x0_eps_from_output(
     schedule: Schedule, x_t_NxC: Array, t_N: Array, out_NxC: Array, prediction: str,
     clip_x0: float | None = None, threshold: float | None = None,
+    x0_range: tuple[Array, Array] | None = None,
 ) -> tuple[Array, Array]:
   """Turns a network output into (x0, eps) estimates.
 
   `clip_x0` bounds x0 to [-clip_x0, clip_x0]; with `threshold` (a percentile in (0, 1)) the bound
-  is applied by `dynamic_threshold` instead of a plain clip. eps is made consistent with the
-  bounded x0.
+  is applied by `dynamic_threshold` instead of a plain clip. `x0_range` (lo_C, hi_C) then clips
+  each channel to the range the data spans (the analogue of clipping images to [-1, 1]). eps is
+  made consistent with the bounded x0.
   """
   _check_prediction(prediction)
   out_NxC = out_NxC.astype(jnp.float32)
@@ -289,9 +291,11 @@ def x0_eps_from_output(
     if clip_x0 is None:
       raise ValueError("dynamic thresholding needs a bound (clip_x0)")
     x0 = dynamic_threshold(x0, threshold, clip_x0)
-    eps = predict_eps_from_x0(schedule, x_t_NxC, t_N, x0)
   elif clip_x0 is not None:
     x0 = jnp.clip(x0, -clip_x0, clip_x0)
+  if x0_range is not None:
+    x0 = jnp.clip(x0, x0_range[0], x0_range[1])
+  if threshold is not None or clip_x0 is not None or x0_range is not None:
     eps = predict_eps_from_x0(schedule, x_t_NxC, t_N, x0)
   return x0, eps
 
@@ -467,6 +471,7 @@ def ddpm_sample(
     variance: str = "small",
     clip_x0: float | None = None,
     threshold: float | None = None,
+    x0_range: tuple[Array, Array] | None = None,
 ) -> Array:
   """Ancestral DDPM sampling over all steps of `schedule` (usually a respaced one).
 
@@ -477,7 +482,7 @@ def ddpm_sample(
   the initial x_T is never scaled. Pass a shape to draw x_T ~ N(0, I) from `rng`.
   `clip_x0` clips the x0 estimate to [-clip_x0, clip_x0] at every step (off by default; with
   eps prediction an imperfect network may need it, see `predict_x0_from_eps`); with `threshold`
-  the bound is applied by `dynamic_threshold`.
+  the bound is applied by `dynamic_threshold`; `x0_range` (lo_C, hi_C) clips each channel.
   Returns float32 samples with x_T's shape.
   """
   _check_prediction(prediction)
@@ -493,7 +498,8 @@ def ddpm_sample(
   def step(x, k, step_rng):
     k_N = jnp.full(x.shape[:1], k, jnp.int32)
     out = denoise_fn(x, schedule.timesteps[k_N])
-    x0, _ = x0_eps_from_output(schedule, x, k_N, out, prediction, clip_x0, threshold)
+    x0, _ = x0_eps_from_output(schedule, x, k_N, out, prediction, clip_x0, threshold,
+                               x0_range)
     mean, _, _ = posterior_mean_variance(schedule, x0, x, k_N)
     sigma = jnp.exp(0.5 * log_var_K[k]) * (k > 0)
     noise = jax.random.normal(step_rng, x.shape, jnp.float32)
@@ -513,6 +519,7 @@ def ddim_sample(
     prediction: str = "eps",
     clip_x0: float | None = None,
     threshold: float | None = None,
+    x0_range: tuple[Array, Array] | None = None,
 ) -> Array:
   """DDIM sampling over all steps of `schedule` (Song et al.).
 
@@ -528,7 +535,8 @@ def ddim_sample(
   def step(x, k, step_rng):
     k_N = jnp.full(x.shape[:1], k, jnp.int32)
     out = denoise_fn(x, schedule.timesteps[k_N])
-    x0, eps = x0_eps_from_output(schedule, x, k_N, out, prediction, clip_x0, threshold)
+    x0, eps = x0_eps_from_output(schedule, x, k_N, out, prediction, clip_x0, threshold,
+                               x0_range)
     ab, ab_prev = schedule.alphas_cumprod[k], schedule.alphas_cumprod_prev[k]
     sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab)) * jnp.sqrt(1.0 - ab / ab_prev)
     mean = jnp.sqrt(ab_prev) * x0 + jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps

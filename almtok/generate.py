@@ -9,7 +9,8 @@ r"""Generates audio from captions with a trained model.
 For each caption it writes a WAV, a spectrogram PNG beside it (on one fixed dB scale), and one
 `<out>.json` with the settings used and each clip's levels; it prints each clip's peak and rms
 (beside those of the held-out clip through the same tokenizer, with --held_out). WAVs keep the
-model's level unless --normalize says otherwise; samples beyond full scale are reported. The model is the newest checkpoint in --workdir, with its EMA parameters. Bad
+model's level unless it would clip (then one gain lowers the clip's peak to -1 dBFS, printed and
+recorded); --normalize=clip keeps it whatever it is and reports samples beyond full scale. The model is the newest checkpoint in --workdir, with its EMA parameters. Bad
 arguments (an empty caption, a duration that is not positive or longer than the trained
 context, a missing or incompatible checkpoint) stop the program with one line before any model
 is loaded.
@@ -55,11 +56,15 @@ def define_flags() -> None:
                      "percentile of |x0| (e.g. 0.99) scaled down to --clip_x0 (0: off).")
   flags.DEFINE_float("clip_x0", 5.0, "Bound on the x0 estimate in latent standard deviations "
                      "(0: none).")
+  flags.DEFINE_bool("data_range", True, "Keep the x0 estimate within each channel's range in "
+                    "the training latents (stats.json).")
   flags.DEFINE_string("prompt_wav", None, "Audio to continue from.")
   flags.DEFINE_float("prompt_seconds", 1.0, "Seconds of the prompt to keep.")
-  flags.DEFINE_enum("normalize", "clip", ["clip", "peak", "loudness"],
-                    "WAV level: 'clip' keeps the model's level (clipping at full scale warns), "
-                    "'peak' and 'loudness' apply one gain per clip (recorded in the JSON).")
+  flags.DEFINE_enum("normalize", "limit", ["clip", "limit", "peak", "loudness"],
+                    "WAV level: 'limit' keeps the model's level unless the clip would clip, "
+                    "then lowers it to -1 dBFS peak; 'clip' never changes it (clipping warns); "
+                    "'peak' and 'loudness' apply one gain per clip. The gain is printed and "
+                    "recorded in the JSON.")
 
 
 def held_out(latents_dir: str, count: int) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -154,14 +159,19 @@ def model_settings(settings: sample.SamplerSettings, config: Any,
 
 def generate(workdir: str, captions: list[str], seconds: float,
              settings: sample.SamplerSettings, seed: int = 0,
-             prompt_wav: np.ndarray | None = None, progress: bool = True
+             prompt_wav: np.ndarray | None = None, progress: bool = True,
+             x0_range: tuple[np.ndarray, np.ndarray] | None = None
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
   """Waveforms [B, S] for the captions, their sample rate, and the settings used.
+
+  With `settings.data_range` the head's x0 estimates stay within the training latents' per-channel
+  range: `x0_range`, by default the one that stats.json records.
 
   What the trained head fixes (its prediction type) comes from the run's config
   (`model_settings`); every argument is checked before the model is loaded.
   """
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
+  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
   from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -187,9 +197,16 @@ def generate(workdir: str, captions: list[str], seconds: float,
     if prompt.shape[1] >= num_tokens:
       raise configlib.ConfigError(f"the prompt covers {prompt.shape[1]} of the {num_tokens} "
                                   f"tokens: nothing is left to generate")
+  if x0_range is None and settings.data_range:
+    x0_range = latents_lib.data_range(stats)
+    if x0_range is None:
+      raise configlib.ConfigError(
+          f"{raw['data']['latents_dir']}/stats.json records no per-channel range of the "
+          f"latents (prepared by an older almtok): prepare again, or sample without it "
+          f"(--nodata_range)")
   from almtok import train  # pylint: disable=g-import-not-at-top
   model = train.load_model(workdir, config, use_ema=True)
-  sampler = sample.Sampler(model, train.make_schedule(config), settings)
+  sampler = sample.Sampler(model, train.make_schedule(config), settings, x0_range)
   text = TextEncoder(max_len=config.model.text_len).encode_for_lm(captions)
   x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
                        progress=progress)
@@ -216,8 +233,8 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
         held_out_count: int | None = None, seconds: float = 4.0, out: str = "out.wav",
         steps: int = 100, sampler: str = "ddpm", eta: float = 0.0, cfg_scale: float = 3.0,
         cfg_schedule: str = "linear", temperature: float = 1.0, threshold: float = 0.0,
-        clip_x0: float = 5.0, seed: int = 0, prompt_wav: str | None = None,
-        prompt_seconds: float = 1.0, normalize: str = "clip") -> dict[str, Any]:
+        clip_x0: float = 5.0, data_range: bool = True, seed: int = 0, prompt_wav: str | None = None,
+        prompt_seconds: float = 1.0, normalize: str = "limit") -> dict[str, Any]:
   """The command line's work: checks every argument, generates, writes WAV + PNG per caption and
   the settings JSON (each file whole or not at all), prints each clip's levels; returns what
   went into the JSON."""
@@ -252,7 +269,7 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
     settings = sample.SamplerSettings(
         steps=steps, sampler=sampler, eta=eta, cfg=cfg_scale != 1.0, cfg_scale=cfg_scale,
         cfg_schedule=cfg_schedule, temperature=temperature,
-        threshold=threshold or None, clip_x0=clip_x0 or None)
+        threshold=threshold or None, clip_x0=clip_x0 or None, data_range=data_range)
   except ValueError as e:
     raise configlib.ConfigError(str(e)) from None
   wav, rate, used = generate(workdir, captions, seconds, settings, seed, wav_prompt)
@@ -261,12 +278,16 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
   reports = []
   for path, w, caption_i, ref in zip(paths, wav, captions, refs):
     report = audio.write(path, w, rate, strategy=normalize)
-    plotting.spectrogram_png(path[:-4] + ".png", w, rate, caption_i)
+    # The picture shows what was written (the line below also gives the model's own level).
+    plotting.spectrogram_png(path[:-4] + ".png", np.clip(w * report.gain, -1.0, 1.0), rate,
+                             caption_i)
     reports.append(dict(dataclasses.asdict(report),
                         reference=None if ref is None else audio.levels(ref)))
-    line = f"{path}  {audio.format_levels(w)}"
+    line = (f"{path}  peak {_db(report.peak):+.1f} dBFS, rms {_db(report.rms):+.1f} dBFS, "
+            f"{100 * report.clipped:.1f}% clipped")
     if report.gain != 1.0:
-      line += f", written with gain {report.gain_db:+.1f} dB"
+      line += (f" (written {report.gain_db:+.1f} dB from the model's level: "
+               f"{audio.format_levels(w)})")
     if ref is not None:
       line += f"  | its held-out clip through the tokenizer: {audio.format_levels(ref)}"
     print(f"{line}  ({caption_i})")
@@ -277,6 +298,10 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
   return used
 
 
+def _db(level: float) -> float:
+  return 20.0 * float(np.log10(level)) if level > 0 else float("-inf")
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -284,7 +309,7 @@ def main(argv):
   run(workdir=f.workdir, caption=f.caption, captions_file=f.captions_file,
       held_out_count=f.held_out, seconds=f.seconds, out=f.out, steps=f.steps, sampler=f.sampler,
       eta=f.eta, cfg_scale=f.cfg_scale, cfg_schedule=f.cfg_schedule, temperature=f.temperature,
-      threshold=f.threshold, clip_x0=f.clip_x0, seed=f.seed, prompt_wav=f.prompt_wav,
+      threshold=f.threshold, clip_x0=f.clip_x0, data_range=f.data_range, seed=f.seed, prompt_wav=f.prompt_wav,
       prompt_seconds=f.prompt_seconds, normalize=f.normalize)
 
 

@@ -512,6 +512,10 @@ def _write_stats(latents_dir: str, fingerprint: dict[str, Any],
       "dataset": fingerprint["dataset"],
       "normalised_from": source, "train_tokens": train.count,
       "mean": mean.tolist(), "std": std.tolist(),
+      # Each channel's extremes over the train latents (unnormalised): the sampler keeps its x0
+      # estimates within them. Absent when a shard's manifest predates them.
+      **({"min": train.min_C.tolist(), "max": train.max_C.tolist()}
+         if train.count and np.all(np.isfinite(train.min_C)) else {}),
       "splits": splits,
       "skipped": {"total": len(skipped),
                   "by_kind": {k: by_kind[k] for k in _kind_order(by_kind)}},

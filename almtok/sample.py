@@ -46,6 +46,9 @@ class SamplerSettings:
   # Dynamic thresholding (Imagen): the percentile of |x0| per token that is scaled down to
   # clip_x0; None clips at clip_x0 instead. Keeps strongly guided chains on the data's scale.
   threshold: float | None = None
+  # Clip each channel of x0 to the training latents' range (the analogue of clipping images to
+  # [-1, 1]) when the caller provides it: `generate` does, from stats.json.
+  data_range: bool = True
 
   def __post_init__(self):
     if self.steps < 1:
@@ -70,7 +73,8 @@ class SamplerSettings:
 
 
 def _sample_token(model: ContinuousLM, z_XxD: Array, schedule: diffusion.Schedule,
-                  settings: SamplerSettings, progress: Array, rng: Array) -> Array:
+                  settings: SamplerSettings, progress: Array, rng: Array,
+                  x0_range: tuple[Array, Array] | None = None) -> Array:
   """Draws x ~ p(x | z) with the head; with guidance, z holds [cond; uncond] rows."""
   b = z_XxD.shape[0] // (2 if settings.guided else 1)
   c = model.token_dim
@@ -80,7 +84,7 @@ def _sample_token(model: ContinuousLM, z_XxD: Array, schedule: diffusion.Schedul
   else:
     denoise = lambda x_t, t: model.head(x_t, t, z_XxD)
   kw = dict(temperature=settings.temperature, prediction=settings.prediction,
-            clip_x0=settings.clip_x0, threshold=settings.threshold)
+            clip_x0=settings.clip_x0, threshold=settings.threshold, x0_range=x0_range)
   if settings.sampler == "ddpm":
     return diffusion.ddpm_sample(denoise, schedule, (b, c), rng, **kw)
   return diffusion.ddim_sample(denoise, schedule, (b, c), rng, eta=settings.eta, **kw)
@@ -90,7 +94,10 @@ class Sampler:
   """Generates token sequences from a model; compiled programs are cached per shape."""
 
   def __init__(self, model: ContinuousLM, train_schedule: diffusion.Schedule,
-               settings: SamplerSettings = SamplerSettings()):
+               settings: SamplerSettings = SamplerSettings(),
+               x0_range: tuple[np.ndarray, np.ndarray] | None = None):
+    """`x0_range` (lo_C, hi_C): the range of each channel of the (normalised) training latents;
+    the head's x0 estimates are clipped to it at every reverse step (see `diffusion`)."""
     if settings.prediction is None:
       raise ValueError("SamplerSettings.prediction is unset: pass what the model was trained to "
                        "predict (config.diffusion.prediction)")
@@ -98,6 +105,8 @@ class Sampler:
     self.settings = settings
     self.schedule = diffusion.respace(train_schedule, settings.steps)
     self.token_dim, self.max_len = model.token_dim, model.max_len
+    self.x0_range = None if x0_range is None or not settings.data_range else tuple(
+        jnp.asarray(a, jnp.float32).reshape(1, self.token_dim) for a in x0_range)
 
   # The pieces below are pure functions of (params, arrays); jit caches them per shape.
 
@@ -131,7 +140,8 @@ class Sampler:
       cache, prev = carry
       z_XxD, cache = model.step(prev, index, cache)
       x_BxC = _sample_token(model, z_XxD, self.schedule, self.settings,
-                            index.astype(jnp.float32) / total, jax.random.fold_in(rng, index))
+                            index.astype(jnp.float32) / total, jax.random.fold_in(rng, index),
+                            self.x0_range)
       prev = jnp.concatenate([x_BxC] * (prev.shape[0] // b), axis=0)
       return (cache, prev), (x_BxC, z_XxD[:b])
 

@@ -437,6 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sampler = None
     if config.train.sample_every:
       from almtok import plotting, sample, tokenizers  # pylint: disable=g-import-not-at-top
+      from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
       stats = pipeline.load_stats(config.data.latents_dir)
       audio_tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
       first = next(iter(pipeline.make_dataset(
@@ -449,7 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sampler = sample.Sampler(nnx.merge(graphdef, state["ema"]), schedule, sample.SamplerSettings(
           steps=config.train.sample_steps, cfg_scale=config.diffusion.cfg_scale,
           cfg_schedule=config.diffusion.cfg_schedule, temperature=config.diffusion.temperature,
-          prediction=config.diffusion.prediction))
+          prediction=config.diffusion.prediction), latents_lib.data_range(stats))
 
     def write_samples(step: int) -> None:
       sampler.params = state["ema"]

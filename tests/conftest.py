@@ -1,8 +1,21 @@
-"""Shared pytest set-up: strict numerics and a parsed absl flag state."""
+"""Shared pytest set-up: strict numerics, a parsed absl flag state, one JAX compilation cache,
+and the tiny dataset and trained run that several test files use, built once per session.
+
+`make test` runs the suite on two pytest-xdist workers. The tiny dataset and run are built by
+whichever worker asks first, under a file lock in the session's shared temporary directory; the
+other worker waits and reuses them. The compilation cache is shared by both workers and by the
+trainer subprocesses that the tests start, so a program compiled once is reused everywhere.
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# A directory per checkout; XLA keys its entries by program and version, so it never goes stale.
+JAX_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
+                 "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
@@ -15,7 +28,24 @@ if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 
 
+import filelock  # noqa: E402
 import pytest  # noqa: E402
+
+
+def _shared_dir(tmp_path_factory, name: str):
+  """A directory that every xdist worker of this session sees (the session's own without
+  xdist), and the lock that guards building it."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent
+  return base / name, filelock.FileLock(str(base / f"{name}.lock"))
+
+
+@pytest.fixture(scope="session")
+def jax_cache() -> str:
+  """The compilation cache directory, for the subprocesses that tests start."""
+  os.makedirs(JAX_CACHE, exist_ok=True)
+  return JAX_CACHE
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +53,11 @@ def tiny_latents(tmp_path_factory):
   """Mel latents of a tiny synthetic set (16/4/4 clips of 1 s), prepared once per session."""
   from almtok import prepare  # pylint: disable=g-import-not-at-top
   from configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp("prep"))
-  prepare.prepare(prepare_config.get_config("synth_sounds,size=tiny,seconds=1.0"), workdir)
+  workdir, lock = _shared_dir(tmp_path_factory, "prep")
+  with lock:
+    if not (workdir / "latents" / "stats.json").exists():
+      prepare.prepare(prepare_config.get_config("synth_sounds,size=tiny,seconds=1.0"),
+                      str(workdir))
   return f"{workdir}/latents"
 
 
@@ -33,12 +66,14 @@ def tiny_lm(tmp_path_factory, tiny_latents):
   """A training workdir of the tiny LM trained 20 steps on `tiny_latents` (in-process)."""
   from almtok import train  # pylint: disable=g-import-not-at-top
   from configs import synth_small  # pylint: disable=g-import-not-at-top
-  config = synth_small.get_config("size=tiny,steps=20,batch=4")
-  config.unlock()
-  config.data.latents_dir = tiny_latents
-  config.data.seq_len = 25
-  config.train.update(log_every=10, checkpoint_every=20, eval_every=0)
-  config.lock()
-  workdir = str(tmp_path_factory.mktemp("lm"))
-  train.train_and_evaluate(config, workdir)
-  return workdir
+  workdir, lock = _shared_dir(tmp_path_factory, "lm")
+  with lock:
+    if not (workdir / "checkpoints" / "20").exists():
+      config = synth_small.get_config("size=tiny,steps=20,batch=4")
+      config.unlock()
+      config.data.latents_dir = tiny_latents
+      config.data.seq_len = 25
+      config.train.update(log_every=10, checkpoint_every=20, eval_every=0)
+      config.lock()
+      train.train_and_evaluate(config, str(workdir))
+  return str(workdir)

@@ -193,6 +193,19 @@ def test_write_peak_strategy_puts_the_peak_at_peak_db(tmp_path, caplog):
   assert quiet.gain_db == pytest.approx(-6.0 - 20 * np.log10(3.0), abs=1e-4)
 
 
+def test_write_limit_strategy_lowers_only_what_would_clip(tmp_path, caplog):
+  loud, quiet = _tone(440.0, amp=3.0), _tone(440.0, amp=0.25)
+  with caplog.at_level("WARNING", logger="absl"):
+    lowered = audio.write(tmp_path / "l.wav", loud, strategy="limit")
+    kept = audio.write(tmp_path / "k.wav", quiet, strategy="limit")
+  assert not _clip_warnings(caplog)
+  assert lowered.gain == pytest.approx(10 ** (-1 / 20) / 3.0, rel=1e-5)
+  assert lowered.peak == pytest.approx(10 ** (-1 / 20), rel=1e-5) and lowered.clipped == 0.0
+  np.testing.assert_allclose(_read(tmp_path / "l.wav"), loud * lowered.gain, atol=1 / 32768)
+  assert kept.gain == 1.0 and kept.gain_db == 0.0
+  np.testing.assert_allclose(_read(tmp_path / "k.wav"), quiet, atol=1 / 32768)
+
+
 def test_write_loudness_strategy_reaches_the_rms_unless_the_peak_would_clip(tmp_path, caplog):
   sine = _tone(440.0, amp=0.01)   # Crest factor 3 dB: -20 dBFS RMS puts the peak at -17 dBFS.
   with caplog.at_level("WARNING", logger="absl"):

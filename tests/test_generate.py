@@ -7,6 +7,7 @@ subprocess checks that the program prints such an error as one line.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -40,9 +41,10 @@ def test_writes_wav_png_settings_and_levels(tiny_lm, tmp_path):
   # beside those of its held-out clip through the same tokenizer.
   run_config = json.loads(open(os.path.join(tiny_lm, "config.json")).read())
   assert settings["prediction"] == run_config["diffusion"]["prediction"] == "v"
-  assert [w["strategy"] for w in settings["written"]] == ["clip", "clip"]
+  assert [w["strategy"] for w in settings["written"]] == ["limit", "limit"]
   for w in settings["written"]:
-    assert w["gain"] == 1.0 and 0 <= w["clipped"] <= 1 and w["reference"]["rms_db"] < 0
+    assert w["gain"] <= 1.0 and w["clipped"] == 0 and w["peak"] <= 1.0
+    assert w["reference"]["rms_db"] < 0
   printed = [l for l in result.stdout.splitlines() if l.startswith(str(out))]
   assert len(printed) == 2 and all("dBFS" in l and "held-out clip" in l for l in printed)
 
@@ -102,3 +104,20 @@ def test_missing_and_incompatible_checkpoints(tiny_lm, tmp_path):
   with pytest.raises(configlib.ConfigError,
                      match="token_dim=7 does not match the latents' latent_dim=256"):
     generate.run(workdir=str(bad), caption="a beep", out=str(tmp_path / "y.wav"))
+
+
+def test_latents_without_a_recorded_range_are_refused_in_one_line(tiny_lm, tmp_path):
+  # A run whose latents were prepared before stats.json recorded each channel's range.
+  run = json.loads(open(os.path.join(tiny_lm, "config.json")).read())
+  old = tmp_path / "latents"
+  shutil.copytree(run["data"]["latents_dir"], old)
+  stats = json.loads((old / "stats.json").read_text())
+  del stats["min"], stats["max"]
+  (old / "stats.json").write_text(json.dumps(stats))
+  workdir = tmp_path / "lm"
+  shutil.copytree(tiny_lm, workdir)
+  run["data"]["latents_dir"] = str(old)
+  (workdir / "config.json").write_text(json.dumps(run))
+  with pytest.raises(configlib.ConfigError, match=r"records no per-channel range .* "
+                     r"\(--nodata_range\)"):
+    generate.generate(str(workdir), ["a beep"], 1.0, sample.SamplerSettings())

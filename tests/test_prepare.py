@@ -179,6 +179,30 @@ def test_stats_are_the_train_moments_of_the_stored_latents(prepared):
   assert stats["train_tokens"] == x_NxC.shape[0] == stats["splits"]["train"]["tokens"]
   assert (stats["frame_rate"], stats["latent_dim"], stats["tokenizer"]["name"]) == (
       25.0, 8, "frame_rms")
+  # Each channel's extremes (the sampler's x0 range), and the same range normalised.
+  np.testing.assert_array_equal(stats["min"], x_NxC.min(0))
+  np.testing.assert_array_equal(stats["max"], x_NxC.max(0))
+  lo_C, hi_C = latents.data_range(stats)
+  mean_C, std_C = latents.normaliser(stats)
+  np.testing.assert_allclose(lo_C, (x_NxC.min(0) - mean_C) / std_C, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(hi_C, (x_NxC.max(0) - mean_C) / std_C, rtol=1e-5, atol=1e-5)
+  assert latents.data_range({k: v for k, v in stats.items() if k not in ("min", "max")}) is None
+
+
+def test_moments_merge_in_any_order_and_read_manifests_without_extremes():
+  rng = np.random.default_rng(0)
+  parts = [rng.standard_normal((n, 3)) * 4 for n in (5, 0, 11, 2)]
+  whole = latents.Moments.of(np.concatenate(parts))
+  merged = latents.Moments.zeros(3)
+  for part in reversed(parts):
+    merged = merged.merge(latents.Moments.from_json(latents.Moments.of(part).to_json()))
+  assert merged.count == whole.count
+  np.testing.assert_allclose(merged.mean_C, whole.mean_C, rtol=1e-12)
+  np.testing.assert_allclose(merged.m2_C, whole.m2_C, rtol=1e-12)
+  np.testing.assert_array_equal(merged.min_C, whole.min_C)
+  np.testing.assert_array_equal(merged.max_C, whole.max_C)
+  old = latents.Moments.from_json({"count": 2, "mean": [0.0] * 3, "m2": [1.0] * 3})
+  assert np.all(old.min_C == np.inf) and np.all(old.max_C == -np.inf)
 
 
 def test_one_program_per_bucket_and_batching_does_not_change_latents():

@@ -112,3 +112,17 @@ def test_thresholding_keeps_a_strongly_guided_chain_within_its_bound(model, text
     bounded = make_sampler(model, cfg_scale=50.0, cfg_schedule="constant", **settings)
     x = bounded.generate(text, L, jax.random.PRNGKey(2), chunk=5, progress=False)
     assert np.all(np.isfinite(x)) and np.abs(x).max() <= 2.0 + 1e-4, (settings, np.abs(x).max())
+
+
+def test_data_range_keeps_each_channel_within_its_training_range(model, text):
+  lo_C = -np.linspace(0.5, 2.0, C).astype(np.float32)
+  hi_C = np.linspace(0.2, 1.5, C).astype(np.float32)
+  bounded = sample.Sampler(model, diffusion.cosine_schedule(1000), sample.SamplerSettings(
+      steps=8, cfg_scale=50.0, cfg_schedule="constant", prediction="eps"), (lo_C, hi_C))
+  x = bounded.generate(text, L, jax.random.PRNGKey(2), chunk=5, progress=False)
+  assert np.all(x >= lo_C - 1e-4) and np.all(x <= hi_C + 1e-4)
+  assert np.any(x <= lo_C + 1e-4) and np.any(x >= hi_C - 1e-4)  # The guidance pushes to both.
+  off = sample.Sampler(model, diffusion.cosine_schedule(1000), sample.SamplerSettings(
+      steps=8, cfg_scale=50.0, cfg_schedule="constant", prediction="eps", data_range=False),
+      (lo_C, hi_C))
+  assert off.x0_range is None

@@ -231,15 +231,6 @@ def params_of(workdir: str, config, use_ema: bool) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def jax_cache(tmp_path_factory) -> str:
-  """A JAX compilation cache for the subprocesses, one per session (a fixed path, so that the
-  test modules that import this fixture share it)."""
-  path = tmp_path_factory.getbasetemp() / "jax_cache"
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_latents, jax_cache, tmp_path_factory):
   """The uninterrupted run (which also writes audio samples at its last step), started together

@@ -30,7 +30,6 @@ import numpy as np
 
 from tests.test_train import (ROOT, STEPS, TIMEOUT_S, Trainer, cli_args, event_file,
                               read_events, subprocess_env)
-from tests.test_train import jax_cache  # noqa: F401  (a fixture: the session's compile cache)
 
 # A few steps of the train step on 8 devices (data=2, fsdp=4) and on 1 device, same global
 # batch; prints the state's shardings and the losses as JSON on its last line.

@@ -167,48 +167,71 @@ def shard_paths(latents_dir: str, split: str, stats: Mapping[str, Any] | None = 
 
 @dataclasses.dataclass
 class Moments:
-  """Per-channel count, mean and sum of squared deviations, mergeable across shards.
+  """Per-channel count, mean, sum of squared deviations, minimum and maximum, mergeable across
+  shards.
 
   Float64 and Chan's pairwise update, so that the mean and variance of many shards are exact to
-  rounding whatever the order they are merged in.
+  rounding whatever the order they are merged in. The extremes are +-inf where nothing was seen
+  (and in manifests written before they were recorded).
   """
   count: int
   mean_C: np.ndarray
   m2_C: np.ndarray
+  min_C: np.ndarray
+  max_C: np.ndarray
 
   @classmethod
   def zeros(cls, channels: int) -> Moments:
-    return cls(0, np.zeros(channels, np.float64), np.zeros(channels, np.float64))
+    return cls(0, np.zeros(channels, np.float64), np.zeros(channels, np.float64),
+               np.full(channels, np.inf), np.full(channels, -np.inf))
 
   @classmethod
   def of(cls, x_TxC: np.ndarray) -> Moments:
     x_TxC = np.asarray(x_TxC, np.float64)
-    mean_C = x_TxC.mean(axis=0) if x_TxC.shape[0] else np.zeros(x_TxC.shape[1])
+    if not x_TxC.shape[0]:
+      return cls.zeros(x_TxC.shape[1])
+    mean_C = x_TxC.mean(axis=0)
     m2_C = np.square(x_TxC - mean_C[None, :]).sum(axis=0)
-    return cls(int(x_TxC.shape[0]), mean_C, m2_C)
+    return cls(int(x_TxC.shape[0]), mean_C, m2_C, x_TxC.min(axis=0), x_TxC.max(axis=0))
 
   def merge(self, other: Moments) -> Moments:
     n = self.count + other.count
+    lo_C, hi_C = np.minimum(self.min_C, other.min_C), np.maximum(self.max_C, other.max_C)
     if n == 0:
-      return Moments(0, self.mean_C.copy(), self.m2_C.copy())
+      return Moments(0, self.mean_C.copy(), self.m2_C.copy(), lo_C, hi_C)
     delta_C = other.mean_C - self.mean_C
     mean_C = self.mean_C + delta_C * (other.count / n)
     m2_C = self.m2_C + other.m2_C + np.square(delta_C) * (self.count * other.count / n)
-    return Moments(n, mean_C, m2_C)
+    return Moments(n, mean_C, m2_C, lo_C, hi_C)
 
   def std_C(self) -> np.ndarray:
     """Population standard deviation (zero when there is no data)."""
     return np.sqrt(self.m2_C / max(self.count, 1))
 
   def to_json(self) -> dict[str, Any]:
-    return {"count": self.count, "mean": self.mean_C.tolist(), "m2": self.m2_C.tolist()}
+    out = {"count": self.count, "mean": self.mean_C.tolist(), "m2": self.m2_C.tolist()}
+    if self.count:
+      out.update(min=self.min_C.tolist(), max=self.max_C.tolist())
+    return out
 
   @classmethod
   def from_json(cls, value: Mapping[str, Any]) -> Moments:
-    return cls(int(value["count"]), np.asarray(value["mean"], np.float64),
-               np.asarray(value["m2"], np.float64))
+    mean_C = np.asarray(value["mean"], np.float64)
+    return cls(int(value["count"]), mean_C, np.asarray(value["m2"], np.float64),
+               np.asarray(value.get("min", np.full(mean_C.shape, np.inf)), np.float64),
+               np.asarray(value.get("max", np.full(mean_C.shape, -np.inf)), np.float64))
 
 
 def normaliser(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   """(mean_C, std_C) as float32 from stats.json; std is already floored there."""
   return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+
+
+def data_range(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+  """(lo_C, hi_C): the range of each channel of the normalised train latents, float32, or None
+  for a dataset prepared before almtok recorded it."""
+  if "min" not in stats or "max" not in stats:
+    return None
+  mean_C, std_C = normaliser(stats)
+  return ((np.asarray(stats["min"], np.float32) - mean_C) / std_C,
+          (np.asarray(stats["max"], np.float32) - mean_C) / std_C)
