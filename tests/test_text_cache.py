@@ -3,7 +3,7 @@
 import numpy as np
 
 from almtok.text.cache import TextEmbeddingCache
-from almtok.text.minilm import TextEncoder
+from almtok.text.minilm import TextEncoder, for_lm
 
 
 def test_cache_matches_encoder_and_stops_encoding_seen_keys():
@@ -16,6 +16,10 @@ def test_cache_matches_encoder_and_stops_encoding_seen_keys():
   direct = encoder.encode(captions)
   np.testing.assert_allclose(first.pooled_BxE, direct.pooled_BxE, atol=1e-6)
   np.testing.assert_allclose(first.tokens_BxNxE, direct.tokens_BxNxE, atol=1e-2)  # float16.
+  # Training (the cache) and generation (`encode_for_lm`) condition on the same numbers.
+  np.testing.assert_array_equal(first.tokens_BxNxE, for_lm(direct).tokens_BxNxE)
+  np.testing.assert_array_equal(encoder.encode_for_lm(captions).tokens_BxNxE,
+                                first.tokens_BxNxE)
   np.testing.assert_array_equal(first.mask_BxN, direct.mask_BxN)
   assert (cache.hits, cache.misses) == (0, 4)
   # Reordered batch: the three cached keys are hits, the one beyond capacity is encoded again.

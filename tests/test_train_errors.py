@@ -10,6 +10,7 @@ the program prints such an error as one line.
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from almtok import configlib
@@ -17,9 +18,10 @@ from almtok import train
 from configs import synth_small
 
 # The config the suite's tiny trained run (`tiny_lm` in conftest.py) was trained with.
-TINY = dict(arg="size=tiny,steps=20,batch=4",
+TINY = dict(arg="size=tiny,steps=20,batch=8",
             overrides={"data.seq_len": 25, "train.log_every": 10, "train.checkpoint_every": 20,
-                       "train.eval_every": 0})
+                       "train.eval_every": 20, "train.sample_every": 20, "train.sample_steps": 2,
+                       "train.sample_captions": 6})
 
 ROWS = [
     # (overrides, the message starts with, resume from the trained workdir)
@@ -28,7 +30,7 @@ ROWS = [
      "config.data.latents_dir=/nonexistent/latents: no such directory", False),
     ({"data.latents_dir": "EMPTY"}, "config.data.latents_dir=", False),
     ({"train.grad_accum": 0}, "config.train.grad_accum=0: must be an integer >= 1", False),
-    ({"train.grad_accum": 3}, "config.train.grad_accum=3: must divide data.batch_size=4", False),
+    ({"train.grad_accum": 3}, "config.train.grad_accum=3: must divide data.batch_size=8", False),
     ({"mesh.data": 3}, "config.mesh: mesh data=3 x fsdp=1 does not match the 1 devices", False),
     ({"train.sample_steps": 0}, "config.train.sample_steps=0: must be an integer >= 1", False),
     ({"train.num_steps": 0}, "config.train.num_steps=0: must be an integer >= 1", False),
@@ -85,3 +87,16 @@ def test_resume_may_change_budgets_and_layout(tiny_latents, tiny_lm):
   train.check_run(_config(tiny_latents, {"train.num_steps": 40, "train.log_every": 1,
                                          "train.grad_accum": 2, "train.sample_every": 5}),
                   tiny_lm)
+
+
+def test_a_split_smaller_than_the_batch_is_evaluated_and_sampled(tiny_lm):
+  """The tiny run's batch (8) is larger than its validation split (4 clips), and it asks for 6
+  sample captions: the last step's validation loss covers the 4 clips, and it samples 4 clips,
+  none from an empty padding caption."""
+  from almtok import events  # pylint: disable=g-import-not-at-top
+  ev = events.read_events(tiny_lm)
+  assert [step for step, _ in ev.values["val/loss"]] == [20]
+  (_, val_loss), = ev.values["val/loss"]
+  assert np.isfinite(float(val_loss)) and float(val_loss) > 0
+  audio_tags = sorted(t for t, p in ev.plugins.items() if p == "audio")
+  assert audio_tags == [f"samples/audio_{i}" for i in range(4)], audio_tags
