@@ -39,8 +39,11 @@ demo: install
 	@echo "demo_out: prep/latents (mel latents), lm/ (checkpoints, TensorBoard: tensorboard --logdir $(DEMO_DIR)/lm),"
 	@echo "          samples/*.wav and *.png (generated clips and their spectrograms), samples.json (settings)"
 
+# Two pytest-xdist workers, each test file on one worker (its module fixtures are built once);
+# tests/conftest.py shares the tiny dataset, the tiny trained run and the compilation cache.
+PYTEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The newest versions that setup.py's ranges allow, installed without the lock in a scratch venv
 # (pip, setuptools and wheel included: tensorboard and astunparse depend on the last two). The

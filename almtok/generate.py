@@ -292,6 +292,15 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
       line += f"  | its held-out clip through the tokenizer: {audio.format_levels(ref)}"
     print(f"{line}  ({caption_i})")
   settings_path = (paths[0][:-4] if len(paths) == 1 else os.path.dirname(paths[0])) + ".json"
+  if reference is not None:
+    # Each generated clip (as written) beside its held-out clip, on one dB scale.
+    panels, titles = [], []
+    for w, r, report, caption_i in zip(wav, refs, reports, captions):
+      panels += [np.clip(w * report["gain"], -1.0, 1.0), r]
+      titles += [f"generated: {caption_i}", "held-out clip through the tokenizer"]
+    grid = plotting.spectrogram_grid(settings_path[:-5] + "_vs_held_out.png", panels, titles,
+                                     rate)
+    print(f"generated beside held-out clips: {grid}")
   used = dict(used, outputs=paths, written=reports)
   fileio.atomic_json(settings_path, used, indent=2)
   print(f"settings: {settings_path}")

@@ -430,9 +430,9 @@ def test_non_finite_loss_stops_in_one_line_and_keeps_the_last_checkpoint(
   assert all(np.isfinite(x).all() for x in state.values())
 
 
+# The program's one-line message; tests/test_train_errors.py checks every bad value in-process.
 @pytest.mark.parametrize("override, key", [
     ("--config.train.learning_rat=0.1", "learning_rat"),
-    ("--config.train.ema_decay=1.0", "config.train.ema_decay=1.0"),
 ])
 def test_bad_config_fails_at_start_in_one_line(tmp_path, jax_cache, override, key):
   workdir = str(tmp_path / "lm")

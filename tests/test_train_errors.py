@@ -29,6 +29,7 @@ ROWS = [
     ({"data.latents_dir": "/nonexistent/latents"},
      "config.data.latents_dir=/nonexistent/latents: no such directory", False),
     ({"data.latents_dir": "EMPTY"}, "config.data.latents_dir=", False),
+    ({"train.ema_decay": 1.0}, "config.train.ema_decay=1.0: must be in [0, 1)", False),
     ({"train.grad_accum": 0}, "config.train.grad_accum=0: must be an integer >= 1", False),
     ({"train.grad_accum": 3}, "config.train.grad_accum=3: must divide data.batch_size=8", False),
     ({"mesh.data": 3}, "config.mesh: mesh data=3 x fsdp=1 does not match the 1 devices", False),
