@@ -110,8 +110,8 @@ def check_resume(stored: dict[str, Any], config: ml_collections.ConfigDict, work
                                                 for g in RESUMABLE_KEYS):
       raise configlib.ConfigError(
           f"config.{key}={new.get(key)!r}: the checkpoint in {workdir} was trained with "
-          f"{old.get(key)!r}; only {', '.join(RESUMABLE_KEYS)} may change on resume (or use a "
-          f"new --workdir)")
+          f"{old.get(key)!r}, and a model or objective key cannot change on resume (what can: "
+          f"almtok.train.RESUMABLE_KEYS); use a new --workdir")
 
 
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:

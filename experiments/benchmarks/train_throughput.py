@@ -120,7 +120,7 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     batch_arrays = sharding.global_batch(synthetic_batch(config), mesh)
     rng = jax.random.PRNGKey(0)
-    flops = flops.train_flops_per_step(config, graphdef, state["params"])
+    step_flops = flops.train_flops_per_step(config, graphdef, state["params"])
     params = sum(x.size for x in jax.tree.leaves(state["params"]))
     peak = peak_flops(matmul_n)
     compile_s, step_s = time_calls(step, (state, batch_arrays, rng), steps)
@@ -129,8 +129,8 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
   return dict(size=size, params=int(params), shape=f"{dec.width}x{dec.num_layers}",
               batch=config.data.batch_size,
               seq_len=config.data.seq_len, steps=steps, first_step_s=compile_s, step_s=step_s,
-              tokens_per_s=tokens / step_s, model_flops_per_step=flops,
-              peak_flops=peak, matmul_n=matmul_n, mfu=flops / step_s / peak)
+              tokens_per_s=tokens / step_s, model_flops_per_step=step_flops,
+              peak_flops=peak, matmul_n=matmul_n, mfu=step_flops / step_s / peak)
 
 
 def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
