@@ -34,6 +34,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8",
         "pytest-xdist>=3.5",
+        "filelock>=3.12",   # tests/conftest.py: session fixtures built once across workers.
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6.29",

@@ -191,10 +191,14 @@ def peak(wav: np.ndarray) -> float:
   return float(np.max(np.abs(wav))) if wav.size else 0.0
 
 
+def to_db(level: float) -> float:
+  """A full-scale level (1.0 = 0 dBFS) in dBFS; -inf for 0."""
+  return float(20.0 * np.log10(level)) if level > 0 else float("-inf")
+
+
 def rms_db(wav: np.ndarray) -> float:
   """Root-mean-square level in dB relative to full scale (-inf dB for digital silence)."""
-  rms = _rms(wav)
-  return float(20.0 * np.log10(rms)) if rms > 0 else float("-inf")
+  return to_db(_rms(wav))
 
 
 def _rms(wav: np.ndarray) -> float:
@@ -207,7 +211,7 @@ def levels(wav: np.ndarray) -> dict[str, float]:
   for digital silence) and clipped (fraction of samples beyond full scale, |x| > 1)."""
   wav = np.asarray(wav)
   top = peak(wav)
-  return {"peak": top, "peak_db": float(20.0 * np.log10(top)) if top > 0 else float("-inf"),
+  return {"peak": top, "peak_db": to_db(top),
           "rms_db": rms_db(wav),
           "clipped": float(np.mean(np.abs(wav) > 1.0)) if wav.size else 0.0}
 

@@ -294,7 +294,8 @@ def x0_eps_from_output(
   elif clip_x0 is not None:
     x0 = jnp.clip(x0, -clip_x0, clip_x0)
   if x0_range is not None:
-    x0 = jnp.clip(x0, x0_range[0], x0_range[1])
+    lo, hi = (jnp.reshape(a, (1,) * (x0.ndim - 1) + (-1,)) for a in x0_range)
+    x0 = jnp.clip(x0, lo, hi)
   if threshold is not None or clip_x0 is not None or x0_range is not None:
     eps = predict_eps_from_x0(schedule, x_t_NxC, t_N, x0)
   return x0, eps

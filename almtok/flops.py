@@ -8,6 +8,7 @@ from a single short burst while other threads are busy reads low and inflates MF
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -20,11 +21,13 @@ from flax import nnx
 # Dense peak FLOP/s per device (one chip; for GPUs the SXM part) by compute dtype, from the
 # vendors' spec sheets. float32 on TPUs runs through the bf16 MXU at default precision; on
 # Ampere and later GPUs XLA runs float32 matmuls as TF32 by default, so those are TF32 figures.
-# Matched against `jax.Device.device_kind`, first substring match wins (so 'v5 lite' before 'v5').
+# Matched against `jax.Device.device_kind` as whole words ('L4' is not 'L40S'); the first match
+# wins, so 'v5 lite' comes before 'v5'.
 PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
     ("TPU v6", {"bfloat16": 918e12, "float32": 918e12}),
     ("TPU v5 lite", {"bfloat16": 197e12, "float32": 197e12}),
     ("TPU v5e", {"bfloat16": 197e12, "float32": 197e12}),
+    ("TPU v5p", {"bfloat16": 459e12, "float32": 459e12}),
     ("TPU v5", {"bfloat16": 459e12, "float32": 459e12}),
     ("TPU v4", {"bfloat16": 275e12, "float32": 275e12}),
     ("TPU v3", {"bfloat16": 123e12, "float32": 123e12}),
@@ -32,7 +35,7 @@ PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
     ("H100", {"bfloat16": 989e12, "float32": 494e12}),
     ("A100", {"bfloat16": 312e12, "float32": 156e12}),
     ("L4", {"bfloat16": 121e12, "float32": 60e12}),
-    ("V100", {"bfloat16": 125e12, "float32": 15.7e12}),
+    ("V100", {"float16": 125e12, "float32": 15.7e12}),   # No bfloat16 units.
 )
 
 
@@ -44,9 +47,14 @@ class Peak(NamedTuple):
 def table_peak(device_kind: str, dtype: str) -> float | None:
   """The spec-sheet peak of a device kind for a compute dtype, or None when it is not known."""
   for name, peaks in PEAKS:
-    if name.lower() in device_kind.lower():
+    if re.search(rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])", device_kind, re.I):
       return peaks.get(dtype)
   return None
+
+
+@jax.jit
+def _matmul(a):
+  return a @ a
 
 
 def measure_matmul_peak(n: int = 1024, repeats: int = 5, trials: int = 7,
@@ -54,7 +62,7 @@ def measure_matmul_peak(n: int = 1024, repeats: int = 5, trials: int = 7,
   """float32 matmul FLOP/s of the first device: the median over `trials` timings of `repeats`
   matmuls each, after a compile and a warm-up trial."""
   a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
+  f = _matmul
   f(a).block_until_ready()
 
   def trial() -> float:

@@ -10,10 +10,12 @@ For each caption it writes a WAV, a spectrogram PNG beside it (on one fixed dB s
 `<out>.json` with the settings used and each clip's levels; it prints each clip's peak and rms
 (beside those of the held-out clip through the same tokenizer, with --held_out). WAVs keep the
 model's level unless it would clip (then one gain lowers the clip's peak to -1 dBFS, printed and
-recorded); --normalize=clip keeps it whatever it is and reports samples beyond full scale. The model is the newest checkpoint in --workdir, with its EMA parameters. Bad
-arguments (an empty caption, a duration that is not positive or longer than the trained
-context, a missing or incompatible checkpoint) stop the program with one line before any model
-is loaded.
+recorded); --normalize=clip keeps it whatever it is and reports samples beyond full scale.
+The model is the newest checkpoint in --workdir, with its EMA parameters; what its head was
+trained to predict comes from the run. Bad arguments (an empty caption, a duration under one
+token or longer than the trained context, more head steps than training used, more held-out
+clips than the test split has, a missing or incompatible checkpoint) stop the program with one
+line before any model is loaded and before anything is written.
 """
 
 from __future__ import annotations
@@ -159,13 +161,12 @@ def model_settings(settings: sample.SamplerSettings, config: Any,
 
 def generate(workdir: str, captions: list[str], seconds: float,
              settings: sample.SamplerSettings, seed: int = 0,
-             prompt_wav: np.ndarray | None = None, progress: bool = True,
-             x0_range: tuple[np.ndarray, np.ndarray] | None = None
+             prompt_wav: np.ndarray | None = None, progress: bool = True
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
   """Waveforms [B, S] for the captions, their sample rate, and the settings used.
 
   With `settings.data_range` the head's x0 estimates stay within the training latents' per-channel
-  range: `x0_range`, by default the one that stats.json records.
+  range that stats.json records.
 
   What the trained head fixes (its prediction type) comes from the run's config
   (`model_settings`); every argument is checked before the model is loaded.
@@ -197,7 +198,8 @@ def generate(workdir: str, captions: list[str], seconds: float,
     if prompt.shape[1] >= num_tokens:
       raise configlib.ConfigError(f"the prompt covers {prompt.shape[1]} of the {num_tokens} "
                                   f"tokens: nothing is left to generate")
-  if x0_range is None and settings.data_range:
+  x0_range = None
+  if settings.data_range:
     x0_range = latents_lib.data_range(stats)
     if x0_range is None:
       raise configlib.ConfigError(
@@ -279,12 +281,11 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
   for path, w, caption_i, ref in zip(paths, wav, captions, refs):
     report = audio.write(path, w, rate, strategy=normalize)
     # The picture shows what was written (the line below also gives the model's own level).
-    plotting.spectrogram_png(path[:-4] + ".png", np.clip(w * report.gain, -1.0, 1.0), rate,
-                             caption_i)
+    plotting.spectrogram_png(path[:-4] + ".png", w * report.gain, rate, caption_i)
     reports.append(dict(dataclasses.asdict(report),
                         reference=None if ref is None else audio.levels(ref)))
-    line = (f"{path}  peak {_db(report.peak):+.1f} dBFS, rms {_db(report.rms):+.1f} dBFS, "
-            f"{100 * report.clipped:.1f}% clipped")
+    line = (f"{path}  peak {audio.to_db(report.peak):+.1f} dBFS, rms "
+            f"{audio.to_db(report.rms):+.1f} dBFS, {100 * report.clipped:.1f}% clipped")
     if report.gain != 1.0:
       line += (f" (written {report.gain_db:+.1f} dB from the model's level: "
                f"{audio.format_levels(w)})")
@@ -296,7 +297,7 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
     # Each generated clip (as written) beside its held-out clip, on one dB scale.
     panels, titles = [], []
     for w, r, report, caption_i in zip(wav, refs, reports, captions):
-      panels += [np.clip(w * report["gain"], -1.0, 1.0), r]
+      panels += [w * report["gain"], r]
       titles += [f"generated: {caption_i}", "held-out clip through the tokenizer"]
     grid = plotting.spectrogram_grid(settings_path[:-5] + "_vs_held_out.png", panels, titles,
                                      rate)
@@ -307,10 +308,6 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
   return used
 
 
-def _db(level: float) -> float:
-  return 20.0 * float(np.log10(level)) if level > 0 else float("-inf")
-
-
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -318,8 +315,8 @@ def main(argv):
   run(workdir=f.workdir, caption=f.caption, captions_file=f.captions_file,
       held_out_count=f.held_out, seconds=f.seconds, out=f.out, steps=f.steps, sampler=f.sampler,
       eta=f.eta, cfg_scale=f.cfg_scale, cfg_schedule=f.cfg_schedule, temperature=f.temperature,
-      threshold=f.threshold, clip_x0=f.clip_x0, data_range=f.data_range, seed=f.seed, prompt_wav=f.prompt_wav,
-      prompt_seconds=f.prompt_seconds, normalize=f.normalize)
+      threshold=f.threshold, clip_x0=f.clip_x0, data_range=f.data_range, seed=f.seed,
+      prompt_wav=f.prompt_wav, prompt_seconds=f.prompt_seconds, normalize=f.normalize)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ import tqdm
 
 from almtok import audio
 from almtok import configlib
+from almtok import fileio
 from almtok.data import latents
 from almtok.tokenizers import AudioTokenizer
 
@@ -513,18 +514,18 @@ def _write_stats(latents_dir: str, fingerprint: dict[str, Any],
       "normalised_from": source, "train_tokens": train.count,
       "mean": mean.tolist(), "std": std.tolist(),
       # Each channel's extremes over the train latents (unnormalised): the sampler keeps its x0
-      # estimates within them. Absent when a shard's manifest predates them.
+      # estimates within them. Absent when any shard's manifest predates them.
       **({"min": train.min_C.tolist(), "max": train.max_C.tolist()}
-         if train.count and np.all(np.isfinite(train.min_C)) else {}),
+         if train.count and np.all(np.isfinite(train.min_C))
+         and np.all(np.isfinite(train.max_C)) else {}),
       "splits": splits,
       "skipped": {"total": len(skipped),
                   "by_kind": {k: by_kind[k] for k in _kind_order(by_kind)}},
   }
-  tmp = os.path.join(latents_dir, latents.SKIPPED_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
+  with fileio.atomic_write(os.path.join(latents_dir, latents.SKIPPED_FILE),
+                           encoding="utf-8") as f:
     for s in skipped:
       f.write(json.dumps(s, ensure_ascii=False) + "\n")
-  os.replace(tmp, os.path.join(latents_dir, latents.SKIPPED_FILE))
   latents.write_json_atomic(os.path.join(latents_dir, latents.STATS_FILE), stats)
   return stats
 

@@ -94,7 +94,7 @@ class Sampler:
   """Generates token sequences from a model; compiled programs are cached per shape."""
 
   def __init__(self, model: ContinuousLM, train_schedule: diffusion.Schedule,
-               settings: SamplerSettings = SamplerSettings(),
+               settings: SamplerSettings,
                x0_range: tuple[np.ndarray, np.ndarray] | None = None):
     """`x0_range` (lo_C, hi_C): the range of each channel of the (normalised) training latents;
     the head's x0 estimates are clipped to it at every reverse step (see `diffusion`)."""
@@ -106,7 +106,7 @@ class Sampler:
     self.schedule = diffusion.respace(train_schedule, settings.steps)
     self.token_dim, self.max_len = model.token_dim, model.max_len
     self.x0_range = None if x0_range is None or not settings.data_range else tuple(
-        jnp.asarray(a, jnp.float32).reshape(1, self.token_dim) for a in x0_range)
+        jnp.asarray(a, jnp.float32).reshape(self.token_dim) for a in x0_range)
 
   # The pieces below are pure functions of (params, arrays); jit caches them per shape.
 

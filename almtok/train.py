@@ -76,8 +76,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       "model_name": models.NAMES, "dtype": ("float32", "bfloat16"),
       "diffusion.prediction": ("eps", "v"), "diffusion.schedule": ("cosine", "linear")})
   t = config.train
-  if t.grad_accum < 1:
-    raise configlib.ConfigError(f"config.train.grad_accum={t.grad_accum}: must be >= 1")
   if config.data.batch_size % t.grad_accum:
     raise configlib.ConfigError(
         f"config.train.grad_accum={t.grad_accum}: must divide data.batch_size="
@@ -91,13 +89,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 # Keys (globs over dotted paths) whose value may differ between the config stored with a
 # checkpoint and the one that resumes it: budgets, logging, evaluation, sampling, where the data
-# is read from, and how the work is laid out (accumulation changes memory, not the update).
+# is read from, how the work is laid out (accumulation changes memory, not the update), and the
+# EMA (an average of the trained weights, not part of the objective).
 RESUMABLE_KEYS = (
     "train.num_steps", "train.max_minutes", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.sample_*",
-    "train.peak_flops", "train.grad_accum", "data.latents_dir", "data.worker_count",
-    "data.text_cache", "mesh.*", "sample.*", "diffusion.sampler", "diffusion.sample_steps",
-    "diffusion.temperature", "diffusion.cfg_scale", "diffusion.cfg_schedule",
+    "train.peak_flops", "train.grad_accum", "train.ema_*", "data.latents_dir",
+    "data.worker_count", "data.text_cache", "mesh.*", "diffusion.sampler",
+    "diffusion.sample_steps", "diffusion.temperature", "diffusion.cfg_scale",
+    "diffusion.cfg_schedule",
 )
 
 
@@ -106,9 +106,17 @@ def check_resume(stored: dict[str, Any], config: ml_collections.ConfigDict, work
   new = dict(configlib.leaves(ml_collections.ConfigDict(json.loads(config.to_json()))))
   old = dict(configlib.leaves(ml_collections.ConfigDict(stored)))
   for key in sorted(set(old) | set(new)):
-    if old.get(key) != new.get(key) and not any(fnmatch.fnmatchcase(key, g)
-                                                for g in RESUMABLE_KEYS):
+    if old.get(key) == new.get(key) or any(fnmatch.fnmatchcase(key, g) for g in RESUMABLE_KEYS):
+      continue
+    if key not in old:
       raise configlib.ConfigError(
+          f"config.{key}: the checkpoint in {workdir} was saved by an almtok without this key, "
+          f"and a model or objective key cannot change on resume; use a new --workdir")
+    if key not in new:
+      raise configlib.ConfigError(
+          f"config.{key}: the checkpoint in {workdir} was trained with it set to "
+          f"{old[key]!r}, and this config has no such key; use a new --workdir")
+    raise configlib.ConfigError(
           f"config.{key}={new.get(key)!r}: the checkpoint in {workdir} was trained with "
           f"{old.get(key)!r}, and a model or objective key cannot change on resume (what can: "
           f"almtok.train.RESUMABLE_KEYS); use a new --workdir")
@@ -127,6 +135,10 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     stats = latents_lib.read_stats(where)
     if not latents_lib.shard_paths(where, "train", stats):
       raise ValueError("its train split holds no records")
+    if ((config.train.eval_every or config.train.sample_every)
+        and not latents_lib.shard_paths(where, "validation", stats)):
+      raise ValueError("its validation split holds no records, and train.eval_every or "
+                       "train.sample_every needs them (set both to 0 to train without)")
   except (OSError, ValueError, KeyError) as e:
     raise configlib.ConfigError(f"config.data.latents_dir={where}: {e}") from None
   n = jax.device_count()
@@ -186,8 +198,9 @@ def loss_kwargs(config) -> dict[str, Any]:
 
 
 def _draw_kwargs(config) -> dict[str, Any]:
-  return dict(cfg_dropout=config.loss.cfg_dropout, mntp_weight=config.loss.mntp_weight,
-              drop_mixture=config.loss.drop_mixture)
+  """The part of `loss_kwargs` that decides the per-example draws (and so the target counts)."""
+  kwargs = loss_kwargs(config)
+  return {k: kwargs[k] for k in ("cfg_dropout", "mntp_weight", "drop_mixture")}
 
 
 def make_train_step(config, graphdef, tx, schedule):
@@ -256,14 +269,18 @@ def make_train_step(config, graphdef, tx, schedule):
 
 def make_eval_step(config, graphdef, schedule):
   """Validation loss of the EMA parameters (no CFG dropout, fixed noise per batch), and the
-  batch's number of examples with tokens (padding rows of a last partial batch have none)."""
+  batch's counts to weight it by: NTP and MNTP targets, and examples with tokens (padding rows
+  of a last partial batch have none)."""
   kwargs = dict(loss_kwargs(config), cfg_dropout=0.0)
 
   def eval_step(params, batch, rng):
     model = nnx.merge(graphdef, params)
     _, metrics = continuous_lm.loss_fn(model, batch["text"], batch["x_BxLxC"], batch["mask_BxL"],
                                        rng, schedule=schedule, **kwargs)
-    return metrics, jnp.sum(jnp.any(batch["mask_BxL"], axis=1).astype(jnp.float32))
+    counts = continuous_lm.target_counts(batch["mask_BxL"], rng,
+                                         **{k: kwargs[k] for k in _draw_kwargs(config)})
+    counts["examples"] = jnp.sum(jnp.any(batch["mask_BxL"], axis=1).astype(jnp.float32))
+    return metrics, counts
 
   return eval_step
 
@@ -419,18 +436,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           batch_size=local_batch, seed=0, shuffle=False, repeat=False,
           text_max_len=config.model.text_len, drop_remainder=False)
       # A split smaller than the batch still counts: its last batch is padded with rows that
-      # hold no tokens, and each batch's mean is weighted by its real examples.
-      totals, n = {}, 0.0
+      # hold no tokens. Each batch's means are weighted by what they average over, so the
+      # result is the mean over all validation targets.
+      weight_of = {"ntp_loss": "ntp", "mntp_loss": "mntp", "mntp_kept_frac": "ntp"}
+      sums, totals = {}, {}
       for i, batch in enumerate(val_ds):
         if i >= config.train.eval_batches:
           break
-        m, count = jax.device_get(eval_step(state["ema"], device_batch(batch),
-                                            jax.random.PRNGKey(i)))
+        m, counts = jax.device_get(eval_step(state["ema"], device_batch(batch),
+                                             jax.random.PRNGKey(i)))
         for k, v in m.items():
-          totals[k] = totals.get(k, 0.0) + float(v) * float(count)
-        n += float(count)
-      if n:
-        writer.write_scalars(step, {f"val/{k}": v / n for k, v in totals.items()})
+          if k != "loss":
+            w = float(counts[weight_of.get(k, "examples")])
+            sums[k] = sums.get(k, 0.0) + float(v) * w
+            totals[k] = totals.get(k, 0.0) + w
+      means = {k: sums[k] / totals[k] for k in sums if totals[k]}
+      if "ntp_loss" in means:
+        means["loss"] = means["ntp_loss"] + config.loss.mntp_weight * means.get("mntp_loss", 0.0)
+        writer.write_scalars(step, {f"val/{k}": v for k, v in means.items()})
 
     # --- Samples -------------------------------------------------------------------------------
     # Generated clips for a few fixed validation captions, with the EMA parameters.

@@ -63,20 +63,12 @@ def tiny_latents(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory, tiny_latents):
-  """A training workdir of the tiny LM trained 20 steps on `tiny_latents` (in-process), with a
-  batch (8) larger than the validation split (4 clips) and more sample captions (6) than it has:
-  the last step evaluates and samples what there is."""
+  """A training workdir of the tiny LM trained 20 steps on `tiny_latents` (in-process), with
+  the config of `tests.tiny.tiny_lm_config`."""
   from almtok import train  # pylint: disable=g-import-not-at-top
-  from configs import synth_small  # pylint: disable=g-import-not-at-top
+  from tests import tiny  # pylint: disable=g-import-not-at-top
   workdir, lock = _shared_dir(tmp_path_factory, "lm")
   with lock:
     if not (workdir / "checkpoints" / "20").exists():
-      config = synth_small.get_config("size=tiny,steps=20,batch=8")
-      config.unlock()
-      config.data.latents_dir = tiny_latents
-      config.data.seq_len = 25
-      config.train.update(log_every=10, checkpoint_every=20, eval_every=20, sample_every=20,
-                          sample_steps=2, sample_captions=6)
-      config.lock()
-      train.train_and_evaluate(config, str(workdir))
+      train.train_and_evaluate(tiny.tiny_lm_config(tiny_latents), str(workdir))
   return str(workdir)

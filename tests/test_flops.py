@@ -20,6 +20,9 @@ class _Device:
     ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
     ("NVIDIA H100 80GB HBM3", "float32", 494e12),
     ("NVIDIA A100-SXM4-40GB", "float32", 156e12),
+    ("NVIDIA L4", "bfloat16", 121e12),
+    ("NVIDIA L40S", "bfloat16", None),   # Not an L4: unknown, so measured.
+    ("Tesla V100-SXM2-16GB", "bfloat16", None),
     ("cpu", "float32", None),
 ])
 def test_table_lookup(kind, dtype, want):

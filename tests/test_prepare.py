@@ -201,8 +201,14 @@ def test_moments_merge_in_any_order_and_read_manifests_without_extremes():
   np.testing.assert_allclose(merged.m2_C, whole.m2_C, rtol=1e-12)
   np.testing.assert_array_equal(merged.min_C, whole.min_C)
   np.testing.assert_array_equal(merged.max_C, whole.max_C)
+  # A manifest written before the extremes were recorded: unknown, so any merge with it is
+  # unbounded (and stats.json then records no range), while an empty one changes nothing.
   old = latents.Moments.from_json({"count": 2, "mean": [0.0] * 3, "m2": [1.0] * 3})
-  assert np.all(old.min_C == np.inf) and np.all(old.max_C == -np.inf)
+  assert np.all(old.min_C == -np.inf) and np.all(old.max_C == np.inf)
+  mixed = whole.merge(old)
+  assert np.all(np.isinf(mixed.min_C)) and np.all(np.isinf(mixed.max_C))
+  empty = latents.Moments.from_json({"count": 0, "mean": [0.0] * 3, "m2": [0.0] * 3})
+  np.testing.assert_array_equal(whole.merge(empty).max_C, whole.max_C)
 
 
 def test_one_program_per_bucket_and_batching_does_not_change_latents():

@@ -7,6 +7,7 @@ through `train.train_and_evaluate`, which is what `main` calls; `tests/test_trai
 the program prints such an error as one line.
 """
 
+import json
 import os
 import shutil
 
@@ -15,13 +16,7 @@ import pytest
 
 from almtok import configlib
 from almtok import train
-from configs import synth_small
-
-# The config the suite's tiny trained run (`tiny_lm` in conftest.py) was trained with.
-TINY = dict(arg="size=tiny,steps=20,batch=8",
-            overrides={"data.seq_len": 25, "train.log_every": 10, "train.checkpoint_every": 20,
-                       "train.eval_every": 20, "train.sample_every": 20, "train.sample_steps": 2,
-                       "train.sample_captions": 6})
+from tests.tiny import tiny_lm_config
 
 ROWS = [
     # (overrides, the message starts with, resume from the trained workdir)
@@ -42,6 +37,7 @@ ROWS = [
      True),
     ({"diffusion.prediction": "eps"}, "config.diffusion.prediction='eps': the checkpoint in",
      True),
+    ({"data.latents_dir": "NO_VALIDATION"}, "config.data.latents_dir=", False),
 ]
 
 
@@ -56,10 +52,7 @@ def _tree(path: str) -> dict[str, float]:
 
 
 def _config(latents_dir: str, overrides: dict):
-  config = synth_small.get_config(TINY["arg"])
-  config.update_from_flattened_dict(dict(TINY["overrides"], **{"data.latents_dir": latents_dir}))
-  config.update_from_flattened_dict(overrides)
-  return config
+  return tiny_lm_config(latents_dir, **overrides)
 
 
 @pytest.mark.parametrize("overrides,expected,resume", ROWS,
@@ -69,6 +62,18 @@ def test_bad_input_stops_in_one_line_and_writes_nothing(tiny_latents, tiny_lm, t
   if overrides.get("data.latents_dir") == "EMPTY":
     overrides = {"data.latents_dir": str(tmp_path / "empty")}
     os.makedirs(overrides["data.latents_dir"])
+  if overrides.get("data.latents_dir") == "NO_VALIDATION":
+    # The tiny latents with an empty validation split, while the run evaluates and samples.
+    overrides = {"data.latents_dir": str(tmp_path / "no_val")}
+    shutil.copytree(tiny_latents, overrides["data.latents_dir"])
+    stats_path = os.path.join(overrides["data.latents_dir"], "stats.json")
+    with open(stats_path) as f:
+      stats = json.load(f)
+    for shard in stats["splits"]["validation"]["shards"]:
+      shard["records"] = 0
+    with open(stats_path, "w") as f:
+      json.dump(stats, f)
+    expected += overrides["data.latents_dir"] + ": its validation split holds no records"
   workdir = str(tmp_path / "lm")
   if resume:
     shutil.copytree(tiny_lm, workdir)
@@ -77,6 +82,9 @@ def test_bad_input_stops_in_one_line_and_writes_nothing(tiny_latents, tiny_lm, t
     train.train_and_evaluate(_config(tiny_latents, overrides), workdir)
   message = str(e.value)
   assert message.startswith(expected) and "\n" not in message, message
+  if overrides.get("data.latents_dir", "").endswith("empty"):
+    assert message.endswith("stats.json is missing: run `python -m almtok.prepare` to "
+                            "completion for this workdir first"), message
   if resume:
     assert _tree(workdir) == before
   else:
@@ -90,14 +98,35 @@ def test_resume_may_change_budgets_and_layout(tiny_latents, tiny_lm):
                   tiny_lm)
 
 
-def test_a_split_smaller_than_the_batch_is_evaluated_and_sampled(tiny_lm):
+def test_a_split_smaller_than_the_batch_is_evaluated_and_sampled(tiny_lm, tiny_latents):
   """The tiny run's batch (8) is larger than its validation split (4 clips), and it asks for 6
-  sample captions: the last step's validation loss covers the 4 clips, and it samples 4 clips,
-  none from an empty padding caption."""
+  sample captions: the last step's validation loss is that of the 4 clips in one unpadded batch,
+  and it samples 4 clips, none from an empty padding caption."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
   from almtok import events  # pylint: disable=g-import-not-at-top
+  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from almtok.text.cache import TextEmbeddingCache  # pylint: disable=g-import-not-at-top
+  from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
+
   ev = events.read_events(tiny_lm)
   assert [step for step, _ in ev.values["val/loss"]] == [20]
-  (_, val_loss), = ev.values["val/loss"]
-  assert np.isfinite(float(val_loss)) and float(val_loss) > 0
+  logged = {tag[len("val/"):]: float(pairs[0][1]) for tag, pairs in ev.values.items()
+            if tag.startswith("val/")}
   audio_tags = sorted(t for t, p in ev.plugins.items() if p == "audio")
   assert audio_tags == [f"samples/audio_{i}" for i in range(4)], audio_tags
+
+  config = tiny_lm_config(tiny_latents)
+  graphdef, ema = nnx.split(train.load_model(tiny_lm, config), nnx.Param)
+  batch = next(iter(pipeline.make_dataset(
+      tiny_latents, "validation", seq_len=config.data.seq_len, batch_size=4, shuffle=False,
+      repeat=False, text_max_len=config.model.text_len, drop_remainder=False)))
+  assert np.all(batch["valid_B"])
+  text = TextEmbeddingCache(TextEncoder(max_len=config.model.text_len), 8).embed(
+      batch["text_ids_BxN"], batch["text_mask_BxN"], batch["id"])
+  step = jax.jit(train.make_eval_step(config, graphdef, train.make_schedule(config)))
+  want, _ = jax.device_get(step(ema, {"x_BxLxC": batch["x_BxLxC"],
+                                      "mask_BxL": batch["mask_BxL"], "text": text},
+                                jax.random.PRNGKey(0)))
+  for name in ("loss", "ntp_loss", "mntp_loss", "mntp_kept_frac"):
+    np.testing.assert_allclose(logged[name], float(want[name]), rtol=1e-5, err_msg=name)

@@ -26,3 +26,22 @@ def random_text(rng, b=B, n=5, e=384):
   pooled = jax.random.normal(jax.random.fold_in(rng, 1), (b, e))
   return TextEmbedding(tokens * mask[:, :, None], mask, pooled / jnp.linalg.norm(
       pooled, axis=-1, keepdims=True))
+
+
+# The suite's tiny trained run (`tiny_lm` in conftest.py): `configs/synth_small.py` with this
+# argument and these overrides (plus data.latents_dir). A batch (8) larger than the validation
+# split (4 clips) and more sample captions (6) than it has: its last step evaluates and samples
+# what there is.
+TINY_LM_ARG = "size=tiny,steps=20,batch=8"
+TINY_LM_OVERRIDES = {"data.seq_len": 25, "train.log_every": 10, "train.checkpoint_every": 20,
+                     "train.eval_every": 20, "train.sample_every": 20, "train.sample_steps": 2,
+                     "train.sample_captions": 6}
+
+
+def tiny_lm_config(latents_dir: str, **overrides):
+  """The tiny run's config on `latents_dir`, with dotted-key `overrides` on top."""
+  from configs import synth_small  # pylint: disable=g-import-not-at-top
+  config = synth_small.get_config(TINY_LM_ARG)
+  config.update_from_flattened_dict(dict(TINY_LM_OVERRIDES, **{"data.latents_dir": latents_dir}))
+  config.update_from_flattened_dict(overrides)
+  return config

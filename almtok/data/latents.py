@@ -171,8 +171,10 @@ class Moments:
   shards.
 
   Float64 and Chan's pairwise update, so that the mean and variance of many shards are exact to
-  rounding whatever the order they are merged in. The extremes are +-inf where nothing was seen
-  (and in manifests written before they were recorded).
+  rounding whatever the order they are merged in. With nothing seen the extremes are +inf (min)
+  and -inf (max), so that merging leaves the other side's; where they are unknown (a manifest
+  written before they were recorded) they are -inf (min) and +inf (max), so that any merge with
+  such a shard stays unbounded and stats.json records no range rather than a partial one.
   """
   count: int
   mean_C: np.ndarray
@@ -217,9 +219,11 @@ class Moments:
   @classmethod
   def from_json(cls, value: Mapping[str, Any]) -> Moments:
     mean_C = np.asarray(value["mean"], np.float64)
-    return cls(int(value["count"]), mean_C, np.asarray(value["m2"], np.float64),
-               np.asarray(value.get("min", np.full(mean_C.shape, np.inf)), np.float64),
-               np.asarray(value.get("max", np.full(mean_C.shape, -np.inf)), np.float64))
+    count = int(value["count"])
+    unknown = np.inf if count else -np.inf
+    return cls(count, mean_C, np.asarray(value["m2"], np.float64),
+               np.asarray(value.get("min", np.full(mean_C.shape, -unknown)), np.float64),
+               np.asarray(value.get("max", np.full(mean_C.shape, unknown)), np.float64))
 
 
 def normaliser(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from almtok.text.minilm import TextEmbedding, TextEncoder
+from almtok.text.minilm import TextEmbedding, TextEncoder, for_lm
 
 
 class TextEmbeddingCache:
@@ -32,14 +32,14 @@ class TextEmbeddingCache:
     missing = [i for i, k in enumerate(keys_B) if str(k) not in self._rows or not k]
     if missing:
       # The whole batch shape is encoded so that one compiled program serves every call.
-      out = jax.device_get(self._apply(self._encoder.params, ids_BxN, mask_BxN))
-      for i in missing:
-        row = (out.tokens_BxNxE[i].astype(np.float16), out.mask_BxN[i], out.pooled_BxE[i])
-        if keys_B[i] and len(self._rows) < self._capacity:
-          self._rows[str(keys_B[i])] = row
-      # Fresh rows go through the cache's float16 too, so results never depend on what was cached.
+      # The LM's conditioning (`for_lm`) is float16-rounded, so storing it as float16 loses
+      # nothing: cached and fresh rows are the same numbers.
+      out = jax.device_get(for_lm(self._apply(self._encoder.params, ids_BxN, mask_BxN)))
       fresh = {i: (out.tokens_BxNxE[i].astype(np.float16), out.mask_BxN[i], out.pooled_BxE[i])
                for i in missing}
+      for i in missing:
+        if keys_B[i] and len(self._rows) < self._capacity:
+          self._rows[str(keys_B[i])] = fresh[i]
     else:
       fresh = {}
     self.misses += len(missing)

@@ -12,7 +12,8 @@ the median of the timed steps that follow.
 MFU = model FLOP/s / peak, where model FLOPs per step are `flops.train_flops_per_step` (matmuls
 and attention, forward + backward = 3x forward) and the peak is the dense float32 N x N matmul
 FLOP/s that this process measures with `flops.measure_matmul_peak` just before each size is
-timed (N = --matmul_n, 1024 by default; the best of 8 measurements; the table prints it). Step
+timed (N = --matmul_n, 1024 by default; the median of 8 measurements, as the trainer estimates
+it on a CPU; the table prints it). Step
 times are medians, so that a short disturbance by another process does not move them much.
 
 `--profile=SIZE` splits one step of that size into its parts, each jitted and timed alone: the
@@ -83,10 +84,9 @@ def time_calls(fn, args, steps: int) -> tuple[float, float]:
 
 
 def peak_flops(n: int, trials: int = 8) -> float:
-  """The best of `trials` of the trainer's dense N x N matmul FLOP/s measurements: each lasts a
-  fraction of a second, so on a shared machine some catch both cores busy elsewhere; the best
-  one is what the cores give when they are free."""
-  return max(flops.measure_matmul_peak(n, repeats=10, trials=1) for _ in range(trials))
+  """The trainer's estimate of a CPU's peak (`flops.measure_matmul_peak`: the median of `trials`
+  timings of dense N x N matmuls after a warm-up), so that both report MFU against one figure."""
+  return flops.measure_matmul_peak(n, repeats=10, trials=trials)
 
 
 def time_alone(fn, args, steps: int) -> float:

@@ -13,9 +13,7 @@ the scale that an x0 bound must respect. Writes `<out>.json` and `<out>.md`.
 
 from __future__ import annotations
 
-import json
 
-from absl import app
 from absl import flags
 import numpy as np
 
