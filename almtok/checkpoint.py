@@ -70,6 +70,11 @@ class Checkpointer:
     extras = {name: restored[name] for name in (extra_args or {})}
     return restored["state"], dict(restored["meta"] or {}), extras
 
+  def restore_item(self, step: int, name: str, abstract_tree: PyTree) -> PyTree:
+    """One array item of `step` alone (e.g. a model's weights without the optimizer state)."""
+    args = {name: ocp.args.StandardRestore(abstract_like(abstract_tree))}
+    return self._manager.restore(step, args=ocp.args.Composite(**args))[name]
+
   def restore_meta(self, step: int) -> dict[str, Any]:
     """The JSON metadata of `step` alone (no arrays are read)."""
     restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

@@ -35,6 +35,7 @@ from almtok import configlib
 from almtok import fileio
 from almtok import plotting
 from almtok import sample
+from almtok import state as state_lib
 
 
 def define_flags() -> None:
@@ -178,7 +179,7 @@ def generate(workdir: str, captions: list[str], seconds: float,
   import ml_collections  # pylint: disable=g-import-not-at-top
 
   raw = load_run_config(workdir)
-  stats = pipeline.load_stats(raw["data"]["latents_dir"])
+  stats = state_lib.run_stats(workdir)
   check_compatible(raw, stats)
   settings = model_settings(settings, raw, workdir)
   config = ml_collections.ConfigDict(raw)
@@ -203,12 +204,11 @@ def generate(workdir: str, captions: list[str], seconds: float,
     x0_range = latents_lib.data_range(stats)
     if x0_range is None:
       raise configlib.ConfigError(
-          f"{raw['data']['latents_dir']}/stats.json records no per-channel range of the "
-          f"latents (prepared by an older almtok): prepare again, or sample without it "
+          f"{workdir}/{state_lib.STATS_FILE} records no per-channel range of the latents "
+          f"(prepared by an older almtok): prepare again, or sample without it "
           f"(--nodata_range)")
-  from almtok import train  # pylint: disable=g-import-not-at-top
-  model = train.load_model(workdir, config, use_ema=True)
-  sampler = sample.Sampler(model, train.make_schedule(config), settings, x0_range)
+  model = state_lib.load_model(workdir, config, use_ema=True)
+  sampler = sample.Sampler(model, state_lib.make_schedule(config), settings, x0_range)
   text = TextEncoder(max_len=config.model.text_len).encode_for_lm(captions)
   x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
                        progress=progress)
@@ -224,7 +224,7 @@ def reference_audio(workdir: str, x_BxLxC: np.ndarray, mask_BxL: np.ndarray) -> 
   audio takes), to set generated levels beside."""
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
   from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
-  stats = pipeline.load_stats(load_run_config(workdir)["data"]["latents_dir"])
+  stats = state_lib.run_stats(workdir)
   tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
   wav = np.asarray(tokenizer.decode(pipeline.denormalise(x_BxLxC, stats)))
   per_token = wav.shape[1] // x_BxLxC.shape[1]
@@ -251,12 +251,12 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
       raise configlib.ConfigError("give exactly one of --caption, --captions_file and --held_out")
     if held_out_count < 1:
       raise configlib.ConfigError(f"--held_out={held_out_count}: must be >= 1")
-    config = load_run_config(workdir)
-    captions, ref_x, ref_mask = held_out(config["data"]["latents_dir"], held_out_count)
+    load_run_config(workdir)
+    captions, ref_x, ref_mask = held_out(state_lib.run_latents_dir(workdir), held_out_count)
     reference = (ref_x, ref_mask)
   else:
     captions = read_captions(caption, captions_file)
-    config = load_run_config(workdir)
+    load_run_config(workdir)
   wav_prompt = None
   if prompt_wav:
     if prompt_seconds <= 0 or prompt_seconds >= seconds:

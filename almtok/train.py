@@ -40,6 +40,7 @@ from almtok import flops
 from almtok import models
 from almtok import optim
 from almtok import sharding
+from almtok import state as state_lib
 from almtok.models import continuous_lm
 from almtok.text.cache import TextEmbeddingCache
 from almtok.text.minilm import TextEncoder
@@ -156,39 +157,10 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if os.path.isdir(ckpt_dir):
     with checkpoint.Checkpointer(ckpt_dir, max_to_keep=None, async_save=False) as ckpt:
       latest = ckpt.latest_step()
-      stored = ckpt.restore_meta(latest).get("config") if latest is not None else None
-    if stored is not None:
-      check_resume(stored, config, workdir)
-
-
-def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
-  make = {"cosine": diffusion.cosine_schedule, "linear": diffusion.linear_schedule}
-  return make[config.diffusion.schedule](config.diffusion.num_steps)
-
-
-def abstract_state(config, mesh, tx):
-  """The train state's graphdef, shapes and shardings, without allocating anything."""
-  model = models.abstract(config)
-  graphdef, params = nnx.split(model, nnx.Param)
-  opt_state = jax.eval_shape(tx.init, params)
-  state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
-           "opt_state": opt_state, "ema": params}
-  shardings = sharding.param_shardings(state, mesh)
-  return graphdef, state, shardings
-
-
-def init_state(config, mesh, tx):
-  """Creates the train state directly in its shardings: eval_shape, then a jitted init."""
-  graphdef, abstract, shardings = abstract_state(config, mesh, tx)
-
-  @functools.partial(jax.jit, out_shardings=shardings)
-  def init():
-    params = nnx.state(models.build(config, nnx.Rngs(config.seed)), nnx.Param)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "ema": jax.tree.map(jnp.copy, params)}
-
-  del abstract
-  return graphdef, init(), shardings
+      meta = ckpt.restore_meta(latest) if latest is not None else None
+    if meta is not None:
+      state_lib.check_format(meta, workdir)
+      check_resume(meta["config"], config, workdir)
 
 
 def loss_kwargs(config) -> dict[str, Any]:
@@ -328,24 +300,6 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def load_model(workdir: str, config: ml_collections.ConfigDict, use_ema: bool = True,
-               step: int | None = None) -> nnx.Module:
-  """The model of a training workdir's newest (or given) checkpoint, EMA weights by default."""
-  tx = optim.make_optimizer(config.train)
-  mesh = sharding.make_mesh(-1, 1)
-  graphdef, abstract, shardings = abstract_state(config, mesh, tx)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
-                                 async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint")
-  state, _, _ = ckpt.restore(step, target)
-  ckpt.close()
-  return nnx.merge(graphdef, state["ema" if use_ema else "params"])
-
-
 # ----------------------------------------------------------------------------------------------
 # The training run.
 # ----------------------------------------------------------------------------------------------
@@ -382,8 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # --- Model and shardings -------------------------------------------------------------------
     tx = optim.make_optimizer(config.train)
-    schedule = make_schedule(config)
-    graphdef, state_abstract, state_sh = abstract_state(config, mesh, tx)
+    schedule = state_lib.make_schedule(config)
+    graphdef, state_abstract, state_sh = state_lib.abstract_state(config, mesh, tx)
     repl = sharding.replicated(mesh)
 
     text_cache = TextEmbeddingCache(text_encoder, config.data.text_cache)
@@ -403,12 +357,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                    max_to_keep=config.train.keep_checkpoints)
     latest = ckpt.latest_step()
     if latest is None:
-      graphdef, state, _ = init_state(config, mesh, tx)
+      graphdef, state, _ = state_lib.init_state(config, mesh, tx)
       logging.info("initialised a new model")
     else:
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             state_abstract, state_sh)
-      state, meta, _ = ckpt.restore(latest, target)
+      state, meta = state_lib.restore(ckpt, latest, target, workdir)
       train_iter.set_state(meta["data_iterator"])
       logging.info("resumed from step %d", latest)
     start_step = int(state["step"])
@@ -417,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:
       with fileio.atomic_write(os.path.join(workdir, "config.json")) as f:
         f.write(config.to_json_best_effort(indent=2))
+      state_lib.write_run_files(workdir, config)
       if start_step == 0:
         writer.write_hparams({k: str(v) for k, v in configlib.leaves(config)})
     peak = flops.peak(config.dtype, config.train.peak_flops)
@@ -426,8 +381,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                              writer=writer)
 
     def save(step: int) -> None:
-      ckpt.save(step, state, {"data_iterator": train_iter.get_state(),
-                              "config": json.loads(config.to_json())})
+      state_lib.save(ckpt, step, state, {"data_iterator": train_iter.get_state(),
+                                         "config": json.loads(config.to_json())})
 
     # --- Evals ---------------------------------------------------------------------------------
     def evaluate(step: int) -> None:

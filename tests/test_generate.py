@@ -1,5 +1,6 @@
 """The generate command line: outputs per caption with their levels, the run's own prediction
-type, and one-line errors for bad arguments before anything is loaded or written.
+type, the EMA weights read alone, and one-line errors for bad arguments (and checkpoints of
+another format) before anything is loaded or written.
 
 The bad arguments are checked in-process through `generate.run` (what `main` calls); one
 subprocess checks that the program prints such an error as one line.
@@ -11,12 +12,17 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 import soundfile as sf
+from flax import nnx
 
 from almtok import configlib
 from almtok import generate
 from almtok import sample
+from almtok import state as state_lib
+from tests.tiny import tiny_lm_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,6 +104,7 @@ def test_missing_and_incompatible_checkpoints(tiny_lm, tmp_path):
   # A config whose token size does not match the latents it names.
   bad = tmp_path / "bad"
   (bad / "checkpoints" / "1").mkdir(parents=True)
+  shutil.copy(os.path.join(tiny_lm, "latents_stats.json"), bad)
   config = json.loads(open(os.path.join(tiny_lm, "config.json")).read())
   config["model"]["token_dim"] = 7
   (bad / "config.json").write_text(json.dumps(config))
@@ -108,16 +115,68 @@ def test_missing_and_incompatible_checkpoints(tiny_lm, tmp_path):
 
 def test_latents_without_a_recorded_range_are_refused_in_one_line(tiny_lm, tmp_path):
   # A run whose latents were prepared before stats.json recorded each channel's range.
-  run = json.loads(open(os.path.join(tiny_lm, "config.json")).read())
-  old = tmp_path / "latents"
-  shutil.copytree(run["data"]["latents_dir"], old)
-  stats = json.loads((old / "stats.json").read_text())
-  del stats["min"], stats["max"]
-  (old / "stats.json").write_text(json.dumps(stats))
   workdir = tmp_path / "lm"
   shutil.copytree(tiny_lm, workdir)
-  run["data"]["latents_dir"] = str(old)
-  (workdir / "config.json").write_text(json.dumps(run))
+  stats = json.loads((workdir / "latents_stats.json").read_text())
+  del stats["min"], stats["max"]
+  (workdir / "latents_stats.json").write_text(json.dumps(stats))
   with pytest.raises(configlib.ConfigError, match=r"records no per-channel range .* "
                      r"\(--nodata_range\)"):
     generate.generate(str(workdir), ["a beep"], 1.0, sample.SamplerSettings())
+
+
+def test_generation_reads_the_ema_item_alone(tiny_lm, tiny_latents, tmp_path):
+  config = tiny_lm_config(tiny_latents)
+  want = nnx.state(state_lib.load_model(tiny_lm, config), nnx.Param)
+  # Without the optimizer state and parameters on disk, the EMA model still loads, the same.
+  workdir = tmp_path / "lm"
+  shutil.copytree(tiny_lm, workdir)
+  shutil.rmtree(workdir / "checkpoints" / "20" / "state")
+  got = nnx.state(state_lib.load_model(str(workdir), config), nnx.Param)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_of_another_format_is_refused_in_one_line(tiny_lm, tmp_path):
+  workdir = tmp_path / "lm"
+  shutil.copytree(tiny_lm, workdir)
+  meta_file = workdir / "checkpoints" / "20" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["format"]   # As the first layout wrote it.
+  meta_file.write_text(json.dumps(meta))
+  with pytest.raises(configlib.ConfigError, match=r"its checkpoints are in format almtok-run-1; "
+                     r"this almtok reads almtok-run-2 \(train it again with this almtok\)$"):
+    generate.generate(str(workdir), ["a beep"], 1.0, sample.SamplerSettings())
+
+
+def test_the_workdir_stands_on_its_own(tiny_lm, tiny_latents, tmp_path):
+  """Generation from captions needs only the workdir; what needs the data says when it is gone
+  or changed."""
+  latents = tmp_path / "latents"
+  shutil.copytree(tiny_latents, latents)
+  workdir = tmp_path / "lm"
+  shutil.copytree(tiny_lm, workdir)
+  run = json.loads((workdir / "run.json").read_text())
+  (workdir / "run.json").write_text(json.dumps(dict(run, latents_dir=str(latents))))
+  config = json.loads((workdir / "config.json").read_text())
+  config["data"]["latents_dir"] = str(latents)
+  (workdir / "config.json").write_text(json.dumps(config))
+  kw = dict(seconds=1.0, steps=2)
+  want = generate.run(workdir=str(workdir), held_out_count=1, out=str(tmp_path / "a"), **kw)
+  # The data moved away: captions still generate the same clip; held-out captions cannot.
+  shutil.move(str(latents), str(tmp_path / "moved"))
+  got = generate.run(workdir=str(workdir), caption=want["captions"][0],
+                     out=str(tmp_path / "b.wav"), **kw)
+  a, _ = sf.read(tmp_path / "a" / "000.wav", dtype="int16")
+  b, _ = sf.read(tmp_path / "b.wav", dtype="int16")
+  np.testing.assert_array_equal(a, b)
+  assert got["prediction"] == "v"
+  with pytest.raises(configlib.ConfigError, match=r"trained on the latents in .*, which are "
+                     r"gone; this needs them \(generating from captions does not\)$"):
+    generate.run(workdir=str(workdir), held_out_count=1, out=str(tmp_path / "c"), **kw)
+  # Back, but changed.
+  shutil.move(str(tmp_path / "moved"), str(latents))
+  stats = json.loads((latents / "stats.json").read_text())
+  (latents / "stats.json").write_text(json.dumps(dict(stats, note="changed")))
+  with pytest.raises(configlib.ConfigError, match=r"which have changed since"):
+    generate.run(workdir=str(workdir), held_out_count=1, out=str(tmp_path / "d"), **kw)

@@ -230,3 +230,19 @@ def test_prepare_with_the_exported_mel_vae_reads_back(trained, tmp_path):
                                           batch_size=4)))
   assert batch["x_BxLxC"].shape == (4, 25, 128) and batch["mask_BxL"].all()
   assert np.all(np.isfinite(batch["x_BxLxC"]))
+
+
+def test_a_run_keeps_its_own_copy_of_the_weights(trained, exported, tmp_path):
+  """What a training workdir stores so that generation does not need the tokenizer's workdir:
+  the export alone (not the trainer's checkpoints), which loads as the same tokenizer."""
+  params = tokenizers.copy_weights("mel_vae", {"path": trained["workdir"]}, str(tmp_path / "tok"))
+  assert params == {"path": str(tmp_path / "tok")}
+  assert sorted(os.listdir(tmp_path / "tok"))[0].startswith("mel_vae")
+  assert not (tmp_path / "tok" / "checkpoints").exists()
+  copy = tokenizers.get("mel_vae", **params)
+  want, got = mel_vae.flat_params(exported.model), mel_vae.flat_params(copy.model)
+  assert want.keys() == got.keys()
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  assert tokenizers.copy_weights("mel", {"group": 4}, str(tmp_path / "none")) == {"group": 4}
+  assert not (tmp_path / "none").exists()

@@ -36,6 +36,7 @@ from almtok import checkpoint
 from almtok import events
 from almtok import optim
 from almtok import sharding
+from almtok import state as state_lib
 from almtok import train
 from almtok.data import latents as latents_lib
 from almtok.data import pipeline
@@ -99,7 +100,7 @@ def cli_args(latents_dir: str, workdir: str, steps: int = STEPS, **overrides) ->
 
 
 def tiny_config(latents_dir: str, steps: int = STEPS, **overrides):
-  """The in-process twin of `cli_args` (for `train.load_model` and the pipeline)."""
+  """The in-process twin of `cli_args` (for `state.load_model` and the pipeline)."""
   config = synth_small.get_config(f"size=tiny,steps={steps},batch={BATCH}")
   values = dict(OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()})
   config.update_from_flattened_dict(dict(values, **{"data.latents_dir": latents_dir}))
@@ -207,21 +208,19 @@ def restore_state(workdir: str, config) -> tuple[dict[str, np.ndarray], dict]:
   """The newest checkpoint's whole train state ({'params/decoder/...': array, 'ema/...',
   'opt_state/...', 'step'}) and its metadata (data iterator, config)."""
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-  _, abstract, shardings = train.abstract_state(config, mesh, optim.make_optimizer(config.train))
+  _, abstract, shardings = state_lib.abstract_state(config, mesh,
+                                                    optim.make_optimizer(config.train))
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
-                                 async_save=False)
-  try:
-    state, meta, _ = ckpt.restore(ckpt.latest_step(), target)
-  finally:
-    ckpt.close()
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
+                               async_save=False) as ckpt:
+    state, meta = state_lib.restore(ckpt, ckpt.latest_step(), target, workdir)
   return {sharding.path_str(path): np.asarray(x)
           for path, x in jax.tree_util.tree_leaves_with_path(state)}, meta
 
 
 def params_of(workdir: str, config, use_ema: bool) -> dict[str, np.ndarray]:
-  model = train.load_model(workdir, config, use_ema=use_ema)
+  model = state_lib.load_model(workdir, config, use_ema=use_ema)
   return {"/".join(map(str, path)): np.asarray(v[...])
           for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 

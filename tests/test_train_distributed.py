@@ -38,6 +38,7 @@ import json
 import jax
 import numpy as np
 from almtok import optim, sharding, train
+from almtok import state as state_lib
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
 
@@ -53,12 +54,12 @@ host = {"x_BxLxC": rng.standard_normal((b, l, c), dtype=np.float32), "mask_BxL":
         "tokens": rng.standard_normal((b, n, e), dtype=np.float32) * text_mask_BxN[:, :, None],
         "text_mask": text_mask_BxN, "pooled": rng.standard_normal((b, e), dtype=np.float32)}
 tx = optim.make_optimizer(config.train)
-schedule = train.make_schedule(config)
+schedule = state_lib.make_schedule(config)
 out = {}
 for name, mesh in (("fsdp", sharding.make_mesh(2, 4)),
                    ("single", sharding.make_mesh(1, 1, jax.devices()[:1]))):
   with jax.set_mesh(mesh):
-    graphdef, state, state_sh = train.init_state(config, mesh, tx)
+    graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
     step = jax.jit(train.make_train_step(config, graphdef, tx, schedule),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     a = sharding.global_batch(host, mesh)
@@ -95,7 +96,7 @@ for accum in (1, 4):
   config32 = synth_small.get_config("size=tiny,steps=16,batch=32")
   config32.update_from_flattened_dict({"data.seq_len": 20, "train.grad_accum": accum})
   with jax.set_mesh(mesh):
-    graphdef, state, state_sh = train.init_state(config32, mesh, tx)
+    graphdef, state, state_sh = state_lib.init_state(config32, mesh, tx)
     step = jax.jit(train.make_train_step(config32, graphdef, tx, schedule),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     a = sharding.global_batch(host32, mesh)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from almtok import configlib
+from almtok import state as state_lib
 from almtok import train
 from tests.tiny import tiny_lm_config
 
@@ -117,14 +118,14 @@ def test_a_split_smaller_than_the_batch_is_evaluated_and_sampled(tiny_lm, tiny_l
   assert audio_tags == [f"samples/audio_{i}" for i in range(4)], audio_tags
 
   config = tiny_lm_config(tiny_latents)
-  graphdef, ema = nnx.split(train.load_model(tiny_lm, config), nnx.Param)
+  graphdef, ema = nnx.split(state_lib.load_model(tiny_lm, config), nnx.Param)
   batch = next(iter(pipeline.make_dataset(
       tiny_latents, "validation", seq_len=config.data.seq_len, batch_size=4, shuffle=False,
       repeat=False, text_max_len=config.model.text_len, drop_remainder=False)))
   assert np.all(batch["valid_B"])
   text = TextEmbeddingCache(TextEncoder(max_len=config.model.text_len), 8).embed(
       batch["text_ids_BxN"], batch["text_mask_BxN"], batch["id"])
-  step = jax.jit(train.make_eval_step(config, graphdef, train.make_schedule(config)))
+  step = jax.jit(train.make_eval_step(config, graphdef, state_lib.make_schedule(config)))
   want, _ = jax.device_get(step(ema, {"x_BxLxC": batch["x_BxLxC"],
                                       "mask_BxL": batch["mask_BxL"], "text": text},
                                 jax.random.PRNGKey(0)))

@@ -15,6 +15,7 @@ from flax import nnx
 
 from almtok import optim
 from almtok import sharding
+from almtok import state as state_lib
 from almtok import train
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
@@ -50,8 +51,8 @@ def _run(config, steps: int = 1):
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   with jax.set_mesh(mesh):
     tx = optim.make_optimizer(config.train)
-    graphdef, state, _ = train.init_state(config, mesh, tx)
-    step = jax.jit(train.make_train_step(config, graphdef, tx, train.make_schedule(config)))
+    graphdef, state, _ = state_lib.init_state(config, mesh, tx)
+    step = jax.jit(train.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)))
     batch = _batch(config)
     states, metrics = [], []
     for _ in range(steps):

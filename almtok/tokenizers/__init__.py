@@ -43,3 +43,15 @@ def get(name: str, **kwargs) -> AudioTokenizer:
     from almtok.tokenizers import mel_vae  # pylint: disable=g-import-not-at-top
     return mel_vae.MelVAETokenizer.load(**kwargs)
   raise ValueError(f"unknown tokenizer {name!r}; choose one of {list(NAMES)}")
+
+
+def copy_weights(name: str, params: dict, directory: str) -> dict:
+  """Copies the weights that tokenizer `name` built with `params` loads (if any) into
+  `directory`, and returns the params that load the copy: a run keeps its own tokenizer."""
+  if name == "mel_vae":
+    from almtok import fileio  # pylint: disable=g-import-not-at-top
+    from almtok.tokenizers import mel_vae  # pylint: disable=g-import-not-at-top
+    weights, meta, _ = fileio.read_export(params["path"], mel_vae.EXPORT_NAME)
+    fileio.write_export(directory, mel_vae.EXPORT_NAME, weights, meta, indent=2)
+    return dict(params, path=directory)
+  return dict(params)

@@ -3,7 +3,7 @@ r"""Training throughput of the continuous LM on this machine: tokens/s, step tim
   .venv/bin/python experiments/benchmarks/train_throughput.py              # tiny, small, base
   .venv/bin/python experiments/benchmarks/train_throughput.py --sizes=small --profile=small
 
-Each size runs the trainer's own jitted step (`train.init_state` + `train.make_train_step`, with
+Each size runs the trainer's own jitted step (`state.init_state` + `train.make_train_step`, with
 the same donation and out-shardings as `train.py`) on one device, on a synthetic batch of the CPU
 demo's shapes (configs/synth_small.py at that size: mel tokens, L = 100 tokens = 4 s, MNTP on,
 the demo's diffusion batch_mul). The first step compiles and is timed apart; the table reports
@@ -42,6 +42,7 @@ from almtok import diffusion
 from almtok import flops
 from almtok import optim
 from almtok import sharding
+from almtok import state as state_lib
 from almtok import train
 from almtok.models import mntp
 from almtok.text.minilm import TextEmbedding
@@ -115,8 +116,8 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx = optim.make_optimizer(config.train)
   with jax.set_mesh(mesh):
-    graphdef, state, state_sh = train.init_state(config, mesh, tx)
-    step = jax.jit(train.make_train_step(config, graphdef, tx, train.make_schedule(config)),
+    graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
+    step = jax.jit(train.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     batch_arrays = sharding.global_batch(synthetic_batch(config), mesh)
     rng = jax.random.PRNGKey(0)
@@ -140,11 +141,11 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
   config = make_config(size, batch)
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx = optim.make_optimizer(config.train)
-  schedule = train.make_schedule(config)
+  schedule = state_lib.make_schedule(config)
   kw = train.loss_kwargs(config)
   b, l, d = config.data.batch_size, config.data.seq_len, config.model.decoder.width
   with jax.set_mesh(mesh):
-    graphdef, state, _ = train.init_state(config, mesh, tx)
+    graphdef, state, _ = state_lib.init_state(config, mesh, tx)
     dec_flops, head_flops = flops_split(config, graphdef, state["params"])
     model = nnx.merge(graphdef, state["params"])
     s = model.prefix_len + l

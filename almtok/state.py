@@ -1,0 +1,176 @@
+"""A run's train state: its layout, its sharded creation, its checkpoints, and loading a model.
+
+The train state is a dict `{"step", "params", "opt_state", "ema"}` of (sharded) arrays; the
+model's structure is the `graphdef` that `abstract_state` returns beside it. A checkpoint holds
+it as two array items, `state` (step, params, optimizer state) and `ema` (the EMA weights, which
+generation reads alone), plus JSON metadata that names the checkpoint `FORMAT`. The trainer
+creates and checkpoints the state; generation, the notebook and the benchmarks load through
+here, so none of them imports the trainer.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+import orbax.checkpoint as ocp
+
+from almtok import checkpoint
+from almtok import configlib
+from almtok import diffusion
+from almtok import fileio
+from almtok import models
+from almtok import optim
+from almtok import sharding
+
+
+# The layout of a run's checkpoints; a reader refuses any other in one line (no silent misload).
+# 1: the EMA inside the `state` item; 2: the EMA as its own item.
+FORMAT = "almtok-run-2"
+
+
+def check_format(meta: dict, where: str) -> None:
+  """Raises a one-line ConfigError unless the checkpoint metadata `meta` is of `FORMAT`."""
+  found = meta.get("format", "almtok-run-1")
+  if found != FORMAT:
+    raise configlib.ConfigError(f"{where}: its checkpoints are in format {found}; this almtok "
+                                f"reads {FORMAT} (train it again with this almtok)")
+
+
+def save(ckpt: checkpoint.Checkpointer, step: int, state: dict, meta: dict) -> bool:
+  """Starts saving the train state as `step`: the EMA weights as their own item."""
+  rest = {k: v for k, v in state.items() if k != "ema"}
+  return ckpt.save(step, rest, dict(meta, format=FORMAT),
+                   extra_args={"ema": ocp.args.StandardSave(state["ema"])})
+
+
+def restore(ckpt: checkpoint.Checkpointer, step: int, target: dict,
+            where: str) -> tuple[dict, dict]:
+  """(train state, metadata) of `step`, into `target`'s shapes and shardings."""
+  check_format(ckpt.restore_meta(step), where)
+  rest = {k: v for k, v in target.items() if k != "ema"}
+  state, meta, extras = ckpt.restore(step, rest, extra_args={
+      "ema": ocp.args.StandardRestore(checkpoint.abstract_like(target["ema"]))})
+  return dict(state, ema=extras["ema"]), meta
+
+
+# What a workdir holds beside its checkpoints so that generation needs nothing else: the
+# prepared latents' stats.json (tokenizer spec, normaliser, per-channel range), a copy of the
+# tokenizer's weights when it has any, and `RUN_FILE` (format, text encoder, where the data was).
+STATS_FILE = "latents_stats.json"
+TOKENIZER_DIR = "tokenizer"
+RUN_FILE = "run.json"
+
+
+def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Makes `workdir` stand on its own for generation (each file whole or not at all)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from almtok import tokenizers  # pylint: disable=g-import-not-at-top
+  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  where = os.path.abspath(config.data.latents_dir)
+  with open(os.path.join(where, latents_lib.STATS_FILE), "rb") as f:
+    raw = f.read()
+  stats = json.loads(raw)
+  tok = stats["tokenizer"]
+  params = tokenizers.copy_weights(tok["name"], tok["params"], os.path.join(workdir,
+                                                                            TOKENIZER_DIR))
+  if params.get("path"):  # Named relative to the workdir, so that the workdir can move.
+    params["path"] = TOKENIZER_DIR
+  tok["params"] = params
+  fileio.atomic_json(os.path.join(workdir, STATS_FILE), stats, indent=1)
+  fileio.atomic_json(os.path.join(workdir, RUN_FILE), {
+      "format": FORMAT,
+      "text_encoder": {"name": "minilm-l6", "max_len": config.model.text_len},
+      "latents_dir": where,
+      "latents_stats_sha256": hashlib.sha256(raw).hexdigest()}, indent=1)
+
+
+def run_stats(workdir: str) -> dict:
+  """The latents' stats.json as the run recorded it, with a tokenizer path made absolute."""
+  path = os.path.join(workdir, STATS_FILE)
+  if not os.path.exists(path):
+    raise configlib.ConfigError(f"{workdir}: no {STATS_FILE} (a workdir from an older almtok); "
+                                f"train it again with this almtok")
+  with open(path, encoding="utf-8") as f:
+    stats = json.load(f)
+  params = stats["tokenizer"]["params"]
+  if params.get("path") and not os.path.isabs(params["path"]):
+    params["path"] = os.path.join(workdir, params["path"])
+  return stats
+
+
+def run_latents_dir(workdir: str) -> str:
+  """The prepared latents the run was trained on, checked to be there and unchanged."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
+    run = json.load(f)
+  where = run["latents_dir"]
+  stats_path = os.path.join(where, latents_lib.STATS_FILE)
+  if not os.path.exists(stats_path):
+    raise configlib.ConfigError(f"{workdir} was trained on the latents in {where}, which are "
+                                f"gone; this needs them (generating from captions does not)")
+  with open(stats_path, "rb") as f:
+    if hashlib.sha256(f.read()).hexdigest() != run["latents_stats_sha256"]:
+      raise configlib.ConfigError(f"{workdir} was trained on the latents in {where}, which "
+                                  f"have changed since (their stats.json differs)")
+  return where
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
+  """The head's training noise schedule (`config.diffusion`)."""
+  make = {"cosine": diffusion.cosine_schedule, "linear": diffusion.linear_schedule}
+  return make[config.diffusion.schedule](config.diffusion.num_steps)
+
+
+def abstract_state(config, mesh, tx):
+  """The train state's graphdef, shapes and shardings, without allocating anything."""
+  model = models.abstract(config)
+  graphdef, params = nnx.split(model, nnx.Param)
+  opt_state = jax.eval_shape(tx.init, params)
+  state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
+           "opt_state": opt_state, "ema": params}
+  shardings = sharding.param_shardings(state, mesh)
+  return graphdef, state, shardings
+
+
+def init_state(config, mesh, tx):
+  """Creates the train state directly in its shardings: eval_shape, then a jitted init."""
+  graphdef, abstract, shardings = abstract_state(config, mesh, tx)
+
+  @functools.partial(jax.jit, out_shardings=shardings)
+  def init():
+    params = nnx.state(models.build(config, nnx.Rngs(config.seed)), nnx.Param)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "ema": jax.tree.map(jnp.copy, params)}
+
+  del abstract
+  return graphdef, init(), shardings
+
+
+def load_model(workdir: str, config: ml_collections.ConfigDict, use_ema: bool = True,
+               step: int | None = None) -> nnx.Module:
+  """The model of a training workdir's newest (or given) checkpoint, EMA weights by default."""
+  tx = optim.make_optimizer(config.train)
+  mesh = sharding.make_mesh(-1, 1)
+  graphdef, abstract, shardings = abstract_state(config, mesh, tx)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None,
+                               async_save=False) as ckpt:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir}: no checkpoint")
+    check_format(ckpt.restore_meta(step), workdir)
+    if use_ema:  # The EMA item alone: no optimizer state is read.
+      return nnx.merge(graphdef, ckpt.restore_item(step, "ema", target["ema"]))
+    state, _ = restore(ckpt, step, target, workdir)
+  return nnx.merge(graphdef, state["params"])
+
+
