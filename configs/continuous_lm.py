@@ -47,9 +47,13 @@ def get_config(arg=None):
   )
   config.paper_params = PAPER_PARAMS.get(arg.preset, 0.0)   # 0: no published figure.
   config.dtype = "float32"        # Compute dtype; parameters are always float32.
-  config.diffusion = dict(
-      schedule="cosine", num_steps=1000, prediction="eps", batch_mul=4,
-      sampler="ddpm", sample_steps=100, temperature=1.0, cfg_scale=3.0, cfg_schedule="linear")
+  # What the head is trained with; sampling takes the prediction type from here.
+  config.diffusion = dict(schedule="cosine", num_steps=1000, prediction="eps", batch_mul=4)
+  # How to sample (`sample.SamplerSettings`): the trainer's periodic samples, `generate` (the
+  # run's own block, with --config.sample.* on top) and the notebook all read this block.
+  config.sample = dict(
+      steps=100, sampler="ddpm", eta=0.0, cfg_scale=3.0, cfg_schedule="linear", temperature=1.0,
+      clip_x0=5.0, threshold=ml_collections.config_dict.placeholder(float), data_range=True)
   config.loss = dict(
       cfg_dropout=0.1,
       mntp_weight=1.0,

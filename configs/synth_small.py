@@ -29,14 +29,18 @@ def get_config(arg=None):
   # noisiest steps, where x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) multiplies its error by up to
   # 1/sqrt(ab) ~ 2e4, and the reverse chain diverges; x0 from v has no such gain.
   config.diffusion.prediction = "v"
+  # The demo's clips: guidance 3 from the first token on, temperature 1, x0 within the data's
+  # per-channel range and dynamically thresholded at 3 sigma (experiments/sampling/levels.md).
+  config.sample.update(cfg_schedule="constant", threshold=0.99, clip_x0=3.0)
   config.train = ml_collections.ConfigDict(dict(
       num_steps=arg.steps, max_minutes=arg.minutes,
       learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=0.02,
       b1=0.9, b2=0.95, grad_clip=1.0, ema_decay=0.995, ema_warmup=True, grad_accum=1,
       log_every=20, checkpoint_every=250, keep_checkpoints=2,
       eval_every=250, eval_batches=4, peak_flops=0.0,
-      # Generated clips in TensorBoard: every N steps (0: never), K head steps, captions.
-      sample_every=0, sample_steps=25, sample_captions=2))
+      # Generated clips in TensorBoard (with config.sample): every N steps (0: never; by
+      # default the last step), for this many validation captions.
+      sample_every=arg.steps, sample_captions=2))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.lock()
   return config

@@ -35,7 +35,7 @@ def _run(*args):
 def test_writes_wav_png_settings_and_levels(tiny_lm, tmp_path):
   out = tmp_path / "clips"
   result = _run(f"--workdir={tiny_lm}", "--held_out=2", "--seconds=1", f"--out={out}",
-                "--steps=5", "--seed=3")
+                "--config.sample.steps=5", "--seed=3")
   assert result.returncode == 0, result.stderr[-2000:]
   for i in range(2):
     info = sf.info(out / f"{i:03d}.wav")
@@ -56,12 +56,13 @@ def test_writes_wav_png_settings_and_levels(tiny_lm, tmp_path):
 
 
 def test_bad_argument_is_one_line_from_the_program(tiny_lm, tmp_path):
-  result = _run(f"--workdir={tiny_lm}", "--caption=a beep", "--steps=2000",
+  result = _run(f"--workdir={tiny_lm}", "--caption=a beep", "--config.sample.steps=2000",
                 f"--out={tmp_path}/x.wav")
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert lines[-1].startswith("error: --steps=2000: the head was trained on 1000"), lines
+  assert lines[-1].startswith("error: config.sample.steps=2000: the head was trained on 1000"), (
+      lines)
   assert not os.listdir(tmp_path)
 
 
@@ -72,12 +73,16 @@ BAD = [
     (dict(caption="a beep", seconds=60), "--seconds=60: longer than the trained"),
     (dict(caption="a beep", seconds=0.02), "--seconds=0.02: shorter than one token"),
     (dict(caption="a beep", captions_file="x.txt"), "give exactly one of"),
-    (dict(caption="a beep", temperature=0), "temperature=0: must be > 0"),
-    (dict(caption="a beep", steps=2000), "--steps=2000: the head was trained on 1000"),
+    (dict(caption="a beep", sample_overrides=dict(temperature=0)),
+     "config.sample.temperature=0: must be > 0"),
+    (dict(caption="a beep", sample_overrides=dict(steps=2000)),
+     "config.sample.steps=2000: the head was trained on 1000"),
+    (dict(caption="a beep", sample_overrides=dict(stepz=20)), "config.sample: "),
     (dict(held_out_count=5), "--held_out=5: the test split of"),
     (dict(held_out_count=0), "--held_out=0: must be >= 1"),
     (dict(caption="a beep", normalize="loud"), "--normalize=loud: must be one of"),
-    (dict(caption="a beep", threshold=1.5), "threshold=1.5: must be a percentile"),
+    (dict(caption="a beep", sample_overrides=dict(threshold=1.5)),
+     "config.sample.threshold=1.5: must be a percentile"),
 ]
 
 
@@ -105,6 +110,7 @@ def test_missing_and_incompatible_checkpoints(tiny_lm, tmp_path):
   bad = tmp_path / "bad"
   (bad / "checkpoints" / "1").mkdir(parents=True)
   shutil.copy(os.path.join(tiny_lm, "latents_stats.json"), bad)
+  shutil.copy(os.path.join(tiny_lm, "run.json"), bad)
   config = json.loads(open(os.path.join(tiny_lm, "config.json")).read())
   config["model"]["token_dim"] = 7
   (bad / "config.json").write_text(json.dumps(config))
@@ -121,7 +127,7 @@ def test_latents_without_a_recorded_range_are_refused_in_one_line(tiny_lm, tmp_p
   del stats["min"], stats["max"]
   (workdir / "latents_stats.json").write_text(json.dumps(stats))
   with pytest.raises(configlib.ConfigError, match=r"records no per-channel range .* "
-                     r"\(--nodata_range\)"):
+                     r"\(--config.sample.data_range=false\)"):
     generate.generate(str(workdir), ["a beep"], 1.0, sample.SamplerSettings())
 
 
@@ -161,7 +167,7 @@ def test_the_workdir_stands_on_its_own(tiny_lm, tiny_latents, tmp_path):
   config = json.loads((workdir / "config.json").read_text())
   config["data"]["latents_dir"] = str(latents)
   (workdir / "config.json").write_text(json.dumps(config))
-  kw = dict(seconds=1.0, steps=2)
+  kw = dict(seconds=1.0, sample_overrides=dict(steps=2))
   want = generate.run(workdir=str(workdir), held_out_count=1, out=str(tmp_path / "a"), **kw)
   # The data moved away: captions still generate the same clip; held-out captions cannot.
   shutil.move(str(latents), str(tmp_path / "moved"))

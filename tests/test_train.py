@@ -235,7 +235,7 @@ def reference(tiny_latents, jax_cache, tmp_path_factory):
   """The uninterrupted run (which also writes audio samples at its last step), started together
   with a second trainer on the same workdir: the one that reaches the lock second is refused."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  args = cli_args(tiny_latents, workdir, train__sample_every=STEPS, train__sample_steps=2)
+  args = cli_args(tiny_latents, workdir, train__sample_every=STEPS, sample__steps=2)
   env = subprocess_env(jax_cache)
   first, second = Trainer(args, env), Trainer(args, env)
   codes = first.wait(), second.wait()

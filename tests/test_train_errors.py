@@ -29,7 +29,7 @@ ROWS = [
     ({"train.grad_accum": 0}, "config.train.grad_accum=0: must be an integer >= 1", False),
     ({"train.grad_accum": 3}, "config.train.grad_accum=3: must divide data.batch_size=8", False),
     ({"mesh.data": 3}, "config.mesh: mesh data=3 x fsdp=1 does not match the 1 devices", False),
-    ({"train.sample_steps": 0}, "config.train.sample_steps=0: must be an integer >= 1", False),
+    ({"sample.steps": 0}, "config.sample.steps=0: must be an integer >= 1", False),
     ({"train.num_steps": 0}, "config.train.num_steps=0: must be an integer >= 1", False),
     ({"diffusion.num_steps": 0}, "config.diffusion.num_steps=0: must be an integer >= 1", False),
     ({"diffusion.batch_mul": 0}, "config.diffusion.batch_mul=0: must be an integer >= 1", False),

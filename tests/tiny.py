@@ -34,7 +34,7 @@ def random_text(rng, b=B, n=5, e=384):
 # what there is.
 TINY_LM_ARG = "size=tiny,steps=20,batch=8"
 TINY_LM_OVERRIDES = {"data.seq_len": 25, "train.log_every": 10, "train.checkpoint_every": 20,
-                     "train.eval_every": 20, "train.sample_every": 20, "train.sample_steps": 2,
+                     "train.eval_every": 20, "train.sample_every": 20, "sample.steps": 2,
                      "train.sample_captions": 6}
 
 
