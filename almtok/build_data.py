@@ -21,8 +21,8 @@ from almtok import audio
 from almtok import configlib
 from almtok import fileio
 from almtok import plotting
-from almtok.data import datasets
-from almtok.data import tfds_common
+from almtok.datasets import registry as datasets
+from almtok.datasets import tfds_common
 
 
 

@@ -74,8 +74,8 @@ def define_flags() -> None:
 def held_out(latents_dir: str, count: int) -> tuple[list[str], np.ndarray, np.ndarray]:
   """The first `count` captions of a prepared dataset's test split (clips the model never saw),
   with their normalised latents [B, L, C] and token masks [B, L], for reference."""
-  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
-  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
+  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   stats = latents_lib.read_stats(latents_dir)
   size = int(stats["splits"].get("test", {}).get("records", 0))
   if count > size:
@@ -182,8 +182,8 @@ def generate(workdir: str, captions: list[str], seconds: float,
   (`model_settings`); every argument is checked before the model is loaded.
   """
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
-  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
-  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
+  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
 
   raw = load_run_config(workdir)
@@ -231,7 +231,7 @@ def reference_audio(workdir: str, x_BxLxC: np.ndarray, mask_BxL: np.ndarray) -> 
   """Held-out clips as the run's tokenizer and vocoder give them back (the path generated
   audio takes), to set generated levels beside."""
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
-  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   stats = state_lib.run_stats(workdir)
   tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
   wav = np.asarray(tokenizer.decode(pipeline.denormalise(x_BxLxC, stats)))

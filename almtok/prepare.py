@@ -30,7 +30,7 @@ Encoding is batched and jitted: a clip is zero-padded to the next multiple of `b
 so that only one program per bucket length is compiled, and its latents are cut back to
 floor(seconds * frame_rate) tokens (zero padding may touch its last token's analysis window).
 
-Output in <workdir>/latents/, laid out as `almtok/data/latents.py` describes. A run resumes where
+Output in <workdir>/latents/, laid out as `almtok/latents/store.py` describes. A run resumes where
 an earlier one stopped: finished shards are kept as they are and the rest are redone. stats.json
 holds the per-channel mean and standard deviation of the train split's latents, which the data
 pipeline uses to normalise.
@@ -62,7 +62,7 @@ import tqdm
 from almtok import audio
 from almtok import configlib
 from almtok import fileio
-from almtok.data import latents
+from almtok.latents import store as latents
 from almtok.tokenizers import AudioTokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Preparation config file.",
@@ -145,7 +145,7 @@ class TfdsInputs:
     return len(self._source)
 
   def load(self, index: int, sample_rate: int) -> Clip:
-    from almtok.data import tfds_common  # pylint: disable=g-import-not-at-top
+    from almtok.datasets import tfds_common  # pylint: disable=g-import-not-at-top
     where = f"tfds:{self._name}/{self._split}[{index}]"
     record = self._source[index]
     clip_id = tfds_common.decode_text(record["id"])
@@ -251,7 +251,7 @@ def list_inputs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, In
   """Split name -> its inputs, for the dataset that `config.dataset` names."""
   dataset = config.dataset
   if dataset.name in TFDS_NAMES:
-    from almtok.data import datasets  # pylint: disable=g-import-not-at-top
+    from almtok.datasets import registry as datasets  # pylint: disable=g-import-not-at-top
     data_dir = config.data_dir or os.path.join(workdir, "tfds")
     builder = datasets.build(dataset, data_dir)
     sources = builder.as_data_source()

@@ -72,7 +72,7 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Makes `workdir` stand on its own for generation (each file whole or not at all)."""
   import hashlib  # pylint: disable=g-import-not-at-top
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
-  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
   where = os.path.abspath(config.data.latents_dir)
   with open(os.path.join(where, latents_lib.STATS_FILE), "rb") as f:
     raw = f.read()
@@ -108,7 +108,7 @@ def run_stats(workdir: str) -> dict:
 def run_latents_dir(workdir: str) -> str:
   """The prepared latents the run was trained on, checked to be there and unchanged."""
   import hashlib  # pylint: disable=g-import-not-at-top
-  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
     run = json.load(f)
   where = run["latents_dir"]

@@ -123,7 +123,7 @@ def check_resume(stored: dict[str, Any], config: ml_collections.ConfigDict, work
 
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """What must hold before a run touches its workdir: the data, the devices, the checkpoint."""
-  from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
   where = config.data.latents_dir
   if not where:
     raise configlib.ConfigError("config.data.latents_dir is empty: set "
@@ -305,7 +305,7 @@ class _Preemption:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains until `train.num_steps` (or `train.max_minutes`, or SIGTERM); returns a summary."""
-  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
   check_config(config)
@@ -413,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sampler = None
     if config.train.sample_every:
       from almtok import plotting, sample, tokenizers  # pylint: disable=g-import-not-at-top
-      from almtok.data import latents as latents_lib  # pylint: disable=g-import-not-at-top
+      from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
       stats = pipeline.load_stats(config.data.latents_dir)
       audio_tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
       first = next(iter(pipeline.make_dataset(

@@ -1,8 +1,10 @@
 r"""The mel-VAE tokenizer (128-d tokens at 25 Hz), trained on synth_sounds + debian_sounds.
 
-  python -m almtok.tokenizers.train --config=configs/mel_vae.py --workdir=/work/runs/mel_vae
-  python -m almtok.tokenizers.train --config=configs/mel_vae.py:tiny --workdir=/tmp/mel_vae_tiny
-  python -m almtok.tokenizers.train --config=configs/mel_vae.py:gpu,kl_weight=1e-5 --workdir=...
+  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py --workdir=/work/runs/mel_vae
+  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py:tiny \
+      --workdir=/tmp/mel_vae_tiny
+  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py:gpu,kl_weight=1e-5 \
+      --workdir=...
 
 Presets: `default` is sized for about 20 minutes on a 2-core CPU (the time budget stops it);
 `gpu` is the same module wider and deeper, in bfloat16, for an accelerator; `tiny` runs a few

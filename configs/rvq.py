@@ -1,8 +1,8 @@
 r"""Residual VQ codebooks over prepared latents: the discrete baseline's tokenizer.
 
-  python -m almtok.tokenizers.rvq --config=configs/rvq.py --workdir=/tmp/rvq \
+  python -m almtok.quantizers.rvq --config=configs/rvq.py --workdir=/tmp/rvq \
       --config.latents_dir=/tmp/synth/latents
-  python -m almtok.tokenizers.rvq --config=configs/rvq.py:large,latents_dir=/tmp/ac/latents \
+  python -m almtok.quantizers.rvq --config=configs/rvq.py:large,latents_dir=/tmp/ac/latents \
       --workdir=/tmp/rvq_large
 
 Presets set Q (`n_q`), K (`k`), Lloyd iterations per stage and the size of the train-split

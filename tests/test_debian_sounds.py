@@ -1,4 +1,4 @@
-"""Tests for almtok.data.debian_sounds: scanning, captions, splits, clips and the TFDS build.
+"""Tests for almtok.datasets.debian_sounds: scanning, captions, splits, clips and the TFDS build.
 
 Tests that read the installed sample libraries skip when the Debian packages are missing, and
 fail instead when CI=true. Shape letters: S samples.
@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from almtok import audio
-from almtok.data import debian_samples as ds
+from almtok.datasets import debian_catalog as ds
 
 SR = audio.SAMPLE_RATE
 
@@ -240,7 +240,7 @@ def small_roots(tmp_path_factory, sources):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, small_roots):
-  from almtok.data import debian_sounds, tfds_common  # pylint: disable=g-import-not-at-top
+  from almtok.datasets import debian_sounds, tfds_common  # pylint: disable=g-import-not-at-top
   config = debian_sounds.DebianSoundsConfig(name="small", max_seconds=MAX_SECONDS)
   builder = debian_sounds.DebianSounds(roots=small_roots, config=config,
                             data_dir=str(tmp_path_factory.mktemp("tfds")))
@@ -248,7 +248,7 @@ def built(tmp_path_factory, small_roots):
 
 
 def test_builder_writes_every_usable_clip_to_its_split(built, small_roots):
-  from almtok.data import tfds_common  # pylint: disable=g-import-not-at-top
+  from almtok.datasets import tfds_common  # pylint: disable=g-import-not-at-top
   expected = {}
   for s in ds.scan_sources(small_roots):
     try:
@@ -288,7 +288,7 @@ def test_builder_is_picklable_with_its_roots(built, small_roots):
 
 
 def test_builder_without_packages_says_what_to_install(tmp_path):
-  from almtok.data import debian_sounds, tfds_common  # pylint: disable=g-import-not-at-top
+  from almtok.datasets import debian_sounds, tfds_common  # pylint: disable=g-import-not-at-top
   builder = debian_sounds.DebianSounds(roots={p: str(tmp_path / p) for p in ds.PACKAGES},
                             data_dir=str(tmp_path / "tfds"))
   with pytest.raises(ds.MissingPackagesError, match="apt-get install sonic-pi-samples"):

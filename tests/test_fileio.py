@@ -106,7 +106,7 @@ def _codebooks(value):
 
 
 def test_a_kill_between_weights_and_json_leaves_the_previous_rvq_export(tmp_path):
-  from almtok.tokenizers import rvq as rvq_lib  # pylint: disable=g-import-not-at-top
+  from almtok.quantizers import rvq as rvq_lib  # pylint: disable=g-import-not-at-top
   rvq_lib.RVQ(_codebooks(1.0)).export(tmp_path)
   before = _listing(tmp_path)
   # Export B dies when it is about to write rvq.json, after its weights are on disk.
@@ -114,7 +114,7 @@ def test_a_kill_between_weights_and_json_leaves_the_previous_rvq_export(tmp_path
       import os, signal, sys
       import numpy as np
       from almtok import fileio
-      from almtok.tokenizers import rvq as rvq_lib
+      from almtok.quantizers import rvq as rvq_lib
       write_json = fileio.atomic_json
       def die_before_the_manifest(path, obj, **kwargs):
         if os.path.basename(path) == "rvq.json":

@@ -21,7 +21,7 @@ from almtok import configlib
 from almtok import tokenizers
 from almtok.tokenizers import mel_vae
 from almtok.tokenizers import melspec
-from almtok.tokenizers import train
+from almtok.tokenizers import train_mel_vae as train
 from almtok.tokenizers import vocoder
 from configs import mel_vae as mel_vae_config
 
@@ -220,7 +220,7 @@ def test_loss_is_l1_plus_weighted_kl(exported):
 
 def test_prepare_with_the_exported_mel_vae_reads_back(trained, tmp_path):
   from almtok import prepare  # pylint: disable=g-import-not-at-top
-  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   from configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top
   config = prepare_config.get_config(
       f"synth_sounds,size=tiny,seconds=1.0,tokenizer=mel_vae,tokenizer_path={trained['workdir']}")

@@ -9,8 +9,8 @@ import pytest
 
 from almtok import audio
 from almtok import prepare
-from almtok.data import latents
-from almtok.data import pipeline
+from almtok.latents import store as latents
+from almtok.latents import pipeline
 from almtok.text.tokenizer import MiniLMTokenizer
 from configs import prepare as prepare_config
 

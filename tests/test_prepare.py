@@ -14,7 +14,7 @@ import soundfile as sf
 from almtok import audio
 from almtok import configlib
 from almtok import prepare
-from almtok.data import latents
+from almtok.latents import store as latents
 from configs import prepare as prepare_config
 
 SR = audio.SAMPLE_RATE
@@ -285,7 +285,7 @@ def test_an_interrupted_run_resumes_to_the_same_output(prepared, broken_folder, 
 
 
 def test_synth_sounds_with_the_mel_tokenizer_reads_back_normalised(tmp_path_factory):
-  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.tokenizers import mel  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("synth"))
   config = prepare_config.get_config("synth_sounds,size=tiny,seconds=1.0")

@@ -1,4 +1,4 @@
-"""Tests of the residual vector quantiser (almtok/tokenizers/rvq.py)."""
+"""Tests of the residual vector quantiser (almtok/quantizers/rvq.py)."""
 
 import json
 import os
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from almtok.data import latents as latents_lib
-from almtok.tokenizers import rvq as rvq_lib
+from almtok.latents import store as latents_lib
+from almtok.quantizers import rvq as rvq_lib
 from configs import rvq as rvq_config
 
 B, T, C, Q, K = 8, 128, 8, 4, 16

@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 
 from almtok import build_data
-from almtok.data import synthetic
-from almtok.data import tfds_common
+from almtok.datasets import synth_generator
+from almtok.datasets import tfds_common
 from configs import synth_sounds as synth_config
 
 
@@ -30,7 +30,7 @@ def test_splits_have_the_configured_sizes(built):
 
 def test_records_equal_the_generator(built):
   config, workdir, _ = built
-  from almtok.data import datasets  # pylint: disable=g-import-not-at-top
+  from almtok.datasets import registry as datasets  # pylint: disable=g-import-not-at-top
   sources = datasets.get_builder(config.dataset, os.path.join(workdir, "tfds")).as_data_source()
   seen = set()
   for split, source in sources.items():
@@ -39,8 +39,8 @@ def test_records_equal_the_generator(built):
       clip_id = tfds_common.decode_text(record["id"])
       split_name, seed = clip_id.rsplit("-", 1)
       assert split_name == split and seed.isdigit()
-      assert int(seed) in synthetic.split_seeds(split, len(source), config.dataset.seed)
-      clip = synthetic.render_clip(int(seed), seconds=1.0)
+      assert int(seed) in synth_generator.split_seeds(split, len(source), config.dataset.seed)
+      clip = synth_generator.render_clip(int(seed), seconds=1.0)
       np.testing.assert_array_equal(record["audio"], clip.wav)
       assert tfds_common.decode_text(record["caption"]) == clip.caption
       assert json.loads(tfds_common.decode_text(record["labels"])) == json.loads(

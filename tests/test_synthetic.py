@@ -15,23 +15,23 @@ import numpy as np
 import pytest
 
 from almtok import audio
-from almtok.data import synthetic
+from almtok.datasets import synth_generator
 
-SR = synthetic.DEFAULT_SAMPLE_RATE
-CUES = synthetic.VOCABULARY["cues"]
+SR = synth_generator.DEFAULT_SAMPLE_RATE
+CUES = synth_generator.VOCABULARY["cues"]
 
 
 @pytest.fixture(scope="module")
 def clips():
-  return [synthetic.render_clip(seed) for seed in range(150)]
+  return [synth_generator.render_clip(seed) for seed in range(150)]
 
 
 def _event(seconds: float = 2.0, seed: int = 0, **fixed) -> dict:
-  return synthetic.make_event(np.random.default_rng(seed), 0.0, seconds, **fixed)
+  return synth_generator.make_event(np.random.default_rng(seed), 0.0, seconds, **fixed)
 
 
 def _render(ev: dict, seed: int = 0) -> np.ndarray:
-  return synthetic.render_event(ev, SR, np.random.default_rng(seed))
+  return synth_generator.render_event(ev, SR, np.random.default_rng(seed))
 
 
 def _spectrogram(x_S: np.ndarray, n_fft: int = 2048, hop: int = 256) -> np.ndarray:
@@ -76,64 +76,64 @@ def _onsets(x_S: np.ndarray, min_spacing_s: float) -> np.ndarray:
 # API, determinism, splits.
 
 def test_module_does_not_import_tensorflow():
-  code = ("import sys, almtok.data.synthetic; "
+  code = ("import sys, almtok.datasets.synth_generator; "
           "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', "
           "'tensorflow_datasets', 'jax')]; assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_same_seed_is_bit_identical_and_seeds_differ():
-  a, b = synthetic.render_clip(1234), synthetic.render_clip(1234)
+  a, b = synth_generator.render_clip(1234), synth_generator.render_clip(1234)
   assert a.wav.tobytes() == b.wav.tobytes()
   assert a.caption == b.caption
   assert json.dumps(a.labels, sort_keys=True) == json.dumps(b.labels, sort_keys=True)
-  others = [synthetic.render_clip(s) for s in (1235, 1236, 1237)]
+  others = [synth_generator.render_clip(s) for s in (1235, 1236, 1237)]
   assert all(not np.array_equal(a.wav, o.wav) for o in others)
   assert len({a.caption} | {o.caption for o in others}) == 4
 
 
 def test_splits_are_disjoint_and_sized():
-  seeds = {s: synthetic.split_seeds(s, 2000) for s in ("train", "validation", "test")}
+  seeds = {s: synth_generator.split_seeds(s, 2000) for s in ("train", "validation", "test")}
   assert all(len(v) == len(set(v)) == 2000 for v in seeds.values())
   assert not set(seeds["train"]) & set(seeds["validation"])
   assert not set(seeds["train"]) & set(seeds["test"])
   assert not set(seeds["validation"]) & set(seeds["test"])
-  assert synthetic.split_seeds("test", 3, base_seed=10) == seeds["test"][10:13]
-  clips = list(synthetic.generate("validation", 3, seconds=2.0))
+  assert synth_generator.split_seeds("test", 3, base_seed=10) == seeds["test"][10:13]
+  clips = list(synth_generator.generate("validation", 3, seconds=2.0))
   assert [c.seed for c in clips] == seeds["validation"][:3]
   assert all(c.wav.shape == (2 * SR,) for c in clips)
   with pytest.raises(ValueError):
-    synthetic.split_seeds("dev", 3)
+    synth_generator.split_seeds("dev", 3)
   with pytest.raises(ValueError):
-    synthetic.split_seeds("train", 2**41)
+    synth_generator.split_seeds("train", 2**41)
 
 
 @pytest.mark.parametrize("seconds,sample_rate", [(1.0, 16000), (2.5, 22050), (10.0, 16000)])
 def test_other_lengths_and_rates(seconds, sample_rate):
   for seed in range(6):
-    clip = synthetic.render_clip(seed, seconds, sample_rate)
+    clip = synth_generator.render_clip(seed, seconds, sample_rate)
     assert clip.wav.shape == (round(seconds * sample_rate),)
     assert clip.labels["sample_rate"] == sample_rate
     assert all(0.0 <= ev["start_s"] < ev["end_s"] <= seconds for ev in clip.labels["events"])
-    assert audio.peak(clip.wav) <= synthetic.PEAK
+    assert audio.peak(clip.wav) <= synth_generator.PEAK
 
 
 def test_clip_format(clips):
   for clip in clips:
     assert clip.wav.dtype == np.float32 and clip.wav.shape == (4 * SR,)
     assert np.all(np.isfinite(clip.wav))
-    assert 0.1 < audio.peak(clip.wav) <= synthetic.PEAK
+    assert 0.1 < audio.peak(clip.wav) <= synth_generator.PEAK
     assert json.loads(json.dumps(clip.labels)) == clip.labels
     assert clip.caption and clip.caption[0].isupper()
 
 
 def test_content_covers_the_vocabulary(clips):
   events = [ev for c in clips for ev in c.labels["events"]]
-  assert {ev["kind"] for ev in events} == set(synthetic.KINDS)
-  assert {ev["envelope"] for ev in events} == set(synthetic.ENVELOPES)
-  assert {c.labels["relation"] for c in clips} == set(synthetic.RELATIONS)
+  assert {ev["kind"] for ev in events} == set(synth_generator.KINDS)
+  assert {ev["envelope"] for ev in events} == set(synth_generator.ENVELOPES)
+  assert {c.labels["relation"] for c in clips} == set(synth_generator.RELATIONS)
   assert {len(c.labels["events"]) for c in clips} == {1, 2, 3}
-  assert any(g["end_s"] - g["start_s"] >= synthetic.PAUSE_S for c in clips
+  assert any(g["end_s"] - g["start_s"] >= synth_generator.PAUSE_S for c in clips
              for g in c.labels["gaps"])
 
 
@@ -141,13 +141,13 @@ def test_content_covers_the_vocabulary(clips):
 # Labels: complete, consistent, and enough to re-render the clip.
 
 def test_labels_are_complete_and_consistent(clips):
-  vocab = synthetic.VOCABULARY
+  vocab = synth_generator.VOCABULARY
   for clip in clips:
     labels = clip.labels
     events = labels["events"]
     assert [ev["start_s"] for ev in events] == sorted(ev["start_s"] for ev in events)
     for ev in events:
-      assert set(ev) == set(synthetic.EVENT_KEYS)
+      assert set(ev) == set(synth_generator.EVENT_KEYS)
       kind = ev["kind"]
       assert (ev["register"] in vocab["registers"]) == (kind in ("tone", "chord", "arpeggio"))
       assert (ev["waveform"] in vocab["waveforms"]) == (kind in ("tone", "chord", "arpeggio",
@@ -165,7 +165,7 @@ def test_labels_are_complete_and_consistent(clips):
       if kind == "arpeggio":
         steps = np.diff(ev["notes_hz"])
         assert np.all(steps > 0) if ev["direction"] == "rising" else np.all(steps < 0)
-      if synthetic.is_pulsed(ev):
+      if synth_generator.is_pulsed(ev):
         lo, hi = vocab["tempos"][ev["tempo"]]
         assert lo <= ev["bpm"] <= hi
         assert len(ev["onsets_s"]) >= 3
@@ -188,26 +188,26 @@ def test_labels_are_complete_and_consistent(clips):
 def test_labels_re_render_the_clip(clips):
   for clip in clips[:40]:
     labels = clip.labels
-    wav_S, events = synthetic.mix(labels["events"], labels["seconds"], labels["sample_rate"],
+    wav_S, events = synth_generator.mix(labels["events"], labels["seconds"], labels["sample_rate"],
                                   clip.seed)
     np.testing.assert_allclose(wav_S, clip.wav, atol=1e-6)
     for i, ev in enumerate(events):
-      seg_N = synthetic.render_event(ev, SR, np.random.default_rng([clip.seed, i]))
+      seg_N = synth_generator.render_event(ev, SR, np.random.default_rng([clip.seed, i]))
       assert audio.peak(seg_N) == pytest.approx(10 ** (ev["gain_db"] / 20), rel=1e-5)
 
 
 def test_mix_scales_loud_overlaps_and_updates_gains():
   rng = np.random.default_rng(0)
-  events = [synthetic.make_event(rng, 0.0, 1.5, kind="noise", color="white", gain_db=-1.0,
+  events = [synth_generator.make_event(rng, 0.0, 1.5, kind="noise", color="white", gain_db=-1.0,
                                  envelope="sustained"),
-            synthetic.make_event(rng, 0.5, 1.0, kind="tone", gain_db=-1.0,
+            synth_generator.make_event(rng, 0.5, 1.0, kind="tone", gain_db=-1.0,
                                  envelope="sustained")]
-  wav_S, scaled = synthetic.mix(events, 2.0, SR, seed=3)
-  assert audio.peak(wav_S) == pytest.approx(synthetic.PEAK, rel=1e-5)
-  assert audio.peak(wav_S) <= synthetic.PEAK
+  wav_S, scaled = synth_generator.mix(events, 2.0, SR, seed=3)
+  assert audio.peak(wav_S) == pytest.approx(synth_generator.PEAK, rel=1e-5)
+  assert audio.peak(wav_S) <= synth_generator.PEAK
   shift = [b["gain_db"] - a["gain_db"] for a, b in zip(events, scaled)]
   assert shift[0] < 0 and shift[0] == pytest.approx(shift[1])
-  again_S, same = synthetic.mix(scaled, 2.0, SR, seed=3)
+  again_S, same = synth_generator.mix(scaled, 2.0, SR, seed=3)
   np.testing.assert_allclose(again_S, wav_S, atol=1e-6)
   assert [ev["gain_db"] for ev in same] == pytest.approx([ev["gain_db"] for ev in scaled],
                                                         abs=1e-6)
@@ -229,9 +229,9 @@ def test_silences_are_silent_and_events_are_not(clips):
 # ----------------------------------------------------------------------------------------------
 # The audio matches its labels.
 
-@pytest.mark.parametrize("waveform", synthetic.WAVEFORMS)
+@pytest.mark.parametrize("waveform", synth_generator.WAVEFORMS)
 def test_chirp_direction(waveform):
-  for direction in synthetic.DIRECTIONS:
+  for direction in synth_generator.DIRECTIONS:
     for seed in range(3):
       ev = _event(1.5, seed, kind="chirp", waveform=waveform, direction=direction,
                   envelope="sustained")
@@ -245,7 +245,7 @@ def test_chirp_direction(waveform):
 
 
 def test_chirp_direction_on_log_mel():
-  for direction in synthetic.DIRECTIONS:
+  for direction in synth_generator.DIRECTIONS:
     ev = _event(2.0, 1, kind="chirp", waveform="saw", direction=direction, envelope="sustained")
     mel_MxF = audio.log_mel(_render(ev).astype(np.float32))[:, 5:-5]
     peak_bin_F = np.argmax(mel_MxF, axis=0)
@@ -255,10 +255,10 @@ def test_chirp_direction_on_log_mel():
     assert abs(np.corrcoef(np.arange(peak_bin_F.size), peak_bin_F)[0, 1]) > 0.9
 
 
-@pytest.mark.parametrize("register", list(synthetic.REGISTERS))
+@pytest.mark.parametrize("register", list(synth_generator.REGISTERS))
 def test_register_sets_the_dominant_frequency(register):
-  lo, hi = synthetic.REGISTERS[register]
-  for waveform in synthetic.WAVEFORMS:
+  lo, hi = synth_generator.REGISTERS[register]
+  for waveform in synth_generator.WAVEFORMS:
     for seed in range(4):
       tone = _event(1.0, seed, kind="tone", register=register, waveform=waveform,
                     envelope="sustained")
@@ -271,7 +271,7 @@ def test_register_sets_the_dominant_frequency(register):
 
 
 def test_arpeggio_plays_its_notes_in_order():
-  for direction in synthetic.DIRECTIONS:
+  for direction in synth_generator.DIRECTIONS:
     for envelope in ("staccato", "sustained"):
       ev = _event(3.0, 2, kind="arpeggio", direction=direction, envelope=envelope,
                   register="mid", waveform="square", tempo="medium")
@@ -294,7 +294,7 @@ def _spectral_slope(x_S: np.ndarray) -> float:
 
 def test_noise_colors_have_their_spectral_slopes():
   slopes = {}
-  for color in synthetic.COLORS:
+  for color in synth_generator.COLORS:
     ev = _event(2.0, 3, kind="noise", color=color, envelope="sustained")
     slopes[color] = _spectral_slope(_render(ev, seed=5))
   assert slopes["white"] == pytest.approx(0.0, abs=0.15)
@@ -309,11 +309,11 @@ def test_noise_colors_have_their_spectral_slopes():
     ("noise", {"envelope": "staccato", "color": "pink"}),
     ("chord", {"envelope": "staccato", "register": "low"})])
 def test_pulses_fall_on_the_beat(kind, extra):
-  for tempo in synthetic.TEMPOS:
+  for tempo in synth_generator.TEMPOS:
     fixed = {"envelope": "sustained", **extra}
-    ev = synthetic.make_event(np.random.default_rng(4), 0.25, 3.5, kind=kind, tempo=tempo,
+    ev = synth_generator.make_event(np.random.default_rng(4), 0.25, 3.5, kind=kind, tempo=tempo,
                               **fixed)
-    wav_S, _ = synthetic.mix([ev], 4.0, SR, seed=9)
+    wav_S, _ = synth_generator.mix([ev], 4.0, SR, seed=9)
     beat = 60.0 / ev["bpm"]
     found = _onsets(wav_S, 0.5 * beat)
     assert found.size == len(ev["onsets_s"]) >= 3, (ev, found)
@@ -382,7 +382,7 @@ def _caption_problems(caption: str, labels: dict) -> list[str]:
       problems.append(f"single clip says {other}")
   if relation == "sequence" and _mentions(caption, CUES["relation"]["overlap"]):
     problems.append("sequence clip says overlap")
-  pause = any(g["end_s"] - g["start_s"] >= synthetic.PAUSE_S for g in labels["gaps"])
+  pause = any(g["end_s"] - g["start_s"] >= synth_generator.PAUSE_S for g in labels["gaps"])
   if pause != _mentions(caption, CUES["pause"]):
     problems.append(f"pause={pause}")
   if relation == "single":
@@ -398,7 +398,7 @@ def _caption_problems(caption: str, labels: dict) -> list[str]:
 def test_captions_name_their_labels(clips):
   failures = []
   for clip in clips:
-    captions = [clip.caption] + [synthetic.describe(clip.labels, np.random.default_rng(k))
+    captions = [clip.caption] + [synth_generator.describe(clip.labels, np.random.default_rng(k))
                                  for k in range(4)]
     for caption in captions:
       problems = _caption_problems(caption, clip.labels)
@@ -410,20 +410,20 @@ def test_captions_name_their_labels(clips):
 def test_single_event_captions_are_precise():
   """Every kind and envelope alone, many wordings: nothing contradicts the labels."""
   rng = np.random.default_rng(0)
-  for kind, envelopes in synthetic.VOCABULARY["envelopes_of"].items():
+  for kind, envelopes in synth_generator.VOCABULARY["envelopes_of"].items():
     for envelope in envelopes:
       for _ in range(6):
-        ev = synthetic.make_event(rng, 0.1, 3.5, kind=kind, envelope=envelope)
+        ev = synth_generator.make_event(rng, 0.1, 3.5, kind=kind, envelope=envelope)
         labels = {"events": [ev], "relation": "single", "gaps": []}
         for k in range(8):
-          caption = synthetic.describe(labels, np.random.default_rng(k))
+          caption = synth_generator.describe(labels, np.random.default_rng(k))
           assert not _caption_problems(caption, labels), (caption, ev)
 
 
 def test_captions_vary_for_the_same_attributes():
   ev = _event(2.0, 0, kind="tone", register="high", waveform="sine", envelope="fade_out")
   labels = {"events": [ev], "relation": "single", "gaps": []}
-  captions = {synthetic.describe(labels, np.random.default_rng(k)) for k in range(40)}
+  captions = {synth_generator.describe(labels, np.random.default_rng(k)) for k in range(40)}
   assert len(captions) >= 25
   # The register word itself varies too: the caption is no fixed key for the attributes.
   words = {w for c in captions for w in ("shrill", "piercing", "high-pitched", "treble")
@@ -431,9 +431,10 @@ def test_captions_vary_for_the_same_attributes():
   assert len(words) >= 3
 
   seq = [_event(1.0, 0, kind="chirp", direction="rising"),
-         synthetic.make_event(np.random.default_rng(1), 1.6, 3.0, kind="noise", color="brown")]
+         synth_generator.make_event(np.random.default_rng(1), 1.6, 3.0, kind="noise",
+                                    color="brown")]
   labels = {"events": seq, "relation": "sequence", "gaps": [{"start_s": 1.0, "end_s": 1.6}]}
-  captions = {synthetic.describe(labels, np.random.default_rng(k)) for k in range(40)}
+  captions = {synth_generator.describe(labels, np.random.default_rng(k)) for k in range(40)}
   assert len(captions) >= 35
 
 

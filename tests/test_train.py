@@ -38,8 +38,8 @@ from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
 from almtok import train
-from almtok.data import latents as latents_lib
-from almtok.data import pipeline
+from almtok.latents import store as latents_lib
+from almtok.latents import pipeline
 from configs import synth_small
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

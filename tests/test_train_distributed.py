@@ -117,7 +117,7 @@ print(json.dumps(dict(out, max_param_diff=diff, accum_loss=[accum_out[k][0] for 
 _TWO_SHARDS_SCRIPT = r"""
 import numpy as np
 from almtok import configlib, train
-from almtok.data import pipeline
+from almtok.latents import pipeline
 
 make_dataset = pipeline.make_dataset
 

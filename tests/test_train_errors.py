@@ -106,7 +106,7 @@ def test_a_split_smaller_than_the_batch_is_evaluated_and_sampled(tiny_lm, tiny_l
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from almtok import events  # pylint: disable=g-import-not-at-top
-  from almtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.text.cache import TextEmbeddingCache  # pylint: disable=g-import-not-at-top
   from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
 

@@ -22,7 +22,7 @@ from almtok import configlib
 from almtok import fileio
 from almtok import generate
 from almtok import sample
-from almtok.data import latents as latents_lib
+from almtok.latents import store as latents_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out/lm", "a training workdir")
 _HELD_OUT = flags.DEFINE_integer("held_out", 8, "test captions to generate")

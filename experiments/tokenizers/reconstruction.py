@@ -51,7 +51,7 @@ def snr_db(mel_MxF: np.ndarray, mel_hat_MxF: np.ndarray) -> float:
 
 def load_test_clips(data_dir: str, max_clips: int) -> dict[str, list[np.ndarray]]:
   """{dataset: [waveform S]} of the two test splits."""
-  from almtok.data import datasets  # pylint: disable=g-import-not-at-top
+  from almtok.datasets import registry as datasets  # pylint: disable=g-import-not-at-top
   from configs import mel_vae as mel_vae_config  # pylint: disable=g-import-not-at-top
   config = mel_vae_config.get_config("default")
   clips = {}

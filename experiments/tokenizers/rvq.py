@@ -6,7 +6,7 @@ r"""Quantisation error of residual VQ over prepared latents: relative MSE and me
       --latents_dir=/work/runs/prep_synth_small_mel/latents --fits=4x256,8x1024 \
       --out=/work/runs/rvq_synth_small_mel
 
-Each `QxK` in --fits is one fit (`almtok.tokenizers.rvq.fit`) of Q stages of K codes on
+Each `QxK` in --fits is one fit (`almtok.quantizers.rvq.fit`) of Q stages of K codes on
 --num_vectors train-split vectors (all of them when the split has fewer), --iters Lloyd
 iterations per stage. Fitting is greedy, stage by stage, so the first q < Q stages of a fit are
 the q-stage quantiser that a fit with the same draws would give: every prefix is reported.
@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from almtok import tokenizers
-from almtok.data import latents as latents_lib
-from almtok.data import pipeline
-from almtok.tokenizers import rvq as rvq_lib
+from almtok.latents import store as latents_lib
+from almtok.latents import pipeline
+from almtok.quantizers import rvq as rvq_lib
 
 _LATENTS_DIR = flags.DEFINE_string("latents_dir", "/work/runs/prep_synth_small_mel/latents",
                                    "A prepared dataset's latents folder.")

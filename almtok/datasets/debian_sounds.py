@@ -1,6 +1,6 @@
 """TFDS builder `debian_sounds`: the captioned sample libraries of three Debian packages.
 
-Scanning, captioning, splits and clip loading live in `debian_samples.py` (no TensorFlow).
+Scanning, captioning, splits and clip loading live in `debian_catalog.py` (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from almtok import audio
-from almtok.data import tfds_common
-from almtok.data.debian_samples import (MIN_SECONDS, PACKAGES, SPLIT_PERCENT, DEFAULT_ROOTS,
+from almtok.datasets import tfds_common
+from almtok.datasets.debian_catalog import (MIN_SECONDS, PACKAGES, SPLIT_PERCENT, DEFAULT_ROOTS,
                                         SoundSource, labels_json, load_clip, require_packages,
                                         scan_sources, subset)
 

@@ -1,4 +1,4 @@
-"""The Grain input pipeline over prepared latents (see `almtok/data/latents.py`).
+"""The Grain input pipeline over prepared latents (see `almtok/latents/store.py`).
 
 `make_dataset` reads one split's ArrayRecord shards and yields batches:
 
@@ -37,7 +37,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from almtok.data import latents
+from almtok.latents import store as latents
 from almtok.text.tokenizer import MiniLMTokenizer
 
 

@@ -7,7 +7,7 @@ import os
 import ml_collections
 import tensorflow_datasets as tfds
 
-from almtok.data import tfds_common
+from almtok.datasets import tfds_common
 
 NAMES = ("synth_sounds", "debian_sounds")
 
@@ -16,7 +16,7 @@ def get_builder(dataset: ml_collections.ConfigDict, data_dir: str) -> tfds.core.
   """The builder that `dataset` (a config's `dataset` block) names, rooted at `data_dir`."""
   data_dir = os.path.expanduser(data_dir)
   if dataset.name == "synth_sounds":
-    from almtok.data import synth_sounds  # pylint: disable=g-import-not-at-top
+    from almtok.datasets import synth_sounds  # pylint: disable=g-import-not-at-top
     config = synth_sounds.make_config(
         seconds=dataset.seconds, sample_rate=dataset.sample_rate, num_train=dataset.num_train,
         num_validation=dataset.num_validation, num_test=dataset.num_test, seed=dataset.seed)
@@ -25,7 +25,7 @@ def get_builder(dataset: ml_collections.ConfigDict, data_dir: str) -> tfds.core.
     return synth_sounds.SynthSounds(config=predefined.get(config.name, config),
                                     data_dir=data_dir)
   if dataset.name == "debian_sounds":
-    from almtok.data import debian_sounds  # pylint: disable=g-import-not-at-top
+    from almtok.datasets import debian_sounds  # pylint: disable=g-import-not-at-top
     config = debian_sounds.DebianSoundsConfig(
         name=f"sr{dataset.sample_rate}_max{dataset.max_seconds:g}".replace(".", "p"),
         sample_rate=dataset.sample_rate, max_seconds=dataset.max_seconds)

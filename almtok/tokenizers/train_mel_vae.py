@@ -1,7 +1,8 @@
 r"""Trains the mel-VAE tokenizer and exports it for `tokenizers.get("mel_vae", path=...)`.
 
-  python -m almtok.tokenizers.train --config=configs/mel_vae.py --workdir=/work/runs/mel_vae
-  python -m almtok.tokenizers.train --config=configs/mel_vae.py:tiny --workdir=/tmp/mel_vae_tiny
+  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py --workdir=/work/runs/mel_vae
+  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py:tiny \
+      --workdir=/tmp/mel_vae_tiny
 
 Builds synth_sounds (and debian_sounds when `data.debian_prob` > 0) into `data_dir`, holds every
 clip's log-mel in memory, and trains on random crops of `train.crop_frames` frames with AdamW.
@@ -92,7 +93,8 @@ def clip_mels(source: Any) -> list[np.ndarray]:
 def load_clips(config: ml_collections.ConfigDict,
                data_dir: str) -> dict[str, dict[str, list[np.ndarray]]]:
   """{source: {split: [mel M x F per clip]}} for the train and validation splits."""
-  from almtok.data import datasets  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  # Imports TensorFlow, so only here.
+  from almtok.datasets import registry as datasets  # pylint: disable=g-import-not-at-top
   wanted = {"synth": config.synth}
   if config.data.debian_prob > 0:
     wanted["debian"] = config.debian

@@ -7,9 +7,9 @@ is a coarser quantiser. It works on the latents exactly as the data pipeline yie
 see the same inputs. Codebooks are fitted stage by stage with k-means (k-means++ or random-sample
 initialisation, then Lloyd iterations) on a sample of train-split vectors.
 
-  python -m almtok.tokenizers.rvq --config=configs/rvq.py --workdir=/tmp/rvq \
+  python -m almtok.quantizers.rvq --config=configs/rvq.py --workdir=/tmp/rvq \
       --config.latents_dir=/tmp/synth/latents
-  python -m almtok.tokenizers.rvq --config=configs/rvq.py:default --workdir=/tmp/rvq8 \
+  python -m almtok.quantizers.rvq --config=configs/rvq.py:default --workdir=/tmp/rvq8 \
       --config.latents_dir=/tmp/synth/latents --config.n_q=8
 
 The CLI writes the codebooks as an orbax checkpoint in <workdir>/checkpoint (`RVQ.load`) and as
@@ -42,7 +42,7 @@ from safetensors import numpy as st_numpy
 from almtok import checkpoint
 from almtok import configlib
 from almtok import fileio
-from almtok.data import latents as latents_lib
+from almtok.latents import store as latents_lib
 
 Array = jax.Array
 

@@ -1,4 +1,4 @@
-"""TFDS builder `synth_sounds`: the embedded synthetic captioned sounds (see `synthetic.py`).
+"""TFDS builder `synth_sounds`: the embedded synthetic captioned sounds (see `synth_generator.py`).
 
 Each builder config fixes clip length, sample rate, split sizes and the base seed, and its name
 encodes them, so builds with different settings live side by side in one data_dir.
@@ -11,8 +11,8 @@ import json
 
 import tensorflow_datasets as tfds
 
-from almtok.data import synthetic
-from almtok.data import tfds_common
+from almtok.datasets import synth_generator
+from almtok.datasets import tfds_common
 
 SPLITS = ("train", "validation", "test")
 
@@ -60,7 +60,7 @@ class SynthSounds(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, size: int):
     cfg = self.builder_config
-    for clip in synthetic.generate(split, size, seconds=cfg.seconds,
+    for clip in synth_generator.generate(split, size, seconds=cfg.seconds,
                                    sample_rate=cfg.sample_rate, base_seed=cfg.seed):
       key = f"{split}-{clip.seed}"
       yield key, {

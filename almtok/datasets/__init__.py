@@ -1,0 +1,1 @@
+"""1. Captioned raw audio: the synthetic generator, the Debian sound catalog, their TFDS builders."""

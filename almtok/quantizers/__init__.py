@@ -1,0 +1,1 @@
+"""Discretisers over continuous latents (residual VQ) for the discrete baseline."""
