@@ -43,6 +43,7 @@ from almtok import fileio
 from almtok import plotting
 from almtok import sample
 from almtok import state as state_lib
+from almtok.latents import store as latents_lib
 from configs import continuous_lm as lm_config
 
 
@@ -74,7 +75,6 @@ def define_flags() -> None:
 def held_out(latents_dir: str, count: int) -> tuple[list[str], np.ndarray, np.ndarray]:
   """The first `count` captions of a prepared dataset's test split (clips the model never saw),
   with their normalised latents [B, L, C] and token masks [B, L], for reference."""
-  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
   from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   stats = latents_lib.read_stats(latents_dir)
   size = int(stats["splits"].get("test", {}).get("records", 0))
@@ -182,8 +182,6 @@ def generate(workdir: str, captions: list[str], seconds: float,
   (`model_settings`); every argument is checked before the model is loaded.
   """
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
-  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
-  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
 
   raw = load_run_config(workdir)
@@ -191,7 +189,7 @@ def generate(workdir: str, captions: list[str], seconds: float,
   check_compatible(raw, stats)
   settings = model_settings(settings, raw, workdir)
   config = ml_collections.ConfigDict(raw)
-  tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
+  tokenizer = tokenizers.from_stats(stats)
   num_tokens = int(round(seconds * tokenizer.frame_rate))
   if num_tokens < 1:
     raise configlib.ConfigError(f"--seconds={seconds:g}: shorter than one token "
@@ -203,7 +201,7 @@ def generate(workdir: str, captions: list[str], seconds: float,
   prompt = None
   if prompt_wav is not None:
     x = np.asarray(tokenizer.encode(prompt_wav[None].astype(np.float32)))
-    prompt = np.repeat(pipeline.normalise(x, stats), len(captions), axis=0)
+    prompt = np.repeat(latents_lib.normalise(x, stats), len(captions), axis=0)
     if prompt.shape[1] >= num_tokens:
       raise configlib.ConfigError(f"the prompt covers {prompt.shape[1]} of the {num_tokens} "
                                   f"tokens: nothing is left to generate")
@@ -220,7 +218,7 @@ def generate(workdir: str, captions: list[str], seconds: float,
   text = TextEncoder(max_len=config.model.text_len).encode_for_lm(captions)
   x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
                        progress=progress)
-  wav = np.asarray(tokenizer.decode(pipeline.denormalise(x, stats)))
+  wav = np.asarray(tokenizer.decode(latents_lib.denormalise(x, stats)))
   used = dict(dataclasses.asdict(settings), seed=seed, seconds=seconds, captions=captions,
               workdir=os.path.abspath(workdir), num_tokens=num_tokens,
               prompt_tokens=0 if prompt is None else prompt.shape[1])
@@ -231,10 +229,9 @@ def reference_audio(workdir: str, x_BxLxC: np.ndarray, mask_BxL: np.ndarray) -> 
   """Held-out clips as the run's tokenizer and vocoder give them back (the path generated
   audio takes), to set generated levels beside."""
   from almtok import tokenizers  # pylint: disable=g-import-not-at-top
-  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   stats = state_lib.run_stats(workdir)
-  tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
-  wav = np.asarray(tokenizer.decode(pipeline.denormalise(x_BxLxC, stats)))
+  tokenizer = tokenizers.from_stats(stats)
+  wav = np.asarray(tokenizer.decode(latents_lib.denormalise(x_BxLxC, stats)))
   per_token = wav.shape[1] // x_BxLxC.shape[1]
   return [w[:int(m.sum()) * per_token] for w, m in zip(wav, mask_BxL)]
 

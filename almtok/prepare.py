@@ -65,11 +65,6 @@ from almtok import fileio
 from almtok.latents import store as latents
 from almtok.tokenizers import AudioTokenizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Preparation config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                                "Output directory; latents go to <workdir>/latents.")
-
 TFDS_NAMES = ("synth_sounds", "debian_sounds")
 FOLDER_NAMES = ("audiocaps",)
 NAMES = TFDS_NAMES + FOLDER_NAMES
@@ -619,15 +614,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                   f"{[key for _, key in CSV_SPLITS]}")
 
 
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so that tests can import this)."""
+  config_flags.DEFINE_config_file("config", None, "Preparation config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory; latents go to <workdir>/latents.")
+  flags.mark_flags_as_required(["config"])
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
-  config = _CONFIG.value
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   check_config(config)
-  if not _WORKDIR.value:
+  if not workdir:
     raise configlib.ConfigError("--workdir is required")
   tokenizer = make_tokenizer(config.tokenizer)
   logging.set_verbosity(logging.WARNING)
-  stats = prepare(config, _WORKDIR.value, tokenizer=tokenizer)
+  stats = prepare(config, workdir, tokenizer=tokenizer)
   for split, s in stats["splits"].items():
     print(f"  {split:<10} {s['records']:>7} records  {s['skipped']:>5} skipped  "
           f"{s['tokens']:>9} tokens  {s['seconds'] / 3600:8.3f} h  {len(s['shards'])} shards")
@@ -638,5 +640,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  define_flags()
   configlib.run(main)

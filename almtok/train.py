@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import fnmatch
-import functools
 import json
 import os
 import signal
@@ -414,8 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.train.sample_every:
       from almtok import plotting, sample, tokenizers  # pylint: disable=g-import-not-at-top
       from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
-      stats = pipeline.load_stats(config.data.latents_dir)
-      audio_tokenizer = tokenizers.get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
+      stats = latents_lib.read_stats(config.data.latents_dir)
+      audio_tokenizer = tokenizers.from_stats(stats)
       first = next(iter(pipeline.make_dataset(
           config.data.latents_dir, "validation", seq_len=config.data.seq_len,
           batch_size=config.train.sample_captions, shuffle=False, repeat=False,
@@ -431,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sampler.params = state["ema"]
       x = sampler.generate(sample_text, config.data.seq_len, jax.random.PRNGKey(config.seed),
                            progress=False)
-      wavs = np.asarray(audio_tokenizer.decode(pipeline.denormalise(x, stats)))
+      wavs = np.asarray(audio_tokenizer.decode(latents_lib.denormalise(x, stats)))
       rate = audio_tokenizer.sample_rate
       writer.write_audios(step, {f"samples/audio_{i}": w[None, :, None]
                                  for i, w in enumerate(wavs)},

@@ -129,7 +129,7 @@ def test_crops_are_windows_of_the_stored_latents(latents_dir, stored):
 
 def test_normalised_with_train_stats_and_denormalise_inverts(latents_dir, stored):
   stored_latents, _ = stored
-  stats = pipeline.load_stats(latents_dir)
+  stats = latents.read_stats(latents_dir)
   ds = _make(latents_dir, seq_len=64, shuffle=False, repeat=False, batch_size=6)
   batches = list(ds)
   assert len(batches) == NUM_TRAIN // 6
@@ -140,12 +140,12 @@ def test_normalised_with_train_stats_and_denormalise_inverts(latents_dir, stored
   np.testing.assert_allclose(x_NxC.std(0), 1.0, atol=1e-5)
   batch = batches[0]
   for x_BxLxC in (batch["x_BxLxC"], jnp.asarray(batch["x_BxLxC"])):  # numpy and JAX arrays.
-    raw_BxLxC = np.asarray(pipeline.denormalise(x_BxLxC, stats))
+    raw_BxLxC = np.asarray(latents.denormalise(x_BxLxC, stats))
     for b, clip_id in enumerate(batch["id"]):
       t = stored_latents[clip_id].shape[0]
       np.testing.assert_allclose(raw_BxLxC[b, :t], stored_latents[clip_id], rtol=1e-5,
                                  atol=1e-5)
-  np.testing.assert_allclose(pipeline.denormalise(np.zeros((2, C)), latents_dir),
+  np.testing.assert_allclose(latents.denormalise(np.zeros((2, C)), stats),
                              np.broadcast_to(stats["mean"], (2, C)), rtol=1e-6)
 
 

@@ -15,7 +15,6 @@ that it never takes accelerator memory from JAX.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 tf.config.set_visible_devices([], "GPU")
-
-DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
-
 
 def clip_features(sample_rate: int) -> tfds.features.FeaturesDict:
   """The features every almtok audio builder yields."""
@@ -45,11 +41,6 @@ def build(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
       download_config=tfds.download.DownloadConfig(try_download_gcs=False),
   )
   return builder
-
-
-def data_sources(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
-  """Random-access sources per split, readable by `grain.MapDataset.source`."""
-  return builder.as_data_source()
 
 
 def decode_text(value: Any) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import math
-import os
 from typing import Any
 
 import grain
@@ -63,19 +62,19 @@ class ProcessShard:
 class DecodeAndNormalise(grain.transforms.Map):
   """Serialised record -> {"x_TxC" normalised float32, "id", "caption", "valid"}."""
 
-  def __init__(self, mean_C: np.ndarray, std_C: np.ndarray, normalise: bool):
-    self._mean_C = np.asarray(mean_C, np.float32)
-    self._inv_std_C = np.asarray(1.0 / np.asarray(std_C, np.float64), np.float32)
+  def __init__(self, stats: Mapping[str, Any], normalise: bool):
+    self._stats = {"mean": stats["mean"], "std": stats["std"]}
+    self._channels = len(stats["mean"])
     self._normalise = normalise
 
   def map(self, element: bytes) -> dict[str, Any]:
     if not element:  # Padding row of a finite split.
-      return {"x_TxC": np.zeros((0, self._mean_C.size), np.float32), "id": "", "caption": "",
+      return {"x_TxC": np.zeros((0, self._channels), np.float32), "id": "", "caption": "",
               "valid": False}
     record = latents.decode_record(element)
     x_TxC = record.latents.astype(np.float32)
     if self._normalise:
-      x_TxC = (x_TxC - self._mean_C[None, :]) * self._inv_std_C[None, :]
+      x_TxC = latents.normalise(x_TxC, self._stats)
     return {"x_TxC": x_TxC, "id": record.id, "caption": record.caption, "valid": True}
 
 
@@ -203,8 +202,7 @@ def make_dataset(latents_dir: str, split: str, *, seq_len: int, batch_size: int,
     ds = ds.shuffle(seed=seed)
   if repeat:
     ds = ds.repeat(None)
-  mean_C, std_C = latents.normaliser(stats)
-  ds = ds.map(DecodeAndNormalise(mean_C, std_C, normalise))
+  ds = ds.map(DecodeAndNormalise(stats, normalise))
   if random_crop:
     # Seeded apart from the shuffle; grain seeds each element's generator with the seed and
     # the element's index, so crops do not depend on how far an iterator has run.
@@ -221,28 +219,4 @@ def make_dataset(latents_dir: str, split: str, *, seq_len: int, batch_size: int,
                                               prefetch_buffer_size=max(2 * batch_size, 16)))
 
 
-def load_stats(latents_dir: str) -> dict[str, Any]:
-  """stats.json of a prepared dataset (mean, std, counts, tokenizer, frame rate)."""
-  return latents.read_stats(latents_dir)
 
-
-def normalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
-  """The pipeline's normalisation, (x - mean) / std over the last axis (e.g. for a prompt)."""
-  if isinstance(stats, (str, os.PathLike)):
-    stats = load_stats(os.fspath(stats))
-  mean_C, std_C = latents.normaliser(stats)
-  shape = (1,) * (x_xC.ndim - 1) + (mean_C.size,)
-  return (x_xC - mean_C.reshape(shape)) / std_C.reshape(shape)
-
-
-def denormalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
-  """Inverse of the pipeline's normalisation: x * std + mean over the last axis.
-
-  Works on numpy and JAX arrays of any rank (the sampler's latents before `tokenizer.decode`).
-  `stats` is stats.json's content (`load_stats`) or a latents folder path.
-  """
-  if isinstance(stats, (str, os.PathLike)):
-    stats = load_stats(os.fspath(stats))
-  mean_C, std_C = latents.normaliser(stats)
-  shape = (1,) * (x_xC.ndim - 1) + (mean_C.size,)
-  return x_xC * std_C.reshape(shape) + mean_C.reshape(shape)

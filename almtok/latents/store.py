@@ -5,7 +5,7 @@ A prepared dataset is a folder (`<workdir>/latents/`):
   config.json                                 what produced it; a resumed run must match it
   <split>/<split>-KKKKK-of-NNNNN.array_record  the records of shard K of the split's inputs
   <split>/<split>-KKKKK-of-NNNNN.json          the shard's manifest: records, skips, moments
-  stats.json                                  written once every shard is done (see `Stats`)
+  stats.json                                  written once every shard is done (`read_stats`)
   skipped.jsonl                               one line per input that has no record
 
 Shard K holds the records of inputs [K * inputs_per_shard, (K + 1) * inputs_per_shard) of its
@@ -231,11 +231,30 @@ def normaliser(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
 
 
+def _over_last_axis(a_C: np.ndarray, ndim: int) -> np.ndarray:
+  return a_C.reshape((1,) * (ndim - 1) + (a_C.size,))
+
+
+def normalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
+  """The one normalisation of latents: (x - mean) * (1 / std) per channel over the last axis,
+  float32 (1 / std taken in float64), on numpy or JAX arrays of any rank. The training
+  pipeline, prompts, quantisers and bounds all go through it, so they agree to the bit."""
+  mean_C, std_C = normaliser(stats)
+  inv_std_C = np.asarray(1.0 / np.asarray(std_C, np.float64), np.float32)
+  x_xC = x_xC.astype(np.float32) if hasattr(x_xC, "astype") else np.asarray(x_xC, np.float32)
+  return (x_xC - _over_last_axis(mean_C, x_xC.ndim)) * _over_last_axis(inv_std_C, x_xC.ndim)
+
+
+def denormalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
+  """The inverse of `normalise`: x * std + mean over the last axis (numpy or JAX, any rank)."""
+  mean_C, std_C = normaliser(stats)
+  return x_xC * _over_last_axis(std_C, x_xC.ndim) + _over_last_axis(mean_C, x_xC.ndim)
+
+
 def data_range(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
   """(lo_C, hi_C): the range of each channel of the normalised train latents, float32, or None
   for a dataset prepared before almtok recorded it."""
   if "min" not in stats or "max" not in stats:
     return None
-  mean_C, std_C = normaliser(stats)
-  return ((np.asarray(stats["min"], np.float32) - mean_C) / std_C,
-          (np.asarray(stats["max"], np.float32) - mean_C) / std_C)
+  return (normalise(np.asarray(stats["min"], np.float32), stats),
+          normalise(np.asarray(stats["max"], np.float32), stats))

@@ -386,13 +386,6 @@ def stage_errors(rvq: RVQ, x_NxC: Array, chunk: int = DEFAULT_CHUNK) -> Array:
   return err_Q / jnp.maximum(jnp.sum(jnp.square(x_NxC)), 1e-30)
 
 
-def normalise(x_TxC: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-  """Latents as the data pipeline normalises them (float32)."""
-  mean_C, std_C = latents_lib.normaliser(stats)
-  inv_std_C = np.asarray(1.0 / np.asarray(std_C, np.float64), np.float32)
-  return (np.asarray(x_TxC, np.float32) - mean_C[None, :]) * inv_std_C[None, :]
-
-
 def read_clips(latents_dir: str, split: str, *, normalised: bool = True,
                max_clips: int | None = None) -> list[latents_lib.LatentRecord]:
   """The records of a split in order (latents float32, normalised unless told otherwise)."""
@@ -402,7 +395,8 @@ def read_clips(latents_dir: str, split: str, *, normalised: bool = True,
     for record in latents_lib.read_shard(path):
       x_TxC = record.latents.astype(np.float32)
       out.append(dataclasses.replace(record,
-                                     latents=normalise(x_TxC, stats) if normalised else x_TxC))
+                                     latents=(latents_lib.normalise(x_TxC, stats) if normalised
+                                              else x_TxC)))
       if max_clips is not None and len(out) >= max_clips:
         return out
   return out
@@ -423,7 +417,7 @@ def sample_vectors(latents_dir: str, num_vectors: int, *, split: str = "train",
       t = record.num_tokens
       lo, hi = np.searchsorted(chosen, [offset, offset + t])
       if hi > lo:
-        out.append(normalise(record.latents[chosen[lo:hi] - offset], stats))
+        out.append(latents_lib.normalise(record.latents[chosen[lo:hi] - offset], stats))
       offset += t
   if not out:
     raise ValueError(f"split {split!r} of {latents_dir} has no tokens")

@@ -45,6 +45,11 @@ def get(name: str, **kwargs) -> AudioTokenizer:
   raise ValueError(f"unknown tokenizer {name!r}; choose one of {list(NAMES)}")
 
 
+def from_stats(stats: dict) -> AudioTokenizer:
+  """The tokenizer that prepared latents were encoded with, from their stats.json."""
+  return get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
+
+
 def copy_weights(name: str, params: dict, directory: str) -> dict:
   """Copies the weights that tokenizer `name` built with `params` loads (if any) into
   `directory`, and returns the params that load the copy: a run keeps its own tokenizer."""

@@ -364,12 +364,12 @@ def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   save(step)
   ckpt.wait()
   ckpt.close()
-  summary = dict(step=step, train_seconds=round(train_seconds, 1), num_params=num_params,
+  summary = dict(step=step, train_seconds=train_seconds, num_params=num_params,
                  **{k: round(v, 3) for k, v in final.items()})
   if is_main:
     model = nnx.merge(graphdef, state["params"])
     weights, meta = mel_vae.export(model, model_kwargs(config), workdir, extra=dict(
-        trained_steps=step, train_seconds=round(train_seconds, 1),
+        trained_steps=step, train_seconds=train_seconds,
         kl_weight=tc.kl_weight, eval=summary))
     summary.update(weights=weights, meta=meta)
     fileio.atomic_json(os.path.join(workdir, "train_summary.json"), summary, indent=2)

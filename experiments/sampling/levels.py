@@ -78,8 +78,7 @@ def main(argv):
   train = np.concatenate([r.latents for p in latents_lib.shard_paths(latents_dir, "train")
                           for r in latents_lib.read_shard(p)])
   stats = latents_lib.read_stats(latents_dir)
-  mean_C, std_C = latents_lib.normaliser(stats)
-  q99 = np.quantile(np.abs((train - mean_C) / std_C), 0.99, axis=-1)
+  q99 = np.quantile(np.abs(latents_lib.normalise(train, stats)), 0.99, axis=-1)
   reach = {f"p{p}": float(np.quantile(q99, p / 100)) for p in (50, 90, 99, 100)}
   print("data: per-token 99th-percentile |x| over training tokens: "
         + ", ".join(f"{k} {v:.2f}" for k, v in reach.items()))

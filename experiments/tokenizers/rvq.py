@@ -40,7 +40,6 @@ import numpy as np
 
 from almtok import tokenizers
 from almtok.latents import store as latents_lib
-from almtok.latents import pipeline
 from almtok.quantizers import rvq as rvq_lib
 
 _LATENTS_DIR = flags.DEFINE_string("latents_dir", "/work/runs/prep_synth_small_mel/latents",
@@ -94,7 +93,7 @@ def evaluate(quantiser: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
   # For `mel` the reference is the stored frames themselves; other tokenizers decode them.
   identity = stats["tokenizer"]["name"] == "mel"
   refs = [np.asarray(tokenizer.decode_mel(jnp.asarray(
-      r.latents if identity else pipeline.denormalise(c.latents, stats))[None]))[0]
+      r.latents if identity else latents_lib.denormalise(c.latents, stats))[None]))[0]
           for c, r in zip(clips, raw)]
   rows = []
   for q in range(1, quantiser.n_q + 1):
@@ -105,7 +104,7 @@ def evaluate(quantiser: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
       err += float(np.sum(np.square(c.latents.astype(np.float64) - x_hat_TxC)))
       norm += float(np.sum(np.square(c.latents.astype(np.float64))))
       mel_hat_MxF = np.asarray(tokenizer.decode_mel(
-          jnp.asarray(pipeline.denormalise(x_hat_TxC, stats))[None]))[0]
+          jnp.asarray(latents_lib.denormalise(x_hat_TxC, stats))[None]))[0]
       snrs.append(snr_db(ref_MxF, mel_hat_MxF))
     rows.append({"n_q": q, "k": quantiser.k, "rel_mse": err / norm,
                  "mel_snr_db_mean": float(np.mean(snrs)),
