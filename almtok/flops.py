@@ -87,15 +87,45 @@ def peak(dtype: str, override: float = 0.0, device: jax.Device | None = None,
   return Peak(measure(), f"estimate: median float32 matmul rate measured on {device.device_kind}")
 
 
+# The one FLOP counter: multiply-adds count 2; matmuls (Linear kernels) and attention scores and
+# values are counted, norms and activations are not. The trainer's MFU and param_count's
+# generation FLOPs are both built from these.
+
+
+def matmul_params(module: nnx.Module) -> int:
+  """Parameters that multiply activations (Linear kernels): FLOPs / 2 per row."""
+  return sum(v.size for p, v in nnx.to_flat_state(nnx.state(module, nnx.Param))
+             if p[-1] == "kernel")
+
+
+def decoder_flops(model, config, positions: float, context: float) -> float:
+  """Forward FLOPs of the decoder for `positions` new positions, each attending to `context`."""
+  dec = config.model.decoder
+  return (2 * matmul_params(model.decoder) * positions
+          + 2 * 2 * dec.num_layers * positions * context * dec.width)
+
+
+def head_flops(model, rows: float) -> float:
+  """Forward FLOPs of one denoiser evaluation on `rows` rows."""
+  return 2 * matmul_params(model.head) * rows
+
+
 def train_flops_per_step(config, graphdef, abstract_params) -> float:
   """Analytic model FLOPs of one step (forward + backward = 3x forward; matmuls + attention)."""
   model = nnx.merge(graphdef, abstract_params)
-  kernels = lambda m: sum(v.size for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
-                          if p[-1] == "kernel")
   b, l = config.data.batch_size, config.data.seq_len
   copies = 2 if config.loss.mntp_weight > 0 else 1
   s = model.prefix_len + l
-  dec = config.model.decoder
-  decoder = 2 * kernels(model.decoder) * s + 2 * 2 * dec.num_layers * s * s * dec.width
-  head = 2 * kernels(model.head) * l * config.diffusion.batch_mul
+  decoder = decoder_flops(model, config, s, s)
+  head = head_flops(model, l * config.diffusion.batch_mul)
   return 3.0 * b * copies * (decoder + head)
+
+
+def generation_flops(model, config, steps: int, guided: bool) -> dict[str, float]:
+  """FLOPs per generated token: one decoder step at the average context of a full-length clip
+  (plus the input projection) and `steps` head evaluations; guidance doubles both."""
+  context = model.prefix_len + config.model.max_len / 2
+  step = decoder_flops(model, config, 1, context) + 2 * matmul_params(model.in_proj)
+  head = head_flops(model, 1)
+  return {"context": context, "decoder_step": step, "head_eval": head,
+          "total": (1 + guided) * (step + steps * head)}

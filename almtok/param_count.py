@@ -16,21 +16,12 @@ import jax
 from flax import nnx
 
 from almtok import configlib
+from almtok import flops as flops_lib
 from almtok import models
-
 
 
 def _size(tree) -> int:
   return sum(x.size for x in jax.tree.leaves(tree))
-
-
-def _matmul_params(module: nnx.Module) -> int:
-  """Parameters that multiply activations (Linear kernels), i.e. FLOPs / 2 per row."""
-  total = 0
-  for path, value in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-    if path[-1] == "kernel":
-      total += value.size
-  return total
 
 
 def count(config) -> dict:
@@ -39,19 +30,15 @@ def count(config) -> dict:
   total = _size(nnx.state(model, nnx.Param))
   decoder = _size(nnx.state(model.decoder, nnx.Param))
   head = _size(nnx.state(model.head, nnx.Param))
-  dec_cfg = config.model.decoder
-  width, layers = dec_cfg.width, dec_cfg.num_layers
-  avg_context = model.prefix_len + config.model.max_len / 2
-  decoder_step = 2 * _matmul_params(model.decoder) + 2 * 2 * layers * avg_context * width
-  decoder_step += 2 * _matmul_params(model.in_proj)
-  head_eval = 2 * _matmul_params(model.head)
-  flops = {}
+  flops, per_token = {}, None
   for k in sorted({config.sample.steps, 25}, reverse=True):
     for cfg in (False, True):
-      flops[(k, cfg)] = (1 + cfg) * (decoder_step + k * head_eval)
+      per_token = flops_lib.generation_flops(model, config, k, cfg)
+      flops[(k, cfg)] = per_token["total"]
   return dict(total=total, decoder=decoder, head=head, other=total - decoder - head,
-              decoder_step_flops=decoder_step, head_eval_flops=head_eval, flops=flops,
-              avg_context=avg_context)
+              decoder_step_flops=per_token["decoder_step"],
+              head_eval_flops=per_token["head_eval"], flops=flops,
+              avg_context=per_token["context"])
 
 
 def report(config, counts: dict) -> str:

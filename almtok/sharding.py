@@ -2,8 +2,9 @@
 
 The mesh has two axes: `data` (pure data parallelism: parameters replicated) and `fsdp` (data
 parallelism with parameters, gradients and optimizer state sharded). The batch is split over
-both. Parameters follow `PARAM_RULES`: the first rule whose glob matches the parameter's path
-gives, per array dimension, the mesh axis it is split over (None: not split). A dimension that
+both. Parameters follow partition rules, kept as config data (`config.sharding_rules`, whose
+default is `PARAM_RULES`): the first rule whose glob matches the parameter's path gives, per
+array dimension, the mesh axis it is split over (None: not split). A dimension that
 the `fsdp` axis does not divide stays whole, so every config runs on every mesh.
 
 Paths are the parameter's keys joined by '/', e.g. `decoder/blocks/3/attn/qkv/kernel`.
@@ -75,9 +76,9 @@ def path_str(path) -> str:
   return "/".join(parts)
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """The PartitionSpec of one parameter under `PARAM_RULES` on `mesh`."""
-  for pattern, axes in PARAM_RULES:
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=PARAM_RULES) -> P:
+  """The PartitionSpec of one parameter under `rules` on `mesh`."""
+  for pattern, axes in rules:
     if fnmatch.fnmatchcase(path, pattern):
       break
   else:
@@ -90,10 +91,11 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
   return P(*spec)
 
 
-def param_shardings(abstract_tree, mesh: Mesh):
-  """NamedShardings for a pytree of (abstract) arrays, by `PARAM_RULES`."""
+def param_shardings(abstract_tree, mesh: Mesh, rules=PARAM_RULES):
+  """NamedShardings for a pytree of (abstract) arrays, by `rules` ((glob, axes) pairs; lists
+  read back from a run's config.json work too)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(mesh, spec_for(path_str(path), tuple(x.shape), mesh)),
+      lambda path, x: NamedSharding(mesh, spec_for(path_str(path), tuple(x.shape), mesh, rules)),
       abstract_tree)
 
 

@@ -136,7 +136,7 @@ def abstract_state(config, mesh, tx):
   opt_state = jax.eval_shape(tx.init, params)
   state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
            "opt_state": opt_state, "ema": params}
-  shardings = sharding.param_shardings(state, mesh)
+  shardings = sharding.param_shardings(state, mesh, config.sharding_rules)
   return graphdef, state, shardings
 
 

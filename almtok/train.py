@@ -95,7 +95,7 @@ RESUMABLE_KEYS = (
     "train.num_steps", "train.max_minutes", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.sample_*",
     "train.peak_flops", "train.grad_accum", "train.ema_*", "data.latents_dir",
-    "data.worker_count", "data.text_cache", "mesh.*", "sample.*",
+    "data.worker_count", "data.text_cache", "mesh.*", "sharding_rules", "sample.*",
 )
 
 

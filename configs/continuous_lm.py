@@ -9,6 +9,7 @@ is the CPU demo size and `tiny` the test size. Parameter counts exclude the froz
 
 import ml_collections
 
+from almtok import sharding
 from configs import common
 
 # Decoder (width, layers, heads) and diffusion head (width, depth) per size.
@@ -47,6 +48,9 @@ def get_config(arg=None):
   )
   config.paper_params = PAPER_PARAMS.get(arg.preset, 0.0)   # 0: no published figure.
   config.dtype = "float32"        # Compute dtype; parameters are always float32.
+  # Parameter partitioning: (path glob, mesh axis per dimension), first match wins (see
+  # almtok/sharding.py); an experiment may replace them, e.g. to shard embeddings differently.
+  config.sharding_rules = sharding.PARAM_RULES
   # What the head is trained with; sampling takes the prediction type from here.
   config.diffusion = dict(schedule="cosine", num_steps=1000, prediction="eps", batch_mul=4)
   # How to sample (`sample.SamplerSettings`): the trainer's periodic samples, `generate` (the

@@ -54,3 +54,20 @@ def test_measurement_is_the_median_of_its_trials_after_a_warm_up():
   n, repeats = 64, 4
   got = flops.measure_matmul_peak(n=n, repeats=repeats, trials=5, timer=lambda: next(times))
   assert got == pytest.approx(2 * n ** 3 * repeats / 2.0)
+
+
+def test_one_counter_gives_the_published_figures():
+  # The figures in the README's tables: param_count's per-token FLOPs of `base` and the
+  # trainer's FLOPs per step of the demo's `small`, both from this module's counter.
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from almtok import models  # pylint: disable=g-import-not-at-top
+  from configs import continuous_lm, synth_small  # pylint: disable=g-import-not-at-top
+  base = continuous_lm.get_config("base")
+  model = models.abstract(base)
+  assert flops.generation_flops(model, base, 100, False)["total"] == pytest.approx(4.389e9,
+                                                                                   rel=1e-3)
+  assert flops.generation_flops(model, base, 100, True)["total"] == pytest.approx(8.777e9,
+                                                                                  rel=1e-3)
+  small = synth_small.get_config("size=small")
+  graphdef, params = nnx.split(models.abstract(small), nnx.Param)
+  assert flops.train_flops_per_step(small, graphdef, params) == pytest.approx(88.6e9, rel=1e-3)

@@ -7,6 +7,8 @@ micro-batches hold different numbers of valid targets), on the single CPU device
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,3 +115,17 @@ def test_golden_one_step_loss_and_grad_norm(full_batch):
   _, metrics = full_batch
   for name, want in GOLDEN.items():
     np.testing.assert_allclose(metrics[0][name], want, rtol=GOLDEN_RTOL, err_msg=name)
+
+
+def test_sharding_rules_are_config_data():
+  # The config's rules decide each parameter's partitioning; an experiment can replace them.
+  mesh = types.SimpleNamespace(shape={"data": 2, "fsdp": 4})
+  config = _config()
+  assert config.sharding_rules == sharding.PARAM_RULES
+  kernel = ("decoder/blocks/0/mlp/fc1/kernel", (64, 256))
+  assert sharding.spec_for(*kernel, mesh, config.sharding_rules) == jax.P("fsdp", None)
+  config.sharding_rules = (("*/kernel", (None, "fsdp")), ("*", ()))
+  assert sharding.spec_for(*kernel, mesh, config.sharding_rules) == jax.P(None, "fsdp")
+  # As a run's config.json gives them back (lists, null).
+  assert sharding.spec_for(*kernel, mesh, [["*/kernel", [None, "fsdp"]]]) == jax.P(None, "fsdp")
+  assert sharding.spec_for("norm/scale", (64,), mesh, config.sharding_rules) == jax.P(None)
