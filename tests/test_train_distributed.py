@@ -55,16 +55,23 @@ host = {"x_BxLxC": rng.standard_normal((b, l, c), dtype=np.float32), "mask_BxL":
         "text_mask": text_mask_BxN, "pooled": rng.standard_normal((b, e), dtype=np.float32)}
 tx = optim.make_optimizer(config.train)
 schedule = state_lib.make_schedule(config)
+
+
+# (initial state, the jitted train step, the global batch) of `config` on `mesh`.
+def setup(config, mesh, host):
+  graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
+  step = jax.jit(train.make_train_step(config, graphdef, tx, schedule),
+                 out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+  a = sharding.global_batch(host, mesh)
+  return state, step, {"x_BxLxC": a["x_BxLxC"], "mask_BxL": a["mask_BxL"],
+                       "text": TextEmbedding(a["tokens"], a["text_mask"], a["pooled"])}
+
+
 out = {}
 for name, mesh in (("fsdp", sharding.make_mesh(2, 4)),
                    ("single", sharding.make_mesh(1, 1, jax.devices()[:1]))):
   with jax.set_mesh(mesh):
-    graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
-    step = jax.jit(train.make_train_step(config, graphdef, tx, schedule),
-                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
-    a = sharding.global_batch(host, mesh)
-    batch = {"x_BxLxC": a["x_BxLxC"], "mask_BxL": a["mask_BxL"],
-             "text": TextEmbedding(a["tokens"], a["text_mask"], a["pooled"])}
+    state, step, batch = setup(config, mesh, host)
     if name == "fsdp":
       out["leaves"] = {
           sharding.path_str(path): {
@@ -96,12 +103,7 @@ for accum in (1, 4):
   config32 = synth_small.get_config("size=tiny,steps=16,batch=32")
   config32.update_from_flattened_dict({"data.seq_len": 20, "train.grad_accum": accum})
   with jax.set_mesh(mesh):
-    graphdef, state, state_sh = state_lib.init_state(config32, mesh, tx)
-    step = jax.jit(train.make_train_step(config32, graphdef, tx, schedule),
-                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
-    a = sharding.global_batch(host32, mesh)
-    batch = {"x_BxLxC": a["x_BxLxC"], "mask_BxL": a["mask_BxL"],
-             "text": TextEmbedding(a["tokens"], a["text_mask"], a["pooled"])}
+    state, step, batch = setup(config32, mesh, host32)
     state, metrics = step(state, batch, jax.random.PRNGKey(0))
     accum_out[accum] = (float(metrics["loss"]), float(metrics["grad_norm"]),
                         [np.asarray(p) for p in jax.tree.leaves(state["params"])])
