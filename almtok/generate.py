@@ -40,10 +40,14 @@ import numpy as np
 from almtok import audio
 from almtok import configlib
 from almtok import fileio
+from almtok import models
 from almtok import plotting
 from almtok import sample
 from almtok import state as state_lib
+from almtok import tokenizers
+from almtok.latents import pipeline
 from almtok.latents import store as latents_lib
+from almtok.text.minilm import TextEncoder
 from configs import continuous_lm as lm_config
 
 
@@ -75,7 +79,6 @@ def define_flags() -> None:
 def held_out(latents_dir: str, count: int) -> tuple[list[str], np.ndarray, np.ndarray]:
   """The first `count` captions of a prepared dataset's test split (clips the model never saw),
   with their normalised latents [B, L, C] and token masks [B, L], for reference."""
-  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   stats = latents_lib.read_stats(latents_dir)
   size = int(stats["splits"].get("test", {}).get("records", 0))
   if count > size:
@@ -139,7 +142,6 @@ def load_run_config(workdir: str) -> dict[str, Any]:
 
 def check_compatible(config: dict[str, Any], stats: dict[str, Any]) -> None:
   """The checkpoint, its latents' stats and this code must agree; names what does not."""
-  from almtok import models  # pylint: disable=g-import-not-at-top
   if config.get("model_name") not in models.NAMES:
     raise configlib.ConfigError(f"checkpoint model_name={config.get('model_name')!r}: this "
                                 f"almtok generates from {list(models.NAMES)}")
@@ -181,8 +183,6 @@ def generate(workdir: str, captions: list[str], seconds: float,
   What the trained head fixes (its prediction type) comes from the run's config
   (`model_settings`); every argument is checked before the model is loaded.
   """
-  from almtok import tokenizers  # pylint: disable=g-import-not-at-top
-  from almtok.text.minilm import TextEncoder  # pylint: disable=g-import-not-at-top
 
   raw = load_run_config(workdir)
   stats = state_lib.run_stats(workdir)
@@ -228,7 +228,6 @@ def generate(workdir: str, captions: list[str], seconds: float,
 def reference_audio(workdir: str, x_BxLxC: np.ndarray, mask_BxL: np.ndarray) -> list[np.ndarray]:
   """Held-out clips as the run's tokenizer and vocoder give them back (the path generated
   audio takes), to set generated levels beside."""
-  from almtok import tokenizers  # pylint: disable=g-import-not-at-top
   stats = state_lib.run_stats(workdir)
   tokenizer = tokenizers.from_stats(stats)
   wav = np.asarray(tokenizer.decode(latents_lib.denormalise(x_BxLxC, stats)))

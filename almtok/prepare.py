@@ -62,6 +62,7 @@ import tqdm
 from almtok import audio
 from almtok import configlib
 from almtok import fileio
+from almtok import tokenizers
 from almtok.latents import store as latents
 from almtok.tokenizers import AudioTokenizer
 
@@ -575,7 +576,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
 
 def make_tokenizer(tokenizer_config: ml_collections.ConfigDict) -> AudioTokenizer:
   """The tokenizer that a config's `tokenizer` block names (other keys are its kwargs)."""
-  from almtok import tokenizers  # pylint: disable=g-import-not-at-top
   kwargs = {k: v for k, v in tokenizer_config.to_dict().items() if k != "name"}
   try:
     return tokenizers.get(tokenizer_config.name, **kwargs)

@@ -11,6 +11,7 @@ here, so none of them imports the trainer.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 
@@ -28,6 +29,8 @@ from almtok import fileio
 from almtok import models
 from almtok import optim
 from almtok import sharding
+from almtok import tokenizers
+from almtok.latents import store as latents_lib
 
 
 # The layout of a run's checkpoints; a reader refuses any other in one line (no silent misload).
@@ -70,9 +73,6 @@ RUN_FILE = "run.json"
 
 def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Makes `workdir` stand on its own for generation (each file whole or not at all)."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  from almtok import tokenizers  # pylint: disable=g-import-not-at-top
-  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
   where = os.path.abspath(config.data.latents_dir)
   with open(os.path.join(where, latents_lib.STATS_FILE), "rb") as f:
     raw = f.read()
@@ -107,8 +107,6 @@ def run_stats(workdir: str) -> dict:
 
 def run_latents_dir(workdir: str) -> str:
   """The prepared latents the run was trained on, checked to be there and unchanged."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
     run = json.load(f)
   where = run["latents_dir"]

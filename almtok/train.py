@@ -38,8 +38,13 @@ from almtok import fileio
 from almtok import flops
 from almtok import models
 from almtok import optim
+from almtok import plotting
+from almtok import sample
 from almtok import sharding
 from almtok import state as state_lib
+from almtok import tokenizers
+from almtok.latents import pipeline
+from almtok.latents import store as latents_lib
 from almtok.models import continuous_lm
 from almtok.text.cache import TextEmbeddingCache
 from almtok.text.minilm import TextEncoder
@@ -122,7 +127,6 @@ def check_resume(stored: dict[str, Any], config: ml_collections.ConfigDict, work
 
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """What must hold before a run touches its workdir: the data, the devices, the checkpoint."""
-  from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
   where = config.data.latents_dir
   if not where:
     raise configlib.ConfigError("config.data.latents_dir is empty: set "
@@ -304,7 +308,6 @@ class _Preemption:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains until `train.num_steps` (or `train.max_minutes`, or SIGTERM); returns a summary."""
-  from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
   check_config(config)
@@ -411,8 +414,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Generated clips for a few fixed validation captions, with the EMA parameters.
     sampler = None
     if config.train.sample_every:
-      from almtok import plotting, sample, tokenizers  # pylint: disable=g-import-not-at-top
-      from almtok.latents import store as latents_lib  # pylint: disable=g-import-not-at-top
       stats = latents_lib.read_stats(config.data.latents_dir)
       audio_tokenizer = tokenizers.from_stats(stats)
       first = next(iter(pipeline.make_dataset(
