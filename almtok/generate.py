@@ -80,11 +80,12 @@ def held_out(latents_dir: str, count: int) -> tuple[list[str], np.ndarray, np.nd
   """The first `count` captions of a prepared dataset's test split (clips the model never saw),
   with their normalised latents [B, L, C] and token masks [B, L], for reference."""
   stats = latents_lib.read_stats(latents_dir)
-  size = int(stats["splits"].get("test", {}).get("records", 0))
+  test = stats.splits.get("test")
+  size = test.records if test else 0
   if count > size:
     raise configlib.ConfigError(f"--held_out={count}: the test split of {latents_dir} holds "
                                 f"{size} clips")
-  seq_len = max(int(stats["splits"]["test"].get("max_tokens", 0)), 1)
+  seq_len = max(test.max_tokens, 1)
   batch = next(iter(pipeline.make_dataset(latents_dir, "test", seq_len=seq_len, batch_size=count,
                                           shuffle=False, repeat=False, keep_captions=True,
                                           drop_remainder=False, random_crop=False)))
@@ -140,13 +141,13 @@ def load_run_config(workdir: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def check_compatible(config: dict[str, Any], stats: dict[str, Any]) -> None:
+def check_compatible(config: dict[str, Any], stats: latents_lib.Stats) -> None:
   """The checkpoint, its latents' stats and this code must agree; names what does not."""
   if config.get("model_name") not in models.NAMES:
     raise configlib.ConfigError(f"checkpoint model_name={config.get('model_name')!r}: this "
                                 f"almtok generates from {list(models.NAMES)}")
   token_dim = config["model"]["token_dim"]
-  latent_dim = stats["tokenizer"]["latent_dim"]
+  latent_dim = stats.latent_dim
   if latent_dim != token_dim:
     raise configlib.ConfigError(f"checkpoint token_dim={token_dim} does not match the latents' "
                                 f"latent_dim={latent_dim}")

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 import json
 import math
 import os
@@ -58,16 +59,11 @@ import tqdm
 
 from almtok import audio
 from almtok import configlib
-from almtok import fileio
 from almtok import tokenizers
 from almtok.datasets.inputs import (CSV_SPLITS, FOLDER_NAMES, NAMES, SKIP_KINDS, Clip,
                                     InputSet, Skipped, list_inputs)
 from almtok.latents import store as latents
 from almtok.tokenizers import AudioTokenizer
-
-# Channels whose latents barely vary are divided by this instead of their own spread.
-STD_FLOOR = 1e-5
-
 
 # ---------------------------------------------------------------------------------------------
 # Checking and encoding clips.
@@ -179,7 +175,7 @@ def _encode_shard(inputs: InputSet, start: int, stop: int, encoder: BucketEncode
 
 def _prepare_split(split: str, inputs: InputSet, encoder: BucketEncoder,
                    options: ml_collections.ConfigDict, out_dir: str,
-                   progress: Callable[[int], Any]) -> tuple[list[dict[str, Any]], int]:
+                   progress: Callable[[int], Any]) -> tuple[list[latents.Manifest], int]:
   """Encodes the shards of one split that are not done yet.
 
   Returns every shard's manifest, and how many inputs this call read (not resumed).
@@ -192,7 +188,7 @@ def _prepare_split(split: str, inputs: InputSet, encoder: BucketEncoder,
     name = latents.shard_name(split, k, count)
     manifest_path = os.path.join(out_dir, name + ".json")
     start, stop = k * per_shard, min(len(inputs), (k + 1) * per_shard)
-    done = _read_manifest(manifest_path, out_dir)
+    done = latents.read_manifest(manifest_path)
     if done is not None:
       manifests.append(done)
       progress(stop - start)
@@ -200,7 +196,6 @@ def _prepare_split(split: str, inputs: InputSet, encoder: BucketEncoder,
     results = _encode_shard(inputs, start, stop, encoder, options, progress)
     read += stop - start
     records = [r for r in results if isinstance(r, latents.LatentRecord)]
-    skips = [r.to_json(split) for r in results if isinstance(r, Skipped)]
     moments = latents.Moments.zeros(encoder.tokenizer.latent_dim)
     for r in records:
       moments = moments.merge(latents.Moments.of(r.latents))
@@ -208,27 +203,17 @@ def _prepare_split(split: str, inputs: InputSet, encoder: BucketEncoder,
     if file:
       latents.write_shard(os.path.join(out_dir, file),
                           (latents.encode_record(r) for r in records))
-    manifest = {
-        "split": split, "shard": k, "num_shards": count, "inputs": [start, stop],
-        "file": file, "records": len(records), "skipped": skips,
-        "tokens": sum(r.num_tokens for r in records),
-        "max_tokens": max((r.num_tokens for r in records), default=0),
-        "seconds": sum(r.duration for r in records), "moments": moments.to_json(),
-    }
+    manifest = latents.Manifest(
+        split=split, shard=k, num_shards=count, inputs=(start, stop), file=file,
+        records=len(records),
+        skipped=tuple(r.to_json(split) for r in results if isinstance(r, Skipped)),
+        tokens=sum(r.num_tokens for r in records),
+        max_tokens=max((r.num_tokens for r in records), default=0),
+        seconds=sum(r.duration for r in records), moments=moments)
     # The manifest goes last: its presence is what marks the shard as done.
-    latents.write_json_atomic(manifest_path, manifest)
+    latents.write_manifest(manifest_path, manifest)
     manifests.append(manifest)
   return manifests, read
-
-
-def _read_manifest(path: str, out_dir: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    manifest = json.load(f)
-  if manifest["file"] and not os.path.exists(os.path.join(out_dir, manifest["file"])):
-    return None  # Its shard was removed since: redo it.
-  return manifest
 
 
 def _fingerprint(config: ml_collections.ConfigDict, tokenizer: AudioTokenizer,
@@ -237,19 +222,20 @@ def _fingerprint(config: ml_collections.ConfigDict, tokenizer: AudioTokenizer,
   options = config.prepare
   return {
       "dataset": config.dataset.to_dict(),
-      "tokenizer": _tokenizer_info(config, tokenizer),
+      "tokenizer": dataclasses.asdict(_tokenizer_spec(config, tokenizer)),
       "prepare": {k: options[k] for k in ("max_seconds", "min_seconds", "silence_db",
                                          "bucket_seconds", "inputs_per_shard", "latent_dtype")},
       "inputs": {split: len(s) for split, s in inputs.items()},
   }
 
 
-def _tokenizer_info(config: ml_collections.ConfigDict,
-                    tokenizer: AudioTokenizer) -> dict[str, Any]:
-  return {"name": config.tokenizer.name,
-          "params": {k: v for k, v in config.tokenizer.to_dict().items() if k != "name"},
-          "sample_rate": int(tokenizer.sample_rate), "frame_rate": float(tokenizer.frame_rate),
-          "latent_dim": int(tokenizer.latent_dim)}
+def _tokenizer_spec(config: ml_collections.ConfigDict,
+                    tokenizer: AudioTokenizer) -> latents.TokenizerSpec:
+  return latents.TokenizerSpec(
+      name=config.tokenizer.name,
+      params={k: v for k, v in config.tokenizer.to_dict().items() if k != "name"},
+      sample_rate=int(tokenizer.sample_rate), frame_rate=float(tokenizer.frame_rate),
+      latent_dim=int(tokenizer.latent_dim))
 
 
 def _claim(latents_dir: str, fingerprint: dict[str, Any]) -> None:
@@ -278,68 +264,24 @@ def _remove_stale_temporaries(latents_dir: str) -> None:
         os.remove(os.path.join(root, name))
 
 
-def _write_stats(latents_dir: str, fingerprint: dict[str, Any],
-                 manifests: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
-  tok = fingerprint["tokenizer"]
-  splits, skipped, by_kind = {}, [], collections.Counter()
-  for split, group in manifests.items():
-    for m in group:
-      skipped.extend(m["skipped"])
-      by_kind.update(s["kind"] for s in m["skipped"])
-    splits[split] = {
-        "inputs": sum(m["inputs"][1] - m["inputs"][0] for m in group),
-        "records": sum(m["records"] for m in group),
-        "skipped": sum(len(m["skipped"]) for m in group),
-        "tokens": sum(m["tokens"] for m in group),
-        "max_tokens": max((m["max_tokens"] for m in group), default=0),
-        "seconds": sum(m["seconds"] for m in group),
-        "shards": [{"file": m["file"], "records": m["records"]} for m in group],
-    }
-  train = latents.Moments.zeros(tok["latent_dim"])
-  for m in manifests.get("train", []):
-    train = train.merge(latents.Moments.from_json(m["moments"]))
-  if train.count:
-    mean, std, source = train.mean_C, np.maximum(train.std_C(), STD_FLOOR), "train"
-  else:
-    mean, std, source = np.zeros(tok["latent_dim"]), np.ones(tok["latent_dim"]), None
-  stats = {
-      "format": "almtok-latents-1",
-      "tokenizer": tok,
-      "sample_rate": tok["sample_rate"], "frame_rate": tok["frame_rate"],
-      "latent_dim": tok["latent_dim"],
-      "latent_dtype": fingerprint["prepare"]["latent_dtype"],
-      "dataset": fingerprint["dataset"],
-      "normalised_from": source, "train_tokens": train.count,
-      "mean": mean.tolist(), "std": std.tolist(),
-      # Each channel's extremes over the train latents (unnormalised): the sampler keeps its x0
-      # estimates within them. Absent when any shard's manifest predates them.
-      **({"min": train.min_C.tolist(), "max": train.max_C.tolist()}
-         if train.count and np.all(np.isfinite(train.min_C))
-         and np.all(np.isfinite(train.max_C)) else {}),
-      "splits": splits,
-      "skipped": {"total": len(skipped),
-                  "by_kind": {k: by_kind[k] for k in _kind_order(by_kind)}},
-  }
-  with fileio.atomic_write(os.path.join(latents_dir, latents.SKIPPED_FILE),
-                           encoding="utf-8") as f:
-    for s in skipped:
-      f.write(json.dumps(s, ensure_ascii=False) + "\n")
-  latents.write_json_atomic(os.path.join(latents_dir, latents.STATS_FILE), stats)
-  return stats
-
-
-def _kind_order(kinds: Mapping[str, int]) -> list[str]:
-  return sorted(kinds, key=lambda k: (SKIP_KINDS.index(k) if k in SKIP_KINDS else 99, k))
-
-
 # ---------------------------------------------------------------------------------------------
 # The whole job.
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """What `prepare` did: the folder's stats, and how many inputs this run read (not in shards
+  finished before) in how many seconds (encoding and compiling, not building a TFDS dataset)."""
+  stats: latents.Stats
+  latents_dir: str
+  encoded: int
+  seconds_taken: float
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str, *,
             tokenizer: AudioTokenizer | None = None,
-            progress_bar: bool | None = None) -> dict[str, Any]:
+            progress_bar: bool | None = None) -> Prepared:
   """Encodes every input of every split into <workdir>/latents; resumes an interrupted run.
 
   Args:
@@ -348,9 +290,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
     tokenizer: overrides the tokenizer that `config.tokenizer` names.
     progress_bar: None shows a tqdm bar on terminals only.
 
-  Returns:
-    stats.json's content plus `latents_dir`, `encoded` (inputs this run read, i.e. not in
-    shards finished before) and `seconds_taken` (by encoding them).
   """
   tokenizer = make_tokenizer(config.tokenizer) if tokenizer is None else tokenizer
   latents_dir = os.path.join(workdir, "latents")
@@ -371,9 +310,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
       manifests[split], read = _prepare_split(split, split_inputs, encoder, config.prepare,
                                               os.path.join(latents_dir, split), bar.update)
       encoded += read
-  stats = _write_stats(latents_dir, fingerprint, manifests)
-  return {**stats, "latents_dir": latents_dir, "encoded": encoded,
-          "seconds_taken": time.perf_counter() - t0}
+  stats = latents.Stats.of_manifests(
+      manifests, tokenizer=_tokenizer_spec(config, tokenizer),
+      latent_dtype=config.prepare.latent_dtype, dataset=fingerprint["dataset"],
+      kind_order=SKIP_KINDS)
+  latents.write_stats(latents_dir, stats, manifests)
+  return Prepared(stats, latents_dir, encoded, time.perf_counter() - t0)
 
 
 def make_tokenizer(tokenizer_config: ml_collections.ConfigDict) -> AudioTokenizer:
@@ -385,11 +327,11 @@ def make_tokenizer(tokenizer_config: ml_collections.ConfigDict) -> AudioTokenize
     raise configlib.ConfigError(f"config.tokenizer.name={tokenizer_config.name!r}: {e}") from e
 
 
-def summary_line(stats: Mapping[str, Any]) -> str:
+def summary_line(stats: latents.Stats) -> str:
   """`processed N, skipped M (unreadable 2, silent 1, ...)`."""
-  processed = sum(s["records"] for s in stats["splits"].values())
-  kinds = ", ".join(f"{k} {n}" for k, n in stats["skipped"]["by_kind"].items())
-  return f"processed {processed}, skipped {stats['skipped']['total']}" + (
+  processed = sum(s.records for s in stats.splits.values())
+  kinds = ", ".join(f"{k} {n}" for k, n in stats.skipped_by_kind.items())
+  return f"processed {processed}, skipped {stats.skipped_total}" + (
       f" ({kinds})" if kinds else "")
 
 
@@ -431,14 +373,14 @@ def main(argv: Sequence[str]) -> None:
     raise configlib.ConfigError("--workdir is required")
   tokenizer = make_tokenizer(config.tokenizer)
   logging.set_verbosity(logging.WARNING)
-  stats = prepare(config, workdir, tokenizer=tokenizer)
-  for split, s in stats["splits"].items():
-    print(f"  {split:<10} {s['records']:>7} records  {s['skipped']:>5} skipped  "
-          f"{s['tokens']:>9} tokens  {s['seconds'] / 3600:8.3f} h  {len(s['shards'])} shards")
-  rate = stats["encoded"] / max(stats["seconds_taken"], 1e-9)
-  print(f"{summary_line(stats)}; {stats['encoded']} clips encoded by this run at "
+  done = prepare(config, workdir, tokenizer=tokenizer)
+  for split, s in done.stats.splits.items():
+    print(f"  {split:<10} {s.records:>7} records  {s.skipped:>5} skipped  "
+          f"{s.tokens:>9} tokens  {s.seconds / 3600:8.3f} h  {len(s.shards)} shards")
+  rate = done.encoded / max(done.seconds_taken, 1e-9)
+  print(f"{summary_line(done.stats)}; {done.encoded} clips encoded by this run at "
         f"{rate:.1f} clips/s")
-  print(f"latents: {stats['latents_dir']} (skips listed in {latents.SKIPPED_FILE})")
+  print(f"latents: {done.latents_dir} (skips listed in {latents.SKIPPED_FILE})")
 
 
 if __name__ == "__main__":

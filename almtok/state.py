@@ -10,6 +10,7 @@ here, so none of them imports the trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -76,14 +77,13 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
   where = os.path.abspath(config.data.latents_dir)
   with open(os.path.join(where, latents_lib.STATS_FILE), "rb") as f:
     raw = f.read()
-  stats = json.loads(raw)
-  tok = stats["tokenizer"]
-  params = tokenizers.copy_weights(tok["name"], tok["params"], os.path.join(workdir,
-                                                                            TOKENIZER_DIR))
+  stats = latents_lib.Stats.from_json(json.loads(raw), where)
+  tok = stats.tokenizer
+  params = tokenizers.copy_weights(tok.name, tok.params, os.path.join(workdir, TOKENIZER_DIR))
   if params.get("path"):  # Named relative to the workdir, so that the workdir can move.
     params["path"] = TOKENIZER_DIR
-  tok["params"] = params
-  fileio.atomic_json(os.path.join(workdir, STATS_FILE), stats, indent=1)
+  stats = stats.replace(tokenizer=dataclasses.replace(tok, params=params))
+  fileio.atomic_json(os.path.join(workdir, STATS_FILE), stats.to_json(), indent=1)
   fileio.atomic_json(os.path.join(workdir, RUN_FILE), {
       "format": FORMAT,
       "text_encoder": {"name": "minilm-l6", "max_len": config.model.text_len},
@@ -91,18 +91,17 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
       "latents_stats_sha256": hashlib.sha256(raw).hexdigest()}, indent=1)
 
 
-def run_stats(workdir: str) -> dict:
+def run_stats(workdir: str) -> latents_lib.Stats:
   """The latents' stats.json as the run recorded it, with a tokenizer path made absolute."""
   path = os.path.join(workdir, STATS_FILE)
   if not os.path.exists(path):
     raise configlib.ConfigError(f"{workdir}: no {STATS_FILE} (a workdir from an older almtok); "
                                 f"train it again with this almtok")
-  with open(path, encoding="utf-8") as f:
-    stats = json.load(f)
-  params = stats["tokenizer"]["params"]
+  stats = latents_lib.read_stats_file(path)
+  params = dict(stats.tokenizer.params)
   if params.get("path") and not os.path.isabs(params["path"]):
     params["path"] = os.path.join(workdir, params["path"])
-  return stats
+  return stats.replace(tokenizer=dataclasses.replace(stats.tokenizer, params=params))
 
 
 def run_latents_dir(workdir: str) -> str:

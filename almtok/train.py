@@ -62,10 +62,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-class NonFiniteError(configlib.FatalError):
-  """The loss or the gradient stopped being finite."""
-
-
 class WorkdirLockedError(configlib.FatalError):
   """Another training process holds the workdir."""
 
@@ -231,8 +227,7 @@ def make_train_step(config, graphdef, tx, schedule):
     decay = optim.ema_decay_at(state["step"], config.train.ema_decay, config.train.ema_warmup)
     new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
            "ema": optim.ema_update(state["ema"], params, decay)}
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    new, finite = optim.keep_if_finite(new, state, metrics["loss"], grad_norm)
     metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
                    lr=optim.learning_rate(config.train)(state["step"]), ema_decay=decay)
     return new, metrics
@@ -455,10 +450,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       nonlocal last_time, last_step
       done_step, m, dispatched = pending_metrics
       m = {k: float(v) for k, v in jax.device_get(m).items()}
-      if m.pop("finite") < 1:
-        bad = next((k for k in ("loss", "grad_norm") if not np.isfinite(m[k])), "loss")
-        raise NonFiniteError(f"step {done_step}: {bad} is {m[bad]} (not finite); stopped, the "
-                             f"last good checkpoint is kept")
+      m.pop("finite")
+      optim.check_finite(done_step, m)
       history.append(dict(m, step=done_step))
       if ((config.train.log_every and done_step % config.train.log_every == 0)
           or done_step == config.train.num_steps):

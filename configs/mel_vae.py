@@ -61,8 +61,8 @@ def get_config(arg=None):
       # Fixed input scaling: (dB + 50) / 30 puts the -100 dB floor at -1.67 and 0 dB at 1.67.
       db_offset=-50.0, db_scale=30.0, dtype=model["dtype"])
   config.train = dict(
-      kl_weight=arg.kl_weight, learning_rate=arg.learning_rate, end_lr_fraction=0.05,
-      weight_decay=1e-4, b2=0.99, grad_clip_norm=1.0, **train)
+      kl_weight=arg.kl_weight, learning_rate=arg.learning_rate, final_lr_fraction=0.05,
+      weight_decay=1e-4, b1=0.9, b2=0.99, grad_clip=1.0, **train)
   config.synth = dict(name="synth_sounds", seconds=data["seconds"], sample_rate=16_000, seed=0,
                       num_train=data["num_train"], num_validation=data["num_validation"],
                       num_test=data["num_test"])

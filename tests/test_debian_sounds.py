@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from almtok import audio
+from almtok.datasets import debian_captions
 from almtok.datasets import debian_catalog as ds
 
 SR = audio.SAMPLE_RATE
@@ -50,7 +51,7 @@ def test_scan_finds_every_package_in_a_stable_order(sources):
   assert [s.package for s in sources] == sorted((s.package for s in sources), key=ds.PACKAGES.index)
   for s in sources:
     assert os.path.isfile(s.path) and s.path.lower().endswith(ds.AUDIO_EXTENSIONS)
-    assert s.category in ds.CATEGORIES and s.caption
+    assert s.category in debian_captions.CATEGORIES and s.caption
   # Files that are not samples (sonic-pi's noise buffer, hydrogen's metronome click) stay out.
   assert not any("rand-stream" in s.path or s.path.endswith("data/click.wav") for s in sources)
 
@@ -107,7 +108,7 @@ def test_subset_is_per_package_spread_and_deterministic(sources):
      "snare"),
 ])
 def test_caption_and_category_from_names(package, relpath, caption, category):
-  d = ds.describe(package, relpath)
+  d = debian_captions.describe(package, relpath)
   assert (d.caption, d.category) == (caption, category)
 
 
@@ -119,7 +120,7 @@ def test_caption_and_category_from_names(package, relpath, caption, category):
     ("saw+sine", ["saw", "sine"]),
 ])
 def test_name_tokens(name, tokens):
-  assert ds.name_tokens(name) == tokens
+  assert debian_captions.name_tokens(name) == tokens
 
 
 def test_labels_are_structured_json():

@@ -8,6 +8,7 @@ F frames, T tokens, C token channels.
 import glob
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from flax import nnx
 from almtok import checkpoint
 from almtok import events
 from almtok import configlib
+from almtok import optim
 from almtok import tokenizers
 from almtok.tokenizers import mel_vae
 from almtok.tokenizers import melspec
@@ -153,6 +155,19 @@ def exported(trained):
                         vocoder=vocoder.GriffinLim(n_iter=4))
 
 
+def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint(trained, tmp_path):
+  workdir = str(tmp_path / "mel_vae")
+  shutil.copytree(trained["workdir"], workdir)
+  config = mel_vae_config.get_config("tiny")
+  with config.unlocked():
+    config.train.update(num_steps=9, kl_weight=float("nan"))   # Every loss is NaN from now on.
+  with pytest.raises(optim.NonFiniteError, match=r"^step 6: loss is nan \(not finite\)"):
+    train.train_and_export(config, workdir)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert ckpt.latest_step() == 5   # Step 6 was due a checkpoint; nothing after 5 was saved.
+  ckpt.close()
+
+
 def test_export_equals_the_last_checkpoint(trained, exported):
   workdir, config = trained["workdir"], trained["config"]
   tx = train.make_optimizer(config.train)
@@ -224,8 +239,8 @@ def test_prepare_with_the_exported_mel_vae_reads_back(trained, tmp_path):
   from configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top
   config = prepare_config.get_config(
       f"synth_sounds,size=tiny,seconds=1.0,tokenizer=mel_vae,tokenizer_path={trained['workdir']}")
-  stats = prepare.prepare(config, str(tmp_path))
-  assert stats["latent_dim"] == 128 and stats["frame_rate"] == 25.0
+  stats = prepare.prepare(config, str(tmp_path)).stats
+  assert stats.latent_dim == 128 and stats.frame_rate == 25.0
   batch = next(iter(pipeline.make_dataset(str(tmp_path / "latents"), "train", seq_len=25,
                                           batch_size=4)))
   assert batch["x_BxLxC"].shape == (4, 25, 128) and batch["mask_BxL"].all()

@@ -58,9 +58,9 @@ def latents_dir(tmp_path_factory):
     config.tokenizer.name = "piece_energy"
     config.prepare.update(batch_size=8, inputs_per_shard=5, latent_dtype="float32")
   workdir = str(tmp_path_factory.mktemp("work"))
-  stats = prepare.prepare(config, workdir, tokenizer=PieceEnergy())
-  assert stats["splits"]["train"]["records"] == NUM_TRAIN
-  return stats["latents_dir"]
+  done = prepare.prepare(config, workdir, tokenizer=PieceEnergy())
+  assert done.stats.splits["train"].records == NUM_TRAIN
+  return done.latents_dir
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_normalised_with_train_stats_and_denormalise_inverts(latents_dir, stored
       np.testing.assert_allclose(raw_BxLxC[b, :t], stored_latents[clip_id], rtol=1e-5,
                                  atol=1e-5)
   np.testing.assert_allclose(latents.denormalise(np.zeros((2, C)), stats),
-                             np.broadcast_to(stats["mean"], (2, C)), rtol=1e-6)
+                             np.broadcast_to(stats.mean_C, (2, C)), rtol=1e-6)
 
 
 def test_epochs_see_every_record_once_in_a_new_order_and_seeds_reproduce(latents_dir):

@@ -116,7 +116,7 @@ def prepared(broken_folder, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("prepared"))
   config = _config(*broken_folder)
   tokenizer = FrameRms()
-  stats = prepare.prepare(config, workdir, tokenizer=tokenizer)
+  stats = prepare.prepare(config, workdir, tokenizer=tokenizer).stats
   return config, workdir, stats, tokenizer
 
 
@@ -139,7 +139,7 @@ def test_every_input_is_a_record_or_a_reported_skip(prepared):
     assert sorted(kept + list(dropped)) == sorted(expected), split
     assert kept == [i for i, (_, kind) in expected.items() if kind is None]  # Input order.
     assert dropped == {i: kind for i, (_, kind) in expected.items() if kind is not None}
-    assert stats["splits"][split]["inputs"] == len(expected)
+    assert stats.splits[split].inputs == len(expected)
   for s in skipped:
     assert s["reason"] and s["source"]
   assert prepare.summary_line(stats) == (
@@ -167,26 +167,32 @@ def test_records_hold_the_tokenizer_latents_of_each_file(prepared, broken_folder
   assert json.loads(records["106"].labels) == {"audiocap_id": "106", "youtube_id": "yt106",
                                                "start_time": "30"}
   assert records["101"].caption == "a sound number 101 recorded outdoors"
-  assert stats["splits"]["train"]["max_tokens"] == 50
+  assert stats.splits["train"].max_tokens == 50
 
 
 def test_stats_are_the_train_moments_of_the_stored_latents(prepared):
   _, workdir, stats, _ = prepared
   x_NxC = np.concatenate([r.latents.astype(np.float64)
                           for r in _records(os.path.join(workdir, "latents"), "train")])
-  np.testing.assert_allclose(stats["mean"], x_NxC.mean(0), rtol=1e-9, atol=1e-9)
-  np.testing.assert_allclose(stats["std"], x_NxC.std(0), rtol=1e-9, atol=1e-9)
-  assert stats["train_tokens"] == x_NxC.shape[0] == stats["splits"]["train"]["tokens"]
-  assert (stats["frame_rate"], stats["latent_dim"], stats["tokenizer"]["name"]) == (
-      25.0, 8, "frame_rms")
+  np.testing.assert_allclose(stats.mean_C, x_NxC.mean(0), rtol=1e-9, atol=1e-9)
+  np.testing.assert_allclose(stats.std_C, x_NxC.std(0), rtol=1e-9, atol=1e-9)
+  assert stats.train_tokens == x_NxC.shape[0] == stats.splits["train"].tokens
+  assert (stats.frame_rate, stats.latent_dim, stats.tokenizer.name) == (25.0, 8, "frame_rms")
   # Each channel's extremes (the sampler's x0 range), and the same range normalised.
-  np.testing.assert_array_equal(stats["min"], x_NxC.min(0))
-  np.testing.assert_array_equal(stats["max"], x_NxC.max(0))
+  np.testing.assert_array_equal(stats.min_C, x_NxC.min(0))
+  np.testing.assert_array_equal(stats.max_C, x_NxC.max(0))
   lo_C, hi_C = latents.data_range(stats)
   mean_C, std_C = latents.normaliser(stats)
   np.testing.assert_allclose(lo_C, (x_NxC.min(0) - mean_C) / std_C, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(hi_C, (x_NxC.max(0) - mean_C) / std_C, rtol=1e-5, atol=1e-5)
-  assert latents.data_range({k: v for k, v in stats.items() if k not in ("min", "max")}) is None
+  assert latents.data_range(stats.replace(min_C=None, max_C=None)) is None
+  # The typed reader reads back what the writer wrote, and the JSON round-trips.
+  on_disk = latents.read_stats(os.path.join(workdir, "latents"))
+  assert on_disk.to_json() == stats.to_json()
+  assert latents.Stats.from_json(json.loads(json.dumps(stats.to_json()))).to_json() == (
+      stats.to_json())
+  with pytest.raises(ValueError, match="stats of format 'almtok-latents-0'"):
+    latents.Stats.from_json(dict(stats.to_json(), format="almtok-latents-0"))
 
 
 def test_moments_merge_in_any_order_and_read_manifests_without_extremes():
@@ -262,7 +268,7 @@ def test_an_interrupted_run_resumes_to_the_same_output(prepared, broken_folder, 
   assert any(name.endswith(".tmp") for name in before)
 
   monkeypatch.setattr(latents, "write_shard", real_write_shard)
-  stats = prepare.prepare(config, str(tmp_path), tokenizer=FrameRms())
+  done = prepare.prepare(config, str(tmp_path), tokenizer=FrameRms())
   after = _tree(latents_dir)
   assert sorted(after) == sorted(reference)  # No temporaries left, nothing missing.
   for name, (data, _) in reference.items():
@@ -271,11 +277,11 @@ def test_an_interrupted_run_resumes_to_the_same_output(prepared, broken_folder, 
     for name in (os.path.basename(path), os.path.basename(path)[:-len(".array_record")] + ".json"):
       key = os.path.join(os.path.basename(os.path.dirname(path)), name)
       assert after[key][1] == before[key][1], key
-  assert stats["encoded"] == sum(len(g) for g in (TRAIN, VALIDATION)) - 2 * 3
+  assert done.encoded == sum(len(g) for g in (TRAIN, VALIDATION)) - 2 * 3
 
   # A finished run is not redone at all, and a different config is refused.
   again = prepare.prepare(config, str(tmp_path), tokenizer=FrameRms())
-  assert again["encoded"] == 0
+  assert again.encoded == 0
   shards = lambda tree: {k: v[1] for k, v in tree.items() if os.sep in k}  # noqa: E731
   assert shards(_tree(latents_dir)) == shards(after)
   with config.unlocked():
@@ -290,9 +296,9 @@ def test_synth_sounds_with_the_mel_tokenizer_reads_back_normalised(tmp_path_fact
   workdir = str(tmp_path_factory.mktemp("synth"))
   config = prepare_config.get_config("synth_sounds,size=tiny,seconds=1.0")
   prepare.check_config(config)
-  stats = prepare.prepare(config, workdir, tokenizer=mel.MelTokenizer())
+  stats = prepare.prepare(config, workdir, tokenizer=mel.MelTokenizer()).stats
   assert prepare.summary_line(stats) == "processed 24, skipped 0"
-  assert stats["latent_dim"] == 256 and stats["frame_rate"] == 25.0
+  assert stats.latent_dim == 256 and stats.frame_rate == 25.0
   latents_dir = os.path.join(workdir, "latents")
   for split, n in (("train", 16), ("validation", 4), ("test", 4)):
     ds = pipeline.make_dataset(latents_dir, split, seq_len=32, batch_size=4, shuffle=False,

@@ -159,7 +159,7 @@ def test_save_load_and_export_round_trip(fitted, tmp_path):
   with pytest.raises(FileNotFoundError):
     rvq_lib.RVQ.load(tmp_path / "nothing")
   assert not os.path.exists(tmp_path / "nothing")
-  other = dict(stats, std=[2.0] * C)
+  other = stats.replace(std_C=np.full(C, 2.0))
   with pytest.raises(ValueError, match="stats_sha256"):
     rvq_lib.RVQ.load(tmp_path / "ckpt", stats=other)
 
@@ -179,10 +179,11 @@ def test_save_load_and_export_round_trip(fitted, tmp_path):
 
 
 def fake_stats(channels, splits=None):
-  return {"tokenizer": {"name": "fake", "latent_dim": channels}, "dataset": {"name": "fake"},
-          "normalised_from": "train", "train_tokens": 0, "latent_dim": channels,
-          "mean": [0.5] * channels, "std": [2.0] + [1.0] * (channels - 1),
-          "splits": splits or {}}
+  return latents_lib.Stats(
+      tokenizer=latents_lib.TokenizerSpec("fake", {}, 16_000, 25.0, channels),
+      latent_dtype="float16", dataset={"name": "fake"}, normalised_from="train", train_tokens=0,
+      mean_C=np.full(channels, 0.5), std_C=np.asarray([2.0] + [1.0] * (channels - 1)),
+      min_C=None, max_C=None, splits=splits or {}, skipped_total=0, skipped_by_kind={})
 
 
 @pytest.fixture(scope="module")
@@ -202,18 +203,21 @@ def latents_dir(tmp_path_factory):
       os.makedirs(os.path.join(root, split), exist_ok=True)
       latents_lib.write_shard(os.path.join(root, split, name),
                               (latents_lib.encode_record(r) for r in records))
-      shards.append({"file": name, "records": size})
+      shards.append(latents_lib.ShardEntry(name, size))
       tokens += sum(r.num_tokens for r in records)
-    splits[split] = {"tokens": tokens, "shards": shards}
+    splits[split] = latents_lib.SplitStats(
+        inputs=len(shards), records=sum(e.records for e in shards), skipped=0, tokens=tokens,
+        max_tokens=40 + 7 * (max(shard_sizes) - 1), seconds=float(sum(shard_sizes)),
+        shards=tuple(shards))
   stats = fake_stats(C, splits)
-  latents_lib.write_json_atomic(os.path.join(root, latents_lib.STATS_FILE), stats)
+  latents_lib.write_json_atomic(os.path.join(root, latents_lib.STATS_FILE), stats.to_json())
   return root, stats, clips
 
 
 def test_sample_vectors_are_normalised_train_rows(latents_dir):
   root, stats, clips = latents_dir
   all_NxC = np.concatenate([r.latents.astype(np.float32) for r in clips["train"]])
-  want_NxC = (all_NxC - 0.5) / np.asarray(stats["std"], np.float32)[None, :]
+  want_NxC = (all_NxC - 0.5) / np.asarray(stats.std_C, np.float32)[None, :]
   everything = rvq_lib.sample_vectors(root, 10_000)
   np.testing.assert_allclose(everything, want_NxC, rtol=1e-6, atol=1e-6)
   some = rvq_lib.sample_vectors(root, 50, seed=1)
@@ -226,7 +230,7 @@ def test_command_line_run_writes_a_loadable_quantiser(latents_dir, tmp_path):
   root, stats, _ = latents_dir
   config = rvq_config.get_config(f"tiny,latents_dir={root}")
   report = rvq_lib.run(config, str(tmp_path))
-  assert report["num_vectors"] == min(config.num_vectors, stats["splits"]["train"]["tokens"])
+  assert report["num_vectors"] == min(config.num_vectors, stats.splits["train"].tokens)
   assert len(report["validation_rel_mse"]) == config.n_q
   assert np.all(np.diff(report["train_rel_mse"]) <= 0)
   loaded = rvq_lib.RVQ.load(tmp_path / "checkpoint", stats=stats)

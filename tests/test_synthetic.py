@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 
 from almtok import audio
+from almtok.datasets import synth_captions
 from almtok.datasets import synth_generator
+from almtok.datasets import synth_render as render
+from almtok.datasets import synth_scenes as scenes
 
-SR = synth_generator.DEFAULT_SAMPLE_RATE
+SR = scenes.DEFAULT_SAMPLE_RATE
 CUES = synth_generator.VOCABULARY["cues"]
 
 
@@ -27,11 +30,11 @@ def clips():
 
 
 def _event(seconds: float = 2.0, seed: int = 0, **fixed) -> dict:
-  return synth_generator.make_event(np.random.default_rng(seed), 0.0, seconds, **fixed)
+  return scenes.make_event(np.random.default_rng(seed), 0.0, seconds, **fixed)
 
 
 def _render(ev: dict, seed: int = 0) -> np.ndarray:
-  return synth_generator.render_event(ev, SR, np.random.default_rng(seed))
+  return render.render_event(ev, SR, np.random.default_rng(seed))
 
 
 def _spectrogram(x_S: np.ndarray, n_fft: int = 2048, hop: int = 256) -> np.ndarray:
@@ -115,25 +118,25 @@ def test_other_lengths_and_rates(seconds, sample_rate):
     assert clip.wav.shape == (round(seconds * sample_rate),)
     assert clip.labels["sample_rate"] == sample_rate
     assert all(0.0 <= ev["start_s"] < ev["end_s"] <= seconds for ev in clip.labels["events"])
-    assert audio.peak(clip.wav) <= synth_generator.PEAK
+    assert audio.peak(clip.wav) <= render.PEAK
 
 
 def test_clip_format(clips):
   for clip in clips:
     assert clip.wav.dtype == np.float32 and clip.wav.shape == (4 * SR,)
     assert np.all(np.isfinite(clip.wav))
-    assert 0.1 < audio.peak(clip.wav) <= synth_generator.PEAK
+    assert 0.1 < audio.peak(clip.wav) <= render.PEAK
     assert json.loads(json.dumps(clip.labels)) == clip.labels
     assert clip.caption and clip.caption[0].isupper()
 
 
 def test_content_covers_the_vocabulary(clips):
   events = [ev for c in clips for ev in c.labels["events"]]
-  assert {ev["kind"] for ev in events} == set(synth_generator.KINDS)
-  assert {ev["envelope"] for ev in events} == set(synth_generator.ENVELOPES)
-  assert {c.labels["relation"] for c in clips} == set(synth_generator.RELATIONS)
+  assert {ev["kind"] for ev in events} == set(scenes.KINDS)
+  assert {ev["envelope"] for ev in events} == set(scenes.ENVELOPES)
+  assert {c.labels["relation"] for c in clips} == set(scenes.RELATIONS)
   assert {len(c.labels["events"]) for c in clips} == {1, 2, 3}
-  assert any(g["end_s"] - g["start_s"] >= synth_generator.PAUSE_S for c in clips
+  assert any(g["end_s"] - g["start_s"] >= scenes.PAUSE_S for c in clips
              for g in c.labels["gaps"])
 
 
@@ -147,7 +150,7 @@ def test_labels_are_complete_and_consistent(clips):
     events = labels["events"]
     assert [ev["start_s"] for ev in events] == sorted(ev["start_s"] for ev in events)
     for ev in events:
-      assert set(ev) == set(synth_generator.EVENT_KEYS)
+      assert set(ev) == set(scenes.EVENT_KEYS)
       kind = ev["kind"]
       assert (ev["register"] in vocab["registers"]) == (kind in ("tone", "chord", "arpeggio"))
       assert (ev["waveform"] in vocab["waveforms"]) == (kind in ("tone", "chord", "arpeggio",
@@ -165,7 +168,7 @@ def test_labels_are_complete_and_consistent(clips):
       if kind == "arpeggio":
         steps = np.diff(ev["notes_hz"])
         assert np.all(steps > 0) if ev["direction"] == "rising" else np.all(steps < 0)
-      if synth_generator.is_pulsed(ev):
+      if scenes.is_pulsed(ev):
         lo, hi = vocab["tempos"][ev["tempo"]]
         assert lo <= ev["bpm"] <= hi
         assert len(ev["onsets_s"]) >= 3
@@ -188,26 +191,26 @@ def test_labels_are_complete_and_consistent(clips):
 def test_labels_re_render_the_clip(clips):
   for clip in clips[:40]:
     labels = clip.labels
-    wav_S, events = synth_generator.mix(labels["events"], labels["seconds"], labels["sample_rate"],
+    wav_S, events = render.mix(labels["events"], labels["seconds"], labels["sample_rate"],
                                   clip.seed)
     np.testing.assert_allclose(wav_S, clip.wav, atol=1e-6)
     for i, ev in enumerate(events):
-      seg_N = synth_generator.render_event(ev, SR, np.random.default_rng([clip.seed, i]))
+      seg_N = render.render_event(ev, SR, np.random.default_rng([clip.seed, i]))
       assert audio.peak(seg_N) == pytest.approx(10 ** (ev["gain_db"] / 20), rel=1e-5)
 
 
 def test_mix_scales_loud_overlaps_and_updates_gains():
   rng = np.random.default_rng(0)
-  events = [synth_generator.make_event(rng, 0.0, 1.5, kind="noise", color="white", gain_db=-1.0,
+  events = [scenes.make_event(rng, 0.0, 1.5, kind="noise", color="white", gain_db=-1.0,
                                  envelope="sustained"),
-            synth_generator.make_event(rng, 0.5, 1.0, kind="tone", gain_db=-1.0,
+            scenes.make_event(rng, 0.5, 1.0, kind="tone", gain_db=-1.0,
                                  envelope="sustained")]
-  wav_S, scaled = synth_generator.mix(events, 2.0, SR, seed=3)
-  assert audio.peak(wav_S) == pytest.approx(synth_generator.PEAK, rel=1e-5)
-  assert audio.peak(wav_S) <= synth_generator.PEAK
+  wav_S, scaled = render.mix(events, 2.0, SR, seed=3)
+  assert audio.peak(wav_S) == pytest.approx(render.PEAK, rel=1e-5)
+  assert audio.peak(wav_S) <= render.PEAK
   shift = [b["gain_db"] - a["gain_db"] for a, b in zip(events, scaled)]
   assert shift[0] < 0 and shift[0] == pytest.approx(shift[1])
-  again_S, same = synth_generator.mix(scaled, 2.0, SR, seed=3)
+  again_S, same = render.mix(scaled, 2.0, SR, seed=3)
   np.testing.assert_allclose(again_S, wav_S, atol=1e-6)
   assert [ev["gain_db"] for ev in same] == pytest.approx([ev["gain_db"] for ev in scaled],
                                                         abs=1e-6)
@@ -229,9 +232,9 @@ def test_silences_are_silent_and_events_are_not(clips):
 # ----------------------------------------------------------------------------------------------
 # The audio matches its labels.
 
-@pytest.mark.parametrize("waveform", synth_generator.WAVEFORMS)
+@pytest.mark.parametrize("waveform", scenes.WAVEFORMS)
 def test_chirp_direction(waveform):
-  for direction in synth_generator.DIRECTIONS:
+  for direction in scenes.DIRECTIONS:
     for seed in range(3):
       ev = _event(1.5, seed, kind="chirp", waveform=waveform, direction=direction,
                   envelope="sustained")
@@ -245,7 +248,7 @@ def test_chirp_direction(waveform):
 
 
 def test_chirp_direction_on_log_mel():
-  for direction in synth_generator.DIRECTIONS:
+  for direction in scenes.DIRECTIONS:
     ev = _event(2.0, 1, kind="chirp", waveform="saw", direction=direction, envelope="sustained")
     mel_MxF = audio.log_mel(_render(ev).astype(np.float32))[:, 5:-5]
     peak_bin_F = np.argmax(mel_MxF, axis=0)
@@ -255,10 +258,10 @@ def test_chirp_direction_on_log_mel():
     assert abs(np.corrcoef(np.arange(peak_bin_F.size), peak_bin_F)[0, 1]) > 0.9
 
 
-@pytest.mark.parametrize("register", list(synth_generator.REGISTERS))
+@pytest.mark.parametrize("register", list(scenes.REGISTERS))
 def test_register_sets_the_dominant_frequency(register):
-  lo, hi = synth_generator.REGISTERS[register]
-  for waveform in synth_generator.WAVEFORMS:
+  lo, hi = scenes.REGISTERS[register]
+  for waveform in scenes.WAVEFORMS:
     for seed in range(4):
       tone = _event(1.0, seed, kind="tone", register=register, waveform=waveform,
                     envelope="sustained")
@@ -271,7 +274,7 @@ def test_register_sets_the_dominant_frequency(register):
 
 
 def test_arpeggio_plays_its_notes_in_order():
-  for direction in synth_generator.DIRECTIONS:
+  for direction in scenes.DIRECTIONS:
     for envelope in ("staccato", "sustained"):
       ev = _event(3.0, 2, kind="arpeggio", direction=direction, envelope=envelope,
                   register="mid", waveform="square", tempo="medium")
@@ -294,7 +297,7 @@ def _spectral_slope(x_S: np.ndarray) -> float:
 
 def test_noise_colors_have_their_spectral_slopes():
   slopes = {}
-  for color in synth_generator.COLORS:
+  for color in scenes.COLORS:
     ev = _event(2.0, 3, kind="noise", color=color, envelope="sustained")
     slopes[color] = _spectral_slope(_render(ev, seed=5))
   assert slopes["white"] == pytest.approx(0.0, abs=0.15)
@@ -309,11 +312,11 @@ def test_noise_colors_have_their_spectral_slopes():
     ("noise", {"envelope": "staccato", "color": "pink"}),
     ("chord", {"envelope": "staccato", "register": "low"})])
 def test_pulses_fall_on_the_beat(kind, extra):
-  for tempo in synth_generator.TEMPOS:
+  for tempo in scenes.TEMPOS:
     fixed = {"envelope": "sustained", **extra}
-    ev = synth_generator.make_event(np.random.default_rng(4), 0.25, 3.5, kind=kind, tempo=tempo,
+    ev = scenes.make_event(np.random.default_rng(4), 0.25, 3.5, kind=kind, tempo=tempo,
                               **fixed)
-    wav_S, _ = synth_generator.mix([ev], 4.0, SR, seed=9)
+    wav_S, _ = render.mix([ev], 4.0, SR, seed=9)
     beat = 60.0 / ev["bpm"]
     found = _onsets(wav_S, 0.5 * beat)
     assert found.size == len(ev["onsets_s"]) >= 3, (ev, found)
@@ -382,7 +385,7 @@ def _caption_problems(caption: str, labels: dict) -> list[str]:
       problems.append(f"single clip says {other}")
   if relation == "sequence" and _mentions(caption, CUES["relation"]["overlap"]):
     problems.append("sequence clip says overlap")
-  pause = any(g["end_s"] - g["start_s"] >= synth_generator.PAUSE_S for g in labels["gaps"])
+  pause = any(g["end_s"] - g["start_s"] >= scenes.PAUSE_S for g in labels["gaps"])
   if pause != _mentions(caption, CUES["pause"]):
     problems.append(f"pause={pause}")
   if relation == "single":
@@ -398,7 +401,7 @@ def _caption_problems(caption: str, labels: dict) -> list[str]:
 def test_captions_name_their_labels(clips):
   failures = []
   for clip in clips:
-    captions = [clip.caption] + [synth_generator.describe(clip.labels, np.random.default_rng(k))
+    captions = [clip.caption] + [synth_captions.describe(clip.labels, np.random.default_rng(k))
                                  for k in range(4)]
     for caption in captions:
       problems = _caption_problems(caption, clip.labels)
@@ -413,17 +416,17 @@ def test_single_event_captions_are_precise():
   for kind, envelopes in synth_generator.VOCABULARY["envelopes_of"].items():
     for envelope in envelopes:
       for _ in range(6):
-        ev = synth_generator.make_event(rng, 0.1, 3.5, kind=kind, envelope=envelope)
+        ev = scenes.make_event(rng, 0.1, 3.5, kind=kind, envelope=envelope)
         labels = {"events": [ev], "relation": "single", "gaps": []}
         for k in range(8):
-          caption = synth_generator.describe(labels, np.random.default_rng(k))
+          caption = synth_captions.describe(labels, np.random.default_rng(k))
           assert not _caption_problems(caption, labels), (caption, ev)
 
 
 def test_captions_vary_for_the_same_attributes():
   ev = _event(2.0, 0, kind="tone", register="high", waveform="sine", envelope="fade_out")
   labels = {"events": [ev], "relation": "single", "gaps": []}
-  captions = {synth_generator.describe(labels, np.random.default_rng(k)) for k in range(40)}
+  captions = {synth_captions.describe(labels, np.random.default_rng(k)) for k in range(40)}
   assert len(captions) >= 25
   # The register word itself varies too: the caption is no fixed key for the attributes.
   words = {w for c in captions for w in ("shrill", "piercing", "high-pitched", "treble")
@@ -431,10 +434,10 @@ def test_captions_vary_for_the_same_attributes():
   assert len(words) >= 3
 
   seq = [_event(1.0, 0, kind="chirp", direction="rising"),
-         synth_generator.make_event(np.random.default_rng(1), 1.6, 3.0, kind="noise",
+         scenes.make_event(np.random.default_rng(1), 1.6, 3.0, kind="noise",
                                     color="brown")]
   labels = {"events": seq, "relation": "sequence", "gaps": [{"start_s": 1.0, "end_s": 1.6}]}
-  captions = {synth_generator.describe(labels, np.random.default_rng(k)) for k in range(40)}
+  captions = {synth_captions.describe(labels, np.random.default_rng(k)) for k in range(40)}
   assert len(captions) >= 35
 
 

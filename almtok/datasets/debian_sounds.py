@@ -1,6 +1,7 @@
 """TFDS builder `debian_sounds`: the captioned sample libraries of three Debian packages.
 
-Scanning, captioning, splits and clip loading live in `debian_catalog.py` (no TensorFlow).
+Scanning, splits and clip loading live in `debian_catalog.py`, captions in `debian_captions.py`
+(no TensorFlow in either).
 """
 
 from __future__ import annotations

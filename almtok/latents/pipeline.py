@@ -29,7 +29,7 @@ pieces (`text_max_len`), T tokens of one clip.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 import math
 from typing import Any
 
@@ -62,9 +62,9 @@ class ProcessShard:
 class DecodeAndNormalise(grain.transforms.Map):
   """Serialised record -> {"x_TxC" normalised float32, "id", "caption", "valid"}."""
 
-  def __init__(self, stats: Mapping[str, Any], normalise: bool):
-    self._stats = {"mean": stats["mean"], "std": stats["std"]}
-    self._channels = len(stats["mean"])
+  def __init__(self, stats: latents.Stats, normalise: bool):
+    self._stats = stats
+    self._channels = stats.latent_dim
     self._normalise = normalise
 
   def map(self, element: bytes) -> dict[str, Any]:

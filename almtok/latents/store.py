@@ -5,7 +5,7 @@ A prepared dataset is a folder (`<workdir>/latents/`):
   config.json                                 what produced it; a resumed run must match it
   <split>/<split>-KKKKK-of-NNNNN.array_record  the records of shard K of the split's inputs
   <split>/<split>-KKKKK-of-NNNNN.json          the shard's manifest: records, skips, moments
-  stats.json                                  written once every shard is done (`read_stats`)
+  stats.json                                  written once every shard is done (`Stats`)
   skipped.jsonl                               one line per input that has no record
 
 Shard K holds the records of inputs [K * inputs_per_shard, (K + 1) * inputs_per_shard) of its
@@ -26,7 +26,8 @@ Shape letters: T tokens of one clip, C latent channels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import collections
+from collections.abc import Iterable, Mapping, Sequence
 import dataclasses
 import json
 import os
@@ -141,23 +142,13 @@ def read_shard(path: str) -> list[LatentRecord]:
     reader.close()
 
 
-def read_stats(latents_dir: str) -> dict[str, Any]:
-  """The stats.json of a prepared dataset (a clear error if preparation has not finished)."""
-  path = os.path.join(latents_dir, STATS_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: run `python -m almtok.prepare` to completion "
-                            "for this workdir first")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def shard_paths(latents_dir: str, split: str, stats: Mapping[str, Any] | None = None) -> list[str]:
+def shard_paths(latents_dir: str, split: str, stats: Stats | None = None) -> list[str]:
   """Paths of the split's non-empty shards, in order, as listed in stats.json."""
   stats = read_stats(latents_dir) if stats is None else stats
-  if split not in stats["splits"]:
-    raise ValueError(f"no split {split!r} in {latents_dir}; it has {sorted(stats['splits'])}")
-  return [os.path.join(latents_dir, split, shard["file"])
-          for shard in stats["splits"][split]["shards"] if shard["records"]]
+  if split not in stats.splits:
+    raise ValueError(f"no split {split!r} in {latents_dir}; it has {sorted(stats.splits)}")
+  return [os.path.join(latents_dir, split, shard.file)
+          for shard in stats.splits[split].shards if shard.records]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,16 +217,230 @@ class Moments:
                np.asarray(value.get("max", np.full(mean_C.shape, unknown)), np.float64))
 
 
-def normaliser(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  """(mean_C, std_C) as float32 from stats.json; std is already floored there."""
-  return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+# ---------------------------------------------------------------------------------------------
+# Shard manifests and stats.json: one typed reader and writer each.
+# ---------------------------------------------------------------------------------------------
+
+STATS_FORMAT = "almtok-latents-1"
+# Channels whose latents barely vary are divided by this instead of their own spread.
+STD_FLOOR = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+  """What one finished shard holds: written after its ArrayRecord file, so its presence on disk
+  marks the shard as done. `skipped` holds the lines skipped.jsonl gets (dicts with `kind`)."""
+  split: str
+  shard: int
+  num_shards: int
+  inputs: tuple[int, int]
+  file: str | None
+  records: int
+  skipped: tuple[dict[str, Any], ...]
+  tokens: int
+  max_tokens: int
+  seconds: float
+  moments: Moments
+
+  def to_json(self) -> dict[str, Any]:
+    return {"split": self.split, "shard": self.shard, "num_shards": self.num_shards,
+            "inputs": list(self.inputs), "file": self.file, "records": self.records,
+            "skipped": list(self.skipped), "tokens": self.tokens, "max_tokens": self.max_tokens,
+            "seconds": self.seconds, "moments": self.moments.to_json()}
+
+  @classmethod
+  def from_json(cls, value: Mapping[str, Any]) -> Manifest:
+    return cls(value["split"], int(value["shard"]), int(value["num_shards"]),
+               tuple(value["inputs"]), value["file"], int(value["records"]),
+               tuple(value["skipped"]), int(value["tokens"]), int(value["max_tokens"]),
+               float(value["seconds"]), Moments.from_json(value["moments"]))
+
+
+def write_manifest(path: str, manifest: Manifest) -> None:
+  write_json_atomic(path, manifest.to_json())
+
+
+def read_manifest(path: str) -> Manifest | None:
+  """The finished shard's manifest, or None if the shard is not done (no manifest, or its
+  ArrayRecord file was removed since, so that it is redone)."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    manifest = Manifest.from_json(json.load(f))
+  if manifest.file and not os.path.exists(os.path.join(os.path.dirname(path), manifest.file)):
+    return None
+  return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+  """The tokenizer that encoded the latents: `tokenizers.get(name, **params)` rebuilds it."""
+  name: str
+  params: dict[str, Any]
+  sample_rate: int
+  frame_rate: float
+  latent_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardEntry:
+  file: str | None
+  records: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitStats:
+  inputs: int
+  records: int
+  skipped: int
+  tokens: int
+  max_tokens: int
+  seconds: float
+  shards: tuple[ShardEntry, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+  """stats.json: what the latents are, the train split's per-channel moments and extremes
+  (unnormalised; the extremes are None for latents prepared before they were recorded), each
+  split's counts and shards, and the skips by kind."""
+  tokenizer: TokenizerSpec
+  latent_dtype: str
+  dataset: dict[str, Any]
+  normalised_from: str | None
+  train_tokens: int
+  mean_C: np.ndarray
+  std_C: np.ndarray
+  min_C: np.ndarray | None
+  max_C: np.ndarray | None
+  splits: dict[str, SplitStats]
+  skipped_total: int
+  skipped_by_kind: dict[str, int]
+
+  @property
+  def sample_rate(self) -> int:
+    return self.tokenizer.sample_rate
+
+  @property
+  def frame_rate(self) -> float:
+    return self.tokenizer.frame_rate
+
+  @property
+  def latent_dim(self) -> int:
+    return self.tokenizer.latent_dim
+
+  def replace(self, **changes: Any) -> Stats:
+    return dataclasses.replace(self, **changes)
+
+  def to_json(self) -> dict[str, Any]:
+    extremes = ({} if self.min_C is None or self.max_C is None
+                else {"min": self.min_C.tolist(), "max": self.max_C.tolist()})
+    return {
+        "format": STATS_FORMAT, "tokenizer": dataclasses.asdict(self.tokenizer),
+        "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
+        "latent_dim": self.latent_dim, "latent_dtype": self.latent_dtype,
+        "dataset": self.dataset, "normalised_from": self.normalised_from,
+        "train_tokens": self.train_tokens, "mean": self.mean_C.tolist(),
+        "std": self.std_C.tolist(), **extremes,
+        "splits": {name: dict(dataclasses.asdict(s), shards=[dataclasses.asdict(e)
+                                                             for e in s.shards])
+                   for name, s in self.splits.items()},
+        "skipped": {"total": self.skipped_total, "by_kind": self.skipped_by_kind},
+    }
+
+  @classmethod
+  def from_json(cls, value: Mapping[str, Any], where: str = STATS_FILE) -> Stats:
+    if value.get("format") != STATS_FORMAT:
+      raise ValueError(f"{where}: stats of format {value.get('format')!r}; this almtok reads "
+                       f"{STATS_FORMAT!r}")
+    floats = lambda key: (np.asarray(value[key], np.float64) if key in value else None)
+    return cls(
+        tokenizer=TokenizerSpec(**value["tokenizer"]), latent_dtype=value["latent_dtype"],
+        dataset=value["dataset"], normalised_from=value["normalised_from"],
+        train_tokens=int(value["train_tokens"]), mean_C=floats("mean"), std_C=floats("std"),
+        min_C=floats("min"), max_C=floats("max"),
+        splits={name: SplitStats(**dict(s, shards=tuple(ShardEntry(**e) for e in s["shards"])))
+                for name, s in value["splits"].items()},
+        skipped_total=int(value["skipped"]["total"]),
+        skipped_by_kind=dict(value["skipped"]["by_kind"]))
+
+  @classmethod
+  def of_manifests(cls, manifests: Mapping[str, Sequence[Manifest]], *,
+                   tokenizer: TokenizerSpec, latent_dtype: str, dataset: dict[str, Any],
+                   kind_order: Sequence[str] = ()) -> Stats:
+    """Merges the shards' manifests: each split's counts, and the train split's moments (mean
+    0, std 1 when it has no tokens). Skip kinds are listed in `kind_order`, others after."""
+    splits, by_kind = {}, collections.Counter()
+    for split, group in manifests.items():
+      for m in group:
+        by_kind.update(s["kind"] for s in m.skipped)
+      splits[split] = SplitStats(
+          inputs=sum(m.inputs[1] - m.inputs[0] for m in group),
+          records=sum(m.records for m in group), skipped=sum(len(m.skipped) for m in group),
+          tokens=sum(m.tokens for m in group),
+          max_tokens=max((m.max_tokens for m in group), default=0),
+          seconds=sum(m.seconds for m in group),
+          shards=tuple(ShardEntry(m.file, m.records) for m in group))
+    train = Moments.zeros(tokenizer.latent_dim)
+    for m in manifests.get("train", ()):
+      train = train.merge(m.moments)
+    if train.count:
+      mean_C, std_C, source = train.mean_C, np.maximum(train.std_C(), STD_FLOOR), "train"
+    else:
+      mean_C, std_C, source = (np.zeros(tokenizer.latent_dim), np.ones(tokenizer.latent_dim),
+                               None)
+    # The extremes are known only if every train shard recorded them.
+    known = bool(train.count) and np.all(np.isfinite(train.min_C)) and np.all(
+        np.isfinite(train.max_C))
+    rank = {k: i for i, k in enumerate(kind_order)}
+    order = sorted(by_kind, key=lambda k: (rank.get(k, len(rank)), k))
+    return cls(tokenizer=tokenizer, latent_dtype=latent_dtype, dataset=dataset,
+               normalised_from=source, train_tokens=train.count, mean_C=mean_C, std_C=std_C,
+               min_C=train.min_C if known else None, max_C=train.max_C if known else None,
+               splits=splits, skipped_total=sum(by_kind.values()),
+               skipped_by_kind={k: by_kind[k] for k in order})
+
+
+def write_stats(latents_dir: str, stats: Stats,
+                manifests: Mapping[str, Sequence[Manifest]]) -> None:
+  """Writes skipped.jsonl (every manifest's skips, in order) and then stats.json."""
+  with fileio.atomic_write(os.path.join(latents_dir, SKIPPED_FILE), encoding="utf-8") as f:
+    for group in manifests.values():
+      for m in group:
+        for s in m.skipped:
+          f.write(json.dumps(s, ensure_ascii=False) + "\n")
+  write_json_atomic(os.path.join(latents_dir, STATS_FILE), stats.to_json())
+
+
+def read_stats(latents_dir: str) -> Stats:
+  """The stats.json of a prepared dataset (a clear error if preparation has not finished)."""
+  path = os.path.join(latents_dir, STATS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: run `python -m almtok.prepare` to completion "
+                            "for this workdir first")
+  return read_stats_file(path)
+
+
+def read_stats_file(path: str) -> Stats:
+  with open(path, encoding="utf-8") as f:
+    return Stats.from_json(json.load(f), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation.
+# ---------------------------------------------------------------------------------------------
+
+
+def normaliser(stats: Stats) -> tuple[np.ndarray, np.ndarray]:
+  """(mean_C, std_C) as float32; std is already floored (`STD_FLOOR`)."""
+  return np.asarray(stats.mean_C, np.float32), np.asarray(stats.std_C, np.float32)
 
 
 def _over_last_axis(a_C: np.ndarray, ndim: int) -> np.ndarray:
   return a_C.reshape((1,) * (ndim - 1) + (a_C.size,))
 
 
-def normalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
+def normalise(x_xC: Any, stats: Stats) -> Any:
   """The one normalisation of latents: (x - mean) * (1 / std) per channel over the last axis,
   float32 (1 / std taken in float64), on numpy or JAX arrays of any rank. The training
   pipeline, prompts, quantisers and bounds all go through it, so they agree to the bit."""
@@ -245,16 +450,16 @@ def normalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
   return (x_xC - _over_last_axis(mean_C, x_xC.ndim)) * _over_last_axis(inv_std_C, x_xC.ndim)
 
 
-def denormalise(x_xC: Any, stats: Mapping[str, Any]) -> Any:
+def denormalise(x_xC: Any, stats: Stats) -> Any:
   """The inverse of `normalise`: x * std + mean over the last axis (numpy or JAX, any rank)."""
   mean_C, std_C = normaliser(stats)
   return x_xC * _over_last_axis(std_C, x_xC.ndim) + _over_last_axis(mean_C, x_xC.ndim)
 
 
-def data_range(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+def data_range(stats: Stats) -> tuple[np.ndarray, np.ndarray] | None:
   """(lo_C, hi_C): the range of each channel of the normalised train latents, float32, or None
   for a dataset prepared before almtok recorded it."""
-  if "min" not in stats or "max" not in stats:
+  if stats.min_C is None or stats.max_C is None:
     return None
-  return (normalise(np.asarray(stats["min"], np.float32), stats),
-          normalise(np.asarray(stats["max"], np.float32), stats))
+  return (normalise(np.asarray(stats.min_C, np.float32), stats),
+          normalise(np.asarray(stats.max_C, np.float32), stats))

@@ -271,7 +271,7 @@ class RVQ(NamedTuple):
 
   @classmethod
   def load(cls, directory: str | os.PathLike, *,
-           stats: Mapping[str, Any] | None = None) -> RVQ:
+           stats: latents_lib.Stats | None = None) -> RVQ:
     """The codebooks that `save` wrote; with `stats`, checks they were fitted on those latents."""
     rvq, meta = load_with_meta(directory)
     if stats is not None:
@@ -293,7 +293,7 @@ class RVQ(NamedTuple):
 
   @classmethod
   def from_export(cls, path: str | os.PathLike, *,
-                  stats: Mapping[str, Any] | None = None) -> RVQ:
+                  stats: latents_lib.Stats | None = None) -> RVQ:
     """Codebooks from `export`'s files: a directory, or the .safetensors or .json path."""
     weights, meta, meta_path = fileio.read_export(path, EXPORT_STEM)
     rvq = cls(jnp.asarray(st_numpy.load(weights)["codebooks_QxKxC"]))
@@ -327,17 +327,17 @@ def _check_meta(rvq: RVQ, meta: Mapping[str, Any], where: str) -> None:
                      f"{meta['dim']} but the codebooks are {rvq.codebooks_QxKxC.shape}")
 
 
-def latents_source(stats: Mapping[str, Any]) -> dict[str, Any]:
+def latents_source(stats: latents_lib.Stats) -> dict[str, Any]:
   """What identifies the latents a quantiser was fitted on: their tokenizer, their dataset and
   a hash of the normalisation (codebooks only fit latents normalised the same way)."""
   mean_C, std_C = latents_lib.normaliser(stats)
   digest = hashlib.sha256(mean_C.astype("<f4").tobytes() + std_C.astype("<f4").tobytes())
-  return {"tokenizer": stats.get("tokenizer"), "dataset": stats.get("dataset"),
-          "normalised_from": stats.get("normalised_from"),
-          "train_tokens": stats.get("train_tokens"), "stats_sha256": digest.hexdigest()}
+  return {"tokenizer": dataclasses.asdict(stats.tokenizer), "dataset": stats.dataset,
+          "normalised_from": stats.normalised_from, "train_tokens": stats.train_tokens,
+          "stats_sha256": digest.hexdigest()}
 
 
-def check_source(meta: Mapping[str, Any], stats: Mapping[str, Any]) -> None:
+def check_source(meta: Mapping[str, Any], stats: latents_lib.Stats) -> None:
   """Raises ValueError unless the quantiser in `meta` was fitted on latents like `stats`'."""
   fitted, given = meta.get("source") or {}, latents_source(stats)
   differ = [key for key in ("tokenizer", "stats_sha256") if fitted.get(key) != given[key]]
@@ -408,7 +408,7 @@ def sample_vectors(latents_dir: str, num_vectors: int, *, split: str = "train",
   replacement over all its tokens (all of them when it has fewer), one shard in memory at a time.
   """
   stats = latents_lib.read_stats(latents_dir)
-  total = int(stats["splits"][split]["tokens"])
+  total = stats.splits[split].tokens
   n = min(num_vectors, total)
   chosen = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
   out, offset = [], 0
@@ -440,7 +440,7 @@ def fit_from_latents(latents_dir: str, *, n_q: int, k: int, iters: int, num_vect
   report = {"source": latents_source(stats), "num_vectors": int(x_NxC.shape[0]),
             "fit_seconds": time.perf_counter() - t0,
             "train_rel_mse": np.asarray(stage_errors(rvq, x_NxC, chunk)).tolist()}
-  if eval_split and stats["splits"].get(eval_split, {}).get("tokens"):
+  if eval_split in stats.splits and stats.splits[eval_split].tokens:
     clips = read_clips(latents_dir, eval_split)
     x_eval = np.concatenate([r.latents for r in clips])
     report[f"{eval_split}_rel_mse"] = np.asarray(stage_errors(rvq, x_eval, chunk)).tolist()

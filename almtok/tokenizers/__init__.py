@@ -45,9 +45,10 @@ def get(name: str, **kwargs) -> AudioTokenizer:
   raise ValueError(f"unknown tokenizer {name!r}; choose one of {list(NAMES)}")
 
 
-def from_stats(stats: dict) -> AudioTokenizer:
-  """The tokenizer that prepared latents were encoded with, from their stats.json."""
-  return get(stats["tokenizer"]["name"], **stats["tokenizer"]["params"])
+def from_stats(stats) -> AudioTokenizer:
+  """The tokenizer that prepared latents were encoded with, from their stats
+  (`latents.store.Stats`, whose `tokenizer` names it and its params)."""
+  return get(stats.tokenizer.name, **stats.tokenizer.params)
 
 
 def copy_weights(name: str, params: dict, directory: str) -> dict:

@@ -5,11 +5,13 @@ r"""Trains the mel-VAE tokenizer and exports it for `tokenizers.get("mel_vae", p
       --workdir=/tmp/mel_vae_tiny
 
 Builds synth_sounds (and debian_sounds when `data.debian_prob` > 0) into `data_dir`, holds every
-clip's log-mel in memory, and trains on random crops of `train.crop_frames` frames with AdamW.
-Training stops at `train.num_steps` or when `train.max_minutes` of training time (summed over
-restarts) are used up, whichever comes first; the learning rate warms up linearly and then
-follows a cosine over progress = max(step / num_steps, time used / time budget), so a
-time-limited run still anneals. Writes TensorBoard scalars (loss, L1, KL, validation mel SNR)
+clip's log-mel in memory, and trains on random crops of `train.crop_frames` frames with the LM
+trainer's AdamW and config keys (`optim.py`). Training stops at `train.num_steps` or when
+`train.max_minutes` of training time (summed over restarts) are used up, whichever comes first;
+the learning rate warms up linearly and then follows a cosine over progress = max(step /
+num_steps, time used / time budget), so a time-limited run still anneals. A step whose loss or
+gradient is not finite is not applied and stops the run (`optim.NonFiniteError`), as in the LM
+trainer; the last checkpoint is kept. Writes TensorBoard scalars (loss, L1, KL, validation mel SNR)
 and reconstruction images to <workdir>, orbax checkpoints to <workdir>/checkpoints (a rerun with
 the same --workdir resumes), and finally <workdir>/mel_vae.safetensors + mel_vae.json.
 
@@ -59,9 +61,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not (isinstance(config.train.max_minutes, (int, float)) and config.train.max_minutes > 0):
     raise configlib.ConfigError(f"config.train.max_minutes={config.train.max_minutes!r}: must be "
                                 "a number > 0")
-  if not 0 <= config.train.end_lr_fraction <= 1:
-    raise configlib.ConfigError(f"config.train.end_lr_fraction={config.train.end_lr_fraction!r}: "
-                                "must be in [0, 1]")
+  if not 0 <= config.train.final_lr_fraction <= 1:
+    raise configlib.ConfigError(f"config.train.final_lr_fraction="
+                                f"{config.train.final_lr_fraction!r}: must be in [0, 1]")
   if config.model.n_mels != audio.N_MELS:
     raise configlib.ConfigError(f"config.model.n_mels={config.model.n_mels}: the datasets' "
                                 f"log-mel has {audio.N_MELS} bins")
@@ -148,8 +150,8 @@ def eval_batches(clips: dict[str, dict[str, list[np.ndarray]]], num_clips: int,
 # second run in the same process (a resumed run in a notebook or a test) reuses the compiled
 # code. Settings that do not enter the step (num_steps, the time budget, ...) are not part of
 # the key.
-_STEP_KEYS = ("kl_weight", "learning_rate", "warmup_steps", "end_lr_fraction")
-_OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "b2", "grad_clip_norm")
+_STEP_KEYS = ("kl_weight", "learning_rate", "warmup_steps", "final_lr_fraction")
+_OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "b1", "b2", "grad_clip")
 
 
 def _frozen(train: ml_collections.ConfigDict,
@@ -158,32 +160,14 @@ def _frozen(train: ml_collections.ConfigDict,
 
 
 def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Gradient clipping then AdamW (weight decay on matrices only, as `optim`); the learning
-  rate is a hyperparameter that the train step sets from the batch's progress."""
+  """`optim.make_optimizer` with the learning rate as a hyperparameter that the train step sets
+  from the batch's progress (`optim.budget_learning_rate`)."""
   return _optimizer(_frozen(train, _OPTIMIZER_KEYS))
 
 
 @functools.lru_cache(maxsize=8)
 def _optimizer(settings: ml_collections.FrozenConfigDict) -> optax.GradientTransformation:
-
-  @optax.inject_hyperparams
-  def optimizer(learning_rate, weight_decay, b2, clip_norm):
-    return optax.chain(optax.clip_by_global_norm(clip_norm),
-                       optax.adamw(learning_rate, b2=b2, weight_decay=weight_decay,
-                                   mask=optim.decay_mask))
-
-  return optimizer(learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
-                   b2=settings.b2, clip_norm=settings.grad_clip_norm)
-
-
-def learning_rate(train: ml_collections.ConfigDict, step: jax.Array,
-                  progress: jax.Array) -> jax.Array:
-  """Linear warm-up over `warmup_steps`, then a cosine from the peak to end_lr_fraction of it."""
-  step = step.astype(jnp.float32)
-  warm = jnp.minimum(1.0, (step + 1.0) / max(1, train.warmup_steps))
-  cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
-  end = train.end_lr_fraction
-  return train.learning_rate * warm * (end + (1.0 - end) * cosine)
+  return optim.make_optimizer(settings, injected_lr=True)
 
 
 def init_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation, *,
@@ -229,13 +213,15 @@ def _train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       return mel_vae.loss_fn(nnx.merge(graphdef, params), batch["mel"], rng, train.kl_weight)
 
     (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
-    lr = learning_rate(train, state["step"], batch["progress"])
-    opt_state = state["opt_state"]
-    opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+    lr = optim.budget_learning_rate(train, state["step"], batch["progress"])
+    opt_state = optim.set_learning_rate(state["opt_state"], lr)
     updates, opt_state = tx.update(grads, opt_state, state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics.update(grad_norm=optax.tree.norm(grads), learning_rate=lr)
-    return dict(step=state["step"] + 1, params=params, opt_state=opt_state), metrics
+    grad_norm = optax.tree.norm(grads)
+    new = dict(step=state["step"] + 1, params=params, opt_state=opt_state)
+    new, finite = optim.keep_if_finite(new, state, metrics["loss"], grad_norm)
+    metrics.update(grad_norm=grad_norm, learning_rate=lr, finite=finite.astype(jnp.float32))
+    return new, metrics
 
   return jax.jit(train_step, donate_argnums=0)
 
@@ -332,29 +318,42 @@ def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   # "rbg": with threefry, the train step's one normal draw costs seconds of XLA:CPU compilation.
   rng = jax.random.key(config.seed, impl="rbg")
   pending = None    # (step, metrics) of the last step, fetched after the next one is queued.
+
+  def finish(done_step: int, metrics: dict[str, jax.Array]) -> None:
+    """Stops at a non-finite step (its update was not applied); logs the step if it is due."""
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    values.pop("finite")
+    optim.check_finite(done_step, values)
+    if tc.log_every and (done_step % tc.log_every == 0 or done_step == 1):
+      writer.write_scalars(done_step, {f"train/{k}": v for k, v in values.items()})
+
   # Training time counts everything in the loop (compilation, evaluation, checkpoints).
   resumed_seconds, loop_start = train_seconds, time.monotonic()
-  while step < tc.num_steps and train_seconds < budget_s:
-    progress = max(step / tc.num_steps, train_seconds / budget_s)
-    mel_BxMxF = sample_batch(train_clips, step, seed=config.seed, batch_size=tc.batch_size,
-                             crop_frames=tc.crop_frames, debian_prob=config.data.debian_prob)
-    batch = dict(mel=mel_BxMxF, progress=np.float32(progress))
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = train_step(state, batch, rng)
-    step += 1
-    if pending is not None:
-      _write_train_metrics(writer, *pending)
-      pending = None
-    if tc.log_every and (step % tc.log_every == 0 or step == 1):
+  try:
+    while step < tc.num_steps and train_seconds < budget_s:
+      progress = max(step / tc.num_steps, train_seconds / budget_s)
+      mel_BxMxF = sample_batch(train_clips, step, seed=config.seed, batch_size=tc.batch_size,
+                               crop_frames=tc.crop_frames, debian_prob=config.data.debian_prob)
+      batch = dict(mel=mel_BxMxF, progress=np.float32(progress))
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = train_step(state, batch, rng)
+      step += 1
+      if pending is not None:
+        finish(*pending)
       pending = (step, metrics)
-    report(step)
-    if tc.eval_every and step % tc.eval_every == 0:
-      evaluate(step, with_images=bool(tc.image_every) and step % tc.image_every == 0)
-    train_seconds = resumed_seconds + time.monotonic() - loop_start
-    if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-      save(step)
-  if pending is not None:
-    _write_train_metrics(writer, *pending)
+      report(step)
+      if tc.eval_every and step % tc.eval_every == 0:
+        evaluate(step, with_images=bool(tc.image_every) and step % tc.image_every == 0)
+      train_seconds = resumed_seconds + time.monotonic() - loop_start
+      if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+        finish(*pending)   # Never save the state of a run that has already gone bad.
+        pending = None
+        save(step)
+    if pending is not None:
+      finish(*pending)
+  except optim.NonFiniteError:
+    ckpt.wait()   # The saves already started must land: orbax cannot finish them at exit.
+    raise
 
   # --- Final evaluation, checkpoint and export ----------------------------------------------
   # The loop may have just evaluated this step; the final evaluation always has images.
@@ -378,13 +377,6 @@ def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   return summary
 
 
-def _write_train_metrics(writer: Any, step: int, metrics: dict[str, jax.Array]) -> None:
-  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not np.isfinite(values["loss"]):
-    raise FloatingPointError(f"non-finite training loss at step {step}: {values}")
-  writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
-
-
 class _QuietOrbax(std_logging.Filter):
   """Drops orbax's INFO lines (dozens per checkpoint); its warnings and errors still show."""
 
@@ -403,10 +395,14 @@ def main(argv):
   print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-  # Flags are defined only when run as a program, so tests can import several entry points.
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so that tests can import this)."""
   config_flags.DEFINE_config_file("config", None, "Tokenizer training config file.",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Output directory (resumes from it).")
   flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+  define_flags()
   configlib.run(main)

@@ -28,6 +28,7 @@ Shape letters: B clips, T tokens, C latent channels, Q stages, K codes, M mel bi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -74,16 +75,16 @@ def code_use(codes_NxQ: np.ndarray, k: int) -> tuple[list[float], list[float]]:
   return perplexity, used
 
 
-def make_tokenizer(stats: dict) -> tokenizers.AudioTokenizer:
-  name = stats["tokenizer"]["name"]
-  params = dict(stats["tokenizer"].get("params") or {})
+def make_tokenizer(stats: latents_lib.Stats) -> tokenizers.AudioTokenizer:
+  name = stats.tokenizer.name
+  params = dict(stats.tokenizer.params)
   if name == "mel_vae":
     params = {"path": _TOKENIZER_PATH.value or params.get("path", "")}
   return tokenizers.get(name, **params)
 
 
 def evaluate(quantiser: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
-             raw: list[latents_lib.LatentRecord], stats: dict,
+             raw: list[latents_lib.LatentRecord], stats: latents_lib.Stats,
              tokenizer: tokenizers.AudioTokenizer) -> list[dict]:
   """One row per stage prefix q = 1..Q: relative MSE, mel SNR and code use on `clips`."""
   encode = jax.jit(rvq_lib.RVQ.encode)
@@ -91,7 +92,7 @@ def evaluate(quantiser: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
   codes = [np.asarray(encode(quantiser, jnp.asarray(c.latents[None]))[0]) for c in clips]
   perplexity, used = code_use(np.concatenate(codes), quantiser.k)
   # For `mel` the reference is the stored frames themselves; other tokenizers decode them.
-  identity = stats["tokenizer"]["name"] == "mel"
+  identity = stats.tokenizer.name == "mel"
   refs = [np.asarray(tokenizer.decode_mel(jnp.asarray(
       r.latents if identity else latents_lib.denormalise(c.latents, stats))[None]))[0]
           for c, r in zip(clips, raw)]
@@ -123,10 +124,10 @@ def main(argv) -> None:
   t0 = time.perf_counter()
   x_NxC = rvq_lib.sample_vectors(latents_dir, _NUM_VECTORS.value, seed=_SEED.value)
   read_s = time.perf_counter() - t0
-  print(f"{stats['tokenizer']['name']}: {x_NxC.shape[0]} train vectors of {x_NxC.shape[1]} "
+  print(f"{stats.tokenizer.name}: {x_NxC.shape[0]} train vectors of {x_NxC.shape[1]} "
         f"channels read in {read_s:.1f} s; {len(clips)} {_SPLIT.value} clips, "
         f"{sum(c.num_tokens for c in clips)} tokens; {jax.devices()[0].platform}")
-  results = {"latents_dir": latents_dir, "tokenizer": stats["tokenizer"],
+  results = {"latents_dir": latents_dir, "tokenizer": dataclasses.asdict(stats.tokenizer),
              "num_vectors": int(x_NxC.shape[0]), "iters": _ITERS.value, "init": _INIT.value,
              "seed": _SEED.value, "split": _SPLIT.value, "fits": []}
   for fit_spec in _FITS.value:
@@ -140,7 +141,7 @@ def main(argv) -> None:
     rows = evaluate(quantiser, clips, raw, stats, tokenizer)
     for row, e in zip(rows, train_err):
       row["train_rel_mse"] = e
-      row["bits_per_s"] = row["n_q"] * np.log2(k) * stats["frame_rate"]
+      row["bits_per_s"] = row["n_q"] * np.log2(k) * stats.frame_rate
     results["fits"].append({"n_q": n_q, "k": k, "fit_seconds": fit_s, "rows": rows})
     print(f"fit {n_q}x{k}: {fit_s:.1f} s")
   print(f"\n| Q x K | bits/s | train rel. MSE | {_SPLIT.value} rel. MSE | mel SNR dB mean "
