@@ -106,25 +106,44 @@ def decoder_flops(model, config, positions: float, context: float) -> float:
 
 
 def head_flops(model, rows: float) -> float:
-  """Forward FLOPs of one denoiser evaluation on `rows` rows."""
+  """Forward FLOPs of one head evaluation (the denoiser, or the softmax heads) on `rows` rows."""
   return 2 * matmul_params(model.head) * rows
 
 
+def _is_discrete(config) -> bool:
+  return config.model_name == "discrete_lm"
+
+
 def train_flops_per_step(config, graphdef, abstract_params) -> float:
-  """Analytic model FLOPs of one step (forward + backward = 3x forward; matmuls + attention)."""
+  """Analytic model FLOPs of one step (forward + backward = 3x forward; matmuls + attention).
+
+  The continuous LM's head runs `diffusion.batch_mul` times per token; the discrete baseline's
+  head (its Q softmax layers) once per step, and its pattern adds `delay` steps per sequence.
+  """
   model = nnx.merge(graphdef, abstract_params)
   b, l = config.data.batch_size, config.data.seq_len
   copies = 2 if config.loss.mntp_weight > 0 else 1
+  if _is_discrete(config):
+    l += model.delay
   s = model.prefix_len + l
   decoder = decoder_flops(model, config, s, s)
-  head = head_flops(model, l * config.diffusion.batch_mul)
+  head = head_flops(model, l * (1 if _is_discrete(config) else config.diffusion.batch_mul))
   return 3.0 * b * copies * (decoder + head)
 
 
 def generation_flops(model, config, steps: int, guided: bool) -> dict[str, float]:
   """FLOPs per generated token: one decoder step at the average context of a full-length clip
-  (plus the input projection) and `steps` head evaluations; guidance doubles both."""
-  context = model.prefix_len + config.model.max_len / 2
+  (plus the input projection) and `steps` head evaluations; guidance doubles both.
+
+  For the discrete baseline a token is one pattern step: one decoder step and one evaluation of
+  its softmax heads (its input is an embedding lookup, no matmul); `steps` does not apply.
+  """
+  context = model.prefix_len + model.max_len / 2
+  if _is_discrete(config):
+    step = decoder_flops(model, config, 1, context)
+    head = head_flops(model, 1)
+    return {"context": context, "decoder_step": step, "head_eval": head,
+            "total": (1 + guided) * (step + head)}
   step = decoder_flops(model, config, 1, context) + 2 * matmul_params(model.in_proj)
   head = head_flops(model, 1)
   return {"context": context, "decoder_step": step, "head_eval": head,

@@ -49,6 +49,7 @@ from almtok.latents import pipeline
 from almtok.latents import store as latents_lib
 from almtok.text.minilm import TextEncoder
 from configs import continuous_lm as lm_config
+from configs import discrete_lm as discrete_config
 
 
 def define_flags() -> None:
@@ -61,11 +62,15 @@ def define_flags() -> None:
   flags.DEFINE_float("seconds", 4.0, "Seconds of audio per caption (prompt included).")
   flags.DEFINE_string("out", "out.wav", "Output WAV, or a directory for several captions.")
   # Only the keys given on the command line are used, on top of the run's own config.sample.
+  # Every key either model's config.sample has; a key the run's model has not is one error line.
+  keys = dict(lm_config.get_config("tiny").sample.to_dict(),
+              **discrete_config.get_config("tiny").sample.to_dict())
   config_flags.DEFINE_config_dict(
-      "config", ml_collections.ConfigDict({"sample": lm_config.get_config("tiny").sample}),
+      "config", ml_collections.ConfigDict({"sample": keys}),
       "--config.sample.KEY=VALUE changes one sampling setting of the run's config.sample "
-      "(steps, sampler, eta, cfg_scale, cfg_schedule, temperature, clip_x0, threshold, "
-      "data_range).")
+      "(continuous LM: steps, sampler, eta, cfg_scale, cfg_schedule, temperature, clip_x0, "
+      "threshold, data_range; discrete baseline: cfg_scale, cfg_schedule, temperature, top_k, "
+      "top_p).")
   flags.DEFINE_integer("seed", 0, "Random seed.")
   flags.DEFINE_string("prompt_wav", None, "Audio to continue from.")
   flags.DEFINE_float("prompt_seconds", 1.0, "Seconds of the prompt to keep.")
@@ -146,6 +151,8 @@ def check_compatible(config: dict[str, Any], stats: latents_lib.Stats) -> None:
   if config.get("model_name") not in models.NAMES:
     raise configlib.ConfigError(f"checkpoint model_name={config.get('model_name')!r}: this "
                                 f"almtok generates from {list(models.NAMES)}")
+  if config["model_name"] == "discrete_lm":
+    return   # Its quantizer is checked against the latents when it is loaded.
   token_dim = config["model"]["token_dim"]
   latent_dim = stats.latent_dim
   if latent_dim != token_dim:
@@ -153,11 +160,20 @@ def check_compatible(config: dict[str, Any], stats: latents_lib.Stats) -> None:
                                 f"latent_dim={latent_dim}")
 
 
-def model_settings(settings: sample.SamplerSettings, config: Any,
-                   workdir: str) -> sample.SamplerSettings:
+def model_settings(settings: sample.SamplerSettings | sample.CodeSamplerSettings, config: Any,
+                   workdir: str) -> sample.SamplerSettings | sample.CodeSamplerSettings:
   """`settings` with what the trained head fixes filled in from the run's config: its prediction
   type. A caller's value that contradicts the run, or more head steps than the head was trained
-  on, is a one-line error."""
+  on, is a one-line error. The discrete baseline's settings fix nothing of the kind."""
+  if isinstance(settings, sample.CodeSamplerSettings):
+    if config["model_name"] != "discrete_lm":
+      raise configlib.ConfigError(f"the model in {workdir} is a {config['model_name']}: "
+                                  "sample it with its own config.sample keys")
+    return settings
+  if config["model_name"] == "discrete_lm":
+    raise configlib.ConfigError(f"the model in {workdir} is the discrete baseline: sample it "
+                                "with config.sample keys cfg_scale, cfg_schedule, temperature, "
+                                "top_k, top_p")
   trained = config["diffusion"]["prediction"]
   if settings.prediction is None:
     settings = dataclasses.replace(settings, prediction=trained)
@@ -173,7 +189,7 @@ def model_settings(settings: sample.SamplerSettings, config: Any,
 
 
 def generate(workdir: str, captions: list[str], seconds: float,
-             settings: sample.SamplerSettings, seed: int = 0,
+             settings: sample.SamplerSettings | sample.CodeSamplerSettings, seed: int = 0,
              prompt_wav: np.ndarray | None = None, progress: bool = True
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
   """Waveforms [B, S] for the captions, their sample rate, and the settings used.
@@ -207,15 +223,18 @@ def generate(workdir: str, captions: list[str], seconds: float,
       raise configlib.ConfigError(f"the prompt covers {prompt.shape[1]} of the {num_tokens} "
                                   f"tokens: nothing is left to generate")
   x0_range = None
-  if settings.data_range:
+  if isinstance(settings, sample.SamplerSettings) and settings.data_range:
     x0_range = latents_lib.data_range(stats)
     if x0_range is None:
       raise configlib.ConfigError(
           f"{workdir}/{state_lib.STATS_FILE} records no per-channel range of the latents "
           f"(prepared by an older almtok): prepare again, or sample without it "
           f"(--config.sample.data_range=false)")
+  quantizer = (state_lib.run_quantizer(workdir) if config.model_name == "discrete_lm"
+               else None)
   model = state_lib.load_model(workdir, config, use_ema=True)
-  sampler = sample.Sampler(model, state_lib.make_schedule(config), settings, x0_range)
+  sampler = sample.make_sampler(model, settings, schedule=state_lib.make_schedule(config),
+                                x0_range=x0_range, quantizer=quantizer)
   text = TextEncoder(max_len=config.model.text_len).encode_for_lm(captions)
   x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
                        progress=progress)

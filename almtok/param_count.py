@@ -1,6 +1,7 @@
 r"""Parameter counts and analytic FLOPs per generated token.
 
   python -m almtok.param_count --config=configs/continuous_lm.py:base
+  python -m almtok.param_count --config=configs/discrete_lm.py:base
 
 Counts come from `jax.eval_shape` (nothing is allocated) and exclude the frozen MiniLM text
 encoder. FLOPs count multiply-adds as 2 and cover matmuls and attention; one generated token
@@ -31,7 +32,9 @@ def count(config) -> dict:
   decoder = _size(nnx.state(model.decoder, nnx.Param))
   head = _size(nnx.state(model.head, nnx.Param))
   flops, per_token = {}, None
-  for k in sorted({config.sample.steps, 25}, reverse=True):
+  head_steps = [1] if config.model_name == "discrete_lm" else sorted({config.sample.steps, 25},
+                                                                     reverse=True)
+  for k in head_steps:
     for cfg in (False, True):
       per_token = flops_lib.generation_flops(model, config, k, cfg)
       flops[(k, cfg)] = per_token["total"]
@@ -43,18 +46,35 @@ def count(config) -> dict:
 
 def report(config, counts: dict) -> str:
   t = counts["total"]
+  m, dec = config.model, config.model.decoder
+  discrete = config.model_name == "discrete_lm"
+  if discrete:
+    shape = (f"{m.num_codebooks} codebooks x {m.codebook_size} codes, {m.pattern} pattern, "
+             f"{m.max_len} frames")
+    parts = (("decoder", "causal decoder"), ("head", "softmax heads"),
+             ("other", "prefix/code embeddings"))
+  else:
+    shape = (f"head {m.head.depth} x {m.head.width}, {m.max_len} tokens of {m.token_dim} "
+             f"channels")
+    parts = (("decoder", "causal decoder"), ("head", "diffusion head"),
+             ("other", "prefix/input projections"))
   lines = [
-      f"model {config.model_name}: decoder {config.model.decoder.num_layers} x "
-      f"{config.model.decoder.width}, head {config.model.head.depth} x {config.model.head.width}"
-      f", {config.model.max_len} tokens of {config.model.token_dim} channels",
+      f"model {config.model_name}: decoder {dec.num_layers} x {dec.width}, {shape}",
       "parameters (from jax.eval_shape; the frozen MiniLM text encoder is not counted):",
       f"  {'total':<28}{t / 1e6:>9.2f}M" + (
-          f"  (paper: {config.paper_params / 1e6:.0f}M, "
+          f"  (published: {config.paper_params / 1e6:.0f}M, "
           f"{100 * (t / config.paper_params - 1):+.1f}%)" if config.paper_params else ""),
   ]
-  for name, desc in (("decoder", "causal decoder"), ("head", "diffusion head"),
-                     ("other", "prefix/input projections")):
+  for name, desc in parts:
     lines.append(f"  {desc:<28}{counts[name] / 1e6:>9.2f}M  {100 * counts[name] / t:5.1f}%")
+  if discrete:
+    lines.append(f"FLOPs per generated step (decoder step at average context "
+                 f"{counts['avg_context']:.0f} slots + the softmax heads):")
+    lines.append(f"  decoder step {counts['decoder_step_flops'] / 1e9:.3f} GFLOP, heads "
+                 f"{counts['head_eval_flops'] / 1e9:.4f} GFLOP")
+    for (_, cfg), f in counts["flops"].items():
+      lines.append(f"  {'with CFG   ' if cfg else 'without CFG'} {f / 1e9:9.3f} GFLOP")
+    return "\n".join(lines)
   lines.append(f"FLOPs per generated token (decoder step at average context "
                f"{counts['avg_context']:.0f} slots + K head steps):")
   lines.append(f"  decoder step {counts['decoder_step_flops'] / 1e9:.3f} GFLOP, "

@@ -1,14 +1,18 @@
-"""Fast sampling from the continuous LM: prefix prefill, then a KV-cache decode in lax.scan.
+"""Fast sampling from the audio LMs: prefix prefill, then a KV-cache decode in lax.scan.
 
-Per audio token, one decoder step gives z (conditional and unconditional rows share one batch
-when guidance is on), the denoiser runs its K reverse-diffusion steps as an inner scan, and the
-sampled token is fed back. The token loop is scanned in chunks of `chunk` tokens: one compiled
-program per (batch, length, settings) runs every chunk, and a progress bar advances between them.
+`Sampler` (continuous LM): per audio token, one decoder step gives z (conditional and
+unconditional rows share one batch when guidance is on), the denoiser runs its K reverse-diffusion
+steps as an inner scan, and the sampled token is fed back. `CodeSampler` (discrete baseline): per
+pattern step, one decoder step gives every codebook's logits, guided on logits and filtered by
+temperature, top-k and top-p, and the drawn codes are fed back. Either loop is scanned in chunks
+of `chunk` steps: one compiled program per (batch, length, settings) runs every chunk, and a
+progress bar advances between them.
 
 Audio continuation: prompt tokens are written into the cache in one decoder call and generation
 continues after them; the prompt comes back unchanged at the start of the output.
 
-Shape letters: B batch (captions), L tokens, C token channels, D model width.
+Shape letters: B batch (captions), L tokens, C token channels, D model width, Q codebooks,
+K codes per codebook (in the code sampler), X rows (B, or 2B with guidance).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from flax import nnx
 from tqdm import auto as tqdm
 
 from almtok import diffusion
+from almtok.models import discrete_lm
 from almtok.models.continuous_lm import ContinuousLM
+from almtok.quantizers import rvq
 from almtok.text.minilm import TextEmbedding
 
 Array = jax.Array
@@ -72,13 +78,58 @@ class SamplerSettings:
     return self.cfg
 
 
-def settings_from_config(config, **overrides) -> SamplerSettings:
+@dataclasses.dataclass(frozen=True)
+class CodeSamplerSettings:
+  """How the discrete baseline samples codes: temperature, top-k / top-p and CFG on logits."""
+  cfg: bool = True                # Run unconditional rows beside the conditional ones.
+  cfg_scale: float = 3.0          # Guidance scale on logits (1: the conditional logits).
+  cfg_schedule: str = "linear"    # 'constant' or 'linear' (1 at the first step -> cfg_scale).
+  temperature: float = 1.0        # Divides the logits.
+  top_k: int = 250                # Keep the k most likely codes per codebook (0: all).
+  top_p: float = 0.0              # Keep the smallest set of codes with this much mass (0: off).
+
+  def __post_init__(self):
+    if self.cfg_schedule not in ("constant", "linear"):
+      raise ValueError(f"cfg_schedule={self.cfg_schedule!r}: must be 'constant' or 'linear'")
+    if self.temperature <= 0:
+      raise ValueError(f"temperature={self.temperature}: must be > 0")
+    if self.top_k < 0:
+      raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 keeps every code)")
+    if not 0.0 <= self.top_p <= 1.0:
+      raise ValueError(f"top_p={self.top_p}: must be in [0, 1] (0 turns it off)")
+
+  @property
+  def guided(self) -> bool:
+    return self.cfg
+
+
+def settings_from_config(config, **overrides) -> SamplerSettings | CodeSamplerSettings:
   """The settings of a run's `config.sample` block (a ConfigDict or its JSON dict) with
-  `overrides` on top; the prediction type is the head's (`config.diffusion.prediction`), and the
-  unconditional rows run only where the guidance scale is not 1."""
+  `overrides` on top; the unconditional rows run only where the guidance scale is not 1. For
+  the continuous LM the prediction type is the head's (`config.diffusion.prediction`)."""
   fields = dict(config["sample"], **overrides)
+  if config["model_name"] == "discrete_lm":
+    return CodeSamplerSettings(**fields, cfg=fields["cfg_scale"] != 1.0)
   return SamplerSettings(**fields, cfg=fields["cfg_scale"] != 1.0,
                          prediction=config["diffusion"]["prediction"])
+
+
+def _prefill(model, text: TextEmbedding, prompt_BxPx: Array, capacity: int, guided: bool,
+             fill: float | int):
+  """A cache of `capacity` audio slots holding the prefix and the prompt's tokens, with the
+  unconditional rows (null prefix) after the conditional ones when `guided`; returns it and each
+  row's last prompt token (None without a prompt). The start slot reads `fill` (ignored)."""
+  b = prompt_BxPx.shape[0]
+  copies = 2 if guided else 1
+  use_null = jnp.arange(copies * b) >= b
+  text_in = jax.tree.map(lambda a: jnp.concatenate([a] * copies, axis=0), text)
+  cache = model.prefill(text_in, use_null, model.init_cache(copies * b, capacity))
+  if not prompt_BxPx.shape[1]:
+    return cache, None
+  prompt = jnp.concatenate([prompt_BxPx] * copies, axis=0)
+  inputs = jnp.concatenate([jnp.full_like(prompt[:, :1], fill), prompt[:, :-1]], axis=1)
+  _, cache = model.extend(inputs, jnp.int32(0), cache)
+  return cache, prompt[:, -1]
 
 
 def _sample_token(model: ContinuousLM, z_XxD: Array, schedule: diffusion.Schedule,
@@ -122,19 +173,9 @@ class Sampler:
   @functools.partial(jax.jit, static_argnums=(0, 4))
   def _start(self, params, text: TextEmbedding, prompt_BxPxC: Array, capacity: int):
     model = nnx.merge(self.graphdef, params)
-    b = prompt_BxPxC.shape[0]
-    rows = 2 * b if self.settings.guided else b
-    use_null = jnp.arange(rows) >= b
-    text_in = jax.tree.map(lambda a: jnp.concatenate([a] * (rows // b), axis=0), text)
-    cache = model.prefill(text_in, use_null, model.init_cache(rows, capacity))
-    p = prompt_BxPxC.shape[1]
-    if p:
-      prompt = jnp.concatenate([prompt_BxPxC] * (rows // b), axis=0)
-      inputs = jnp.concatenate([jnp.zeros_like(prompt[:, :1]), prompt[:, :-1]], axis=1)
-      _, cache = model.extend(inputs, jnp.int32(0), cache)
-      prev = prompt[:, -1]
-    else:
-      prev = jnp.zeros((rows, self.token_dim), jnp.float32)
+    cache, prev = _prefill(model, text, prompt_BxPxC, capacity, self.settings.guided, 0.0)
+    if prev is None:
+      prev = jnp.zeros((cache.mask_BxT.shape[0], self.token_dim), jnp.float32)
     return cache, prev
 
   @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -192,3 +233,186 @@ class Sampler:
     bar.close()
     tokens = np.concatenate(out, axis=1)
     return (tokens, np.concatenate(zs, axis=1)) if return_z else tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# The discrete baseline: codes from logits.
+# ---------------------------------------------------------------------------------------------
+
+
+def guide_logits(cond_XxQxK: Array, uncond_XxQxK: Array, scale: Array) -> Array:
+  """Classifier-free guidance on logits: uncond + scale * (cond - uncond)."""
+  return uncond_XxQxK + scale * (cond_XxQxK - uncond_XxQxK)
+
+
+def filter_logits(logits_XxK: Array, top_k: int = 0, top_p: float = 0.0) -> Array:
+  """Logits with every code outside the top-k and outside the top-p nucleus set to -inf (the most
+  likely code always stays). Works over the last axis."""
+  if top_k and top_k < logits_XxK.shape[-1]:
+    kth_Xx1 = jax.lax.top_k(logits_XxK, top_k)[0][..., -1:]
+    logits_XxK = jnp.where(logits_XxK < kth_Xx1, -jnp.inf, logits_XxK)
+  if top_p:
+    sorted_XxK = jnp.sort(logits_XxK, axis=-1)[..., ::-1]
+    probs_XxK = jax.nn.softmax(sorted_XxK, axis=-1)
+    # A code stays if the mass of the codes strictly above it is below top_p.
+    above_XxK = jnp.cumsum(probs_XxK, axis=-1) - probs_XxK
+    cut_Xx1 = jnp.min(jnp.where(above_XxK < top_p, sorted_XxK, jnp.inf), axis=-1, keepdims=True)
+    logits_XxK = jnp.where(logits_XxK < cut_Xx1, -jnp.inf, logits_XxK)
+  return logits_XxK
+
+
+def sample_codes(logits_XxQxK: Array, rng: Array, settings: CodeSamplerSettings) -> Array:
+  """One code per row and codebook: int32 [X, Q]."""
+  logits = filter_logits(logits_XxQxK / settings.temperature, settings.top_k, settings.top_p)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+class CodeSampler:
+  """Generates RVQ codes from a `DiscreteLM`: prefix prefill, then a KV-cache decode over the
+  codebook pattern's steps in a chunked lax.scan, like `Sampler` (one compiled program per
+  batch, length and settings; a progress bar between chunks).
+
+  Per step, the decoder gives logits for every codebook (conditional and unconditional rows in
+  one batch when guided); the codes drawn there, except where the pattern already knows the code
+  (the delay pattern's pads, a prompt's codes), are fed back as the next step's input.
+  """
+
+  def __init__(self, model, settings: CodeSamplerSettings):
+    self.graphdef, self.params = nnx.split(model)
+    self.settings = settings
+    self.num_codebooks, self.pad = model.num_codebooks, model.pad
+    self.pattern, self.delay, self.max_frames = model.pattern, model.delay, model.max_frames
+
+  def known_steps(self, prompt_BxPxQ: np.ndarray, num_frames: int, num_steps: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, known) per step [B, num_steps, Q]: what the pattern fixes before sampling (pads
+    outside frames 0..num_frames - 1, and the prompt's frames)."""
+    b, p, q = prompt_BxPxQ.shape
+    frame_SxQ = np.arange(num_steps)[:, None] - (
+        np.arange(q)[None, :] if self.pattern == "delay" else 0)
+    outside_SxQ = (frame_SxQ < 0) | (frame_SxQ >= num_frames)
+    in_prompt_SxQ = (frame_SxQ >= 0) & (frame_SxQ < p)
+    codes = np.full((b, num_steps, q), self.pad, np.int32)
+    if p:
+      index_SxQ = np.clip(frame_SxQ, 0, p - 1)
+      from_prompt = np.take_along_axis(prompt_BxPxQ, np.broadcast_to(index_SxQ[None],
+                                                                     (b, num_steps, q)), axis=1)
+      codes = np.where(in_prompt_SxQ[None], from_prompt, codes)
+    known = np.broadcast_to((outside_SxQ | in_prompt_SxQ)[None], codes.shape)
+    return codes.astype(np.int32), np.ascontiguousarray(known)
+
+  @functools.partial(jax.jit, static_argnums=(0, 4))
+  def _start(self, params, text: TextEmbedding, prompt_BxPxQ: Array, capacity: int):
+    """Prefills the prefix and the first P steps (all known); returns the cache and step P-1."""
+    model = nnx.merge(self.graphdef, params)
+    cache, prev = _prefill(model, text, prompt_BxPxQ, capacity, self.settings.guided, self.pad)
+    if prev is None:
+      prev = jnp.full((cache.mask_BxT.shape[0], self.num_codebooks), self.pad, jnp.int32)
+    return cache, prev
+
+  @functools.partial(jax.jit, static_argnums=(0, 5))
+  def _chunk(self, params, cache, prev_XxQ, first: Array, length: int, total: Array,
+             known_codes_BxLxQ: Array, known_BxLxQ: Array, rng: Array):
+    """Samples steps first .. first + length - 1 (of `total`); `known_*` cover these steps.
+    Returns the new cache, the last step's codes and the steps' codes [B, length, Q]."""
+    model = nnx.merge(self.graphdef, params)
+    settings = self.settings
+    b = known_codes_BxLxQ.shape[0]
+
+    def body(carry, i):
+      cache, prev = carry
+      index = first + i
+      z_XxD, cache = model.step(prev, index, cache)
+      logits_XxQxK = model.logits(z_XxD)
+      if settings.guided:
+        scale = diffusion.cfg_scale_at(index.astype(jnp.float32) / total, settings.cfg_scale,
+                                       settings.cfg_schedule)
+        logits_XxQxK = guide_logits(logits_XxQxK[:b], logits_XxQxK[b:], scale)
+      codes_BxQ = sample_codes(logits_XxQxK, jax.random.fold_in(rng, index), settings)
+      codes_BxQ = jnp.where(known_BxLxQ[:, i], known_codes_BxLxQ[:, i], codes_BxQ)
+      prev = jnp.concatenate([codes_BxQ] * (prev.shape[0] // b), axis=0)
+      return (cache, prev), codes_BxQ
+
+    (cache, prev_XxQ), codes_LxBxQ = jax.lax.scan(body, (cache, prev_XxQ),
+                                                  jnp.arange(length, dtype=jnp.int32))
+    return cache, prev_XxQ, codes_LxBxQ.swapaxes(0, 1)
+
+  def generate(self, text: TextEmbedding, num_frames: int, rng: Array,
+               prompt_BxPxQ: Array | None = None, chunk: int = 25,
+               progress: bool = True) -> np.ndarray:
+    """Samples `num_frames` frames of codes per caption, prompt included: int32 [B, F, Q]."""
+    b = text.pooled_BxE.shape[0]
+    if num_frames > self.max_frames:
+      raise ValueError(f"{num_frames} frames exceed the model's context of {self.max_frames}")
+    if prompt_BxPxQ is None:
+      prompt_BxPxQ = np.zeros((b, 0, self.num_codebooks), np.int32)
+    prompt_BxPxQ = np.asarray(prompt_BxPxQ, np.int32)
+    p = prompt_BxPxQ.shape[1]
+    if p >= num_frames:
+      raise ValueError(f"the prompt has {p} frames, nothing is left to generate in {num_frames}")
+    num_steps = num_frames + self.delay
+    chunks = -(-(num_steps - p) // chunk)
+    codes, known = self.known_steps(prompt_BxPxQ, num_frames, p + chunks * chunk)
+    # Steps before P are wholly known (pads and prompt codes): they go in with the prefix.
+    cache, prev = self._start(self.params, text, jnp.asarray(codes[:, :p]),
+                              p + chunks * chunk)
+    out = [codes[:, :p]]
+    bar = tqdm.tqdm(total=num_steps - p, unit="step", disable=not progress, leave=False)
+    first = p
+    while first < num_steps:
+      window = slice(first, first + chunk)
+      cache, prev, steps = self._chunk(self.params, cache, prev, jnp.int32(first), chunk,
+                                       jnp.int32(num_steps), jnp.asarray(codes[:, window]),
+                                       jnp.asarray(known[:, window]),
+                                       jax.random.fold_in(rng, first))
+      take = min(chunk, num_steps - first)
+      out.append(np.asarray(steps[:, :take]))
+      bar.update(take)
+      first += chunk
+    bar.close()
+    steps_BxSxQ = np.concatenate(out, axis=1)
+    return np.asarray(discrete_lm.to_frames(jnp.asarray(steps_BxSxQ), num_frames, self.pattern))
+
+
+class LatentCodeSampler:
+  """A `CodeSampler` that takes and gives normalised latents, like `Sampler`: a prompt is
+  quantised and the generated codes are decoded by the run's RVQ, so that the trainer, `generate`
+  and the notebook treat both models alike."""
+
+  def __init__(self, model, settings: CodeSamplerSettings, quantizer: rvq.RVQ):
+    self.codes = CodeSampler(model, settings)
+    self.quantizer = quantizer
+    self.settings = settings
+    self.max_len = self.codes.max_frames
+
+  @property
+  def params(self):
+    return self.codes.params
+
+  @params.setter
+  def params(self, value):
+    self.codes.params = value
+
+  def generate(self, text: TextEmbedding, num_tokens: int, rng: Array,
+               prompt_BxPxC: Array | None = None, chunk: int = 25,
+               progress: bool = True) -> np.ndarray:
+    """Normalised latents [B, num_tokens, C] (the prompt's quantised at the start)."""
+    prompt = None
+    if prompt_BxPxC is not None:
+      prompt = np.asarray(jax.jit(rvq.RVQ.encode)(self.quantizer, jnp.asarray(prompt_BxPxC)))
+    codes_BxLxQ = self.codes.generate(text, num_tokens, rng, prompt, chunk, progress)
+    return np.asarray(jax.jit(rvq.RVQ.decode)(self.quantizer, jnp.asarray(codes_BxLxQ)))
+
+
+def make_sampler(model, settings: SamplerSettings | CodeSamplerSettings, *,
+                 schedule: diffusion.Schedule | None = None,
+                 x0_range: tuple[np.ndarray, np.ndarray] | None = None,
+                 quantizer: rvq.RVQ | None = None) -> Sampler | LatentCodeSampler:
+  """The sampler for `settings`' kind of model, taking and giving normalised latents: the
+  continuous LM's (its head's training `schedule`, x0 within `x0_range`) or the discrete
+  baseline's over `quantizer`'s codes."""
+  if isinstance(settings, CodeSamplerSettings):
+    if quantizer is None:
+      raise ValueError("the discrete baseline samples codes: pass the run's quantizer")
+    return LatentCodeSampler(model, settings, quantizer)
+  return Sampler(model, schedule, settings, x0_range)

@@ -32,6 +32,7 @@ from almtok import optim
 from almtok import sharding
 from almtok import tokenizers
 from almtok.latents import store as latents_lib
+from almtok.quantizers import rvq
 
 
 # The layout of a run's checkpoints; a reader refuses any other in one line (no silent misload).
@@ -66,9 +67,11 @@ def restore(ckpt: checkpoint.Checkpointer, step: int, target: dict,
 
 # What a workdir holds beside its checkpoints so that generation needs nothing else: the
 # prepared latents' stats.json (tokenizer spec, normaliser, per-channel range), a copy of the
-# tokenizer's weights when it has any, and `RUN_FILE` (format, text encoder, where the data was).
+# tokenizer's weights when it has any, a copy of the discrete baseline's RVQ, and `RUN_FILE`
+# (format, text encoder, where the data was).
 STATS_FILE = "latents_stats.json"
 TOKENIZER_DIR = "tokenizer"
+QUANTIZER_DIR = "quantizer"   # The discrete baseline's RVQ export, copied.
 RUN_FILE = "run.json"
 
 
@@ -84,6 +87,10 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
     params["path"] = TOKENIZER_DIR
   stats = stats.replace(tokenizer=dataclasses.replace(tok, params=params))
   fileio.atomic_json(os.path.join(workdir, STATS_FILE), stats.to_json(), indent=1)
+  if config.model_name == "discrete_lm":
+    weights, meta, _ = fileio.read_export(config.quantizer.path, rvq.EXPORT_STEM)
+    fileio.write_export(os.path.join(workdir, QUANTIZER_DIR), rvq.EXPORT_STEM, weights, meta,
+                        indent=1, ensure_ascii=False)
   fileio.atomic_json(os.path.join(workdir, RUN_FILE), {
       "format": FORMAT,
       "text_encoder": {"name": "minilm-l6", "max_len": config.model.text_len},
@@ -104,6 +111,11 @@ def run_stats(workdir: str) -> latents_lib.Stats:
   return stats.replace(tokenizer=dataclasses.replace(stats.tokenizer, params=params))
 
 
+def run_quantizer(workdir: str) -> rvq.RVQ:
+  """The discrete run's own copy of its RVQ, checked against the latents it was fitted on."""
+  return rvq.RVQ.from_export(os.path.join(workdir, QUANTIZER_DIR), stats=run_stats(workdir))
+
+
 def run_latents_dir(workdir: str) -> str:
   """The prepared latents the run was trained on, checked to be there and unchanged."""
   with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
@@ -120,8 +132,10 @@ def run_latents_dir(workdir: str) -> str:
   return where
 
 
-def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
-  """The head's training noise schedule (`config.diffusion`)."""
+def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule | None:
+  """The head's training noise schedule (`config.diffusion`); None for the discrete baseline."""
+  if config.model_name == "discrete_lm":
+    return None
   make = {"cosine": diffusion.cosine_schedule, "linear": diffusion.linear_schedule}
   return make[config.diffusion.schedule](config.diffusion.num_steps)
 

@@ -20,7 +20,7 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import flags
 from absl import logging
@@ -46,6 +46,8 @@ from almtok import tokenizers
 from almtok.latents import pipeline
 from almtok.latents import store as latents_lib
 from almtok.models import continuous_lm
+from almtok.models import discrete_lm
+from almtok.quantizers import rvq
 from almtok.text.cache import TextEmbeddingCache
 from almtok.text.minilm import TextEncoder
 
@@ -75,7 +77,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Range checks that must pass before any work starts."""
   configlib.validate(config, choices={
       "model_name": models.NAMES, "dtype": ("float32", "bfloat16"),
-      "diffusion.prediction": ("eps", "v"), "diffusion.schedule": ("cosine", "linear")})
+      "diffusion.prediction": ("eps", "v"), "diffusion.schedule": ("cosine", "linear"),
+      "model.pattern": discrete_lm.PATTERNS})
+  if (config.model_name == "discrete_lm" and config.model.pattern == "delay"
+      and config.loss.mntp_weight > 0):
+    raise configlib.ConfigError(
+        f"config.loss.mntp_weight={config.loss.mntp_weight}: MNTP on codes needs "
+        f"model.pattern='parallel' (a delay-pattern step mixes codebooks of several frames)")
   t = config.train
   if config.data.batch_size % t.grad_accum:
     raise configlib.ConfigError(
@@ -139,6 +147,8 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
                        "train.sample_every needs them (set both to 0 to train without)")
   except (OSError, ValueError, KeyError) as e:
     raise configlib.ConfigError(f"config.data.latents_dir={where}: {e}") from None
+  if config.model_name == "discrete_lm":
+    load_quantizer(config, stats)
   n = jax.device_count()
   try:
     sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, n)
@@ -160,10 +170,32 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
       check_resume(meta["config"], config, workdir)
 
 
+def load_quantizer(config: ml_collections.ConfigDict,
+                   stats: latents_lib.Stats) -> rvq.RVQ:
+  """The discrete run's RVQ (`config.quantizer.path`), checked against the model's codebook
+  shape and against the latents it will quantise; one line naming what does not match."""
+  path = config.quantizer.path
+  if not path:
+    raise configlib.ConfigError("config.quantizer.path is empty: set it to the export directory "
+                                "of `python -m almtok.quantizers.rvq` fitted on these latents")
+  try:
+    quantizer = rvq.RVQ.from_export(path, stats=stats)
+  except (OSError, ValueError) as e:
+    raise configlib.ConfigError(f"config.quantizer.path={path}: {e}") from None
+  for key, want in (("num_codebooks", quantizer.n_q), ("codebook_size", quantizer.k)):
+    if config.model[key] != want:
+      raise configlib.ConfigError(
+          f"config.model.{key}={config.model[key]}: the quantizer in {path} has "
+          f"{'n_q' if key == 'num_codebooks' else 'k'}={want}")
+  return quantizer
+
+
 def loss_kwargs(config) -> dict[str, Any]:
-  return dict(cfg_dropout=config.loss.cfg_dropout, mntp_weight=config.loss.mntp_weight,
-              drop_mixture=config.loss.drop_mixture, batch_mul=config.diffusion.batch_mul,
-              prediction=config.diffusion.prediction)
+  kwargs = dict(cfg_dropout=config.loss.cfg_dropout, mntp_weight=config.loss.mntp_weight,
+                drop_mixture=config.loss.drop_mixture)
+  if config.model_name == "continuous_lm":
+    kwargs.update(batch_mul=config.diffusion.batch_mul, prediction=config.diffusion.prediction)
+  return kwargs
 
 
 def _draw_kwargs(config) -> dict[str, Any]:
@@ -172,7 +204,46 @@ def _draw_kwargs(config) -> dict[str, Any]:
   return {k: kwargs[k] for k in ("cfg_dropout", "mntp_weight", "drop_mixture")}
 
 
-def make_train_step(config, graphdef, tx, schedule):
+class Objective(NamedTuple):
+  """The run's model objective: `loss(model, batch, rng, counts) -> (loss, metrics)` and
+  `counts(batch, rng)`, the whole batch's target counts (see `continuous_lm.target_counts`).
+  `batch` holds `x_BxLxC` (normalised latents), `mask_BxL`, `text` and `index_B`."""
+  loss: Any
+  counts: Any
+  metric_weights: dict[str, str]
+
+
+def objective(config, schedule: diffusion.Schedule | None, quantizer: rvq.RVQ | None,
+              **overrides) -> Objective:
+  """The continuous LM's diffusion loss, or the discrete baseline's cross-entropy on the codes
+  that `quantizer` gives the same latents (encoded on the device, inside the step)."""
+  kwargs = dict(loss_kwargs(config), **overrides)
+  draws = {k: kwargs[k] for k in ("cfg_dropout", "mntp_weight", "drop_mixture")}
+  if config.model_name == "discrete_lm":
+    shape = dict(num_codebooks=config.model.num_codebooks, pattern=config.model.pattern)
+
+    def loss(model, batch, rng, counts):
+      codes_BxLxQ = quantizer.encode(batch["x_BxLxC"])
+      return discrete_lm.loss_fn(model, batch["text"], codes_BxLxQ, batch["mask_BxL"], rng,
+                                 example_index_B=batch["index_B"], counts=counts, **draws)
+
+    def counts(batch, rng):
+      return discrete_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"], **shape, **draws)
+
+    return Objective(loss, counts, discrete_lm.METRIC_WEIGHTS)
+
+  def loss(model, batch, rng, counts):
+    return continuous_lm.loss_fn(model, batch["text"], batch["x_BxLxC"], batch["mask_BxL"], rng,
+                                 schedule=schedule, example_index_B=batch["index_B"],
+                                 counts=counts, **kwargs)
+
+  def counts(batch, rng):
+    return continuous_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"], **draws)
+
+  return Objective(loss, counts, continuous_lm.METRIC_WEIGHTS)
+
+
+def make_train_step(config, graphdef, tx, schedule, quantizer=None):
   """The pure step `(state, batch, rng) -> (state, metrics)`.
 
   `batch` holds `x_BxLxC`, `mask_BxL` and `text` (a TextEmbedding). Every example draws its
@@ -183,14 +254,11 @@ def make_train_step(config, graphdef, tx, schedule):
   share of every micro-batch. A step whose loss or gradient norm is not finite leaves the state
   unchanged and reports `finite = 0`.
   """
-  kwargs = loss_kwargs(config)
+  objective_ = objective(config, schedule, quantizer)
   accum = config.train.grad_accum
 
   def loss(params, micro, rng, counts):
-    model = nnx.merge(graphdef, params)
-    return continuous_lm.loss_fn(model, micro["text"], micro["x_BxLxC"], micro["mask_BxL"],
-                                 rng, schedule=schedule, example_index_B=micro["index_B"],
-                                 counts=counts, **kwargs)
+    return objective_.loss(nnx.merge(graphdef, params), micro, rng, counts)
 
   grad_fn = jax.value_and_grad(loss, has_aux=True)
 
@@ -198,8 +266,7 @@ def make_train_step(config, graphdef, tx, schedule):
     rng = jax.random.fold_in(rng, state["step"])
     b = batch["mask_BxL"].shape[0]
     batch = dict(batch, index_B=jnp.arange(b, dtype=jnp.int32))
-    counts = continuous_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"],
-                                         **_draw_kwargs(config))
+    counts = objective_.counts(batch, rng)
     if accum == 1:
       (_, metrics), grads = grad_fn(state["params"], batch, rng, counts)
     else:
@@ -235,18 +302,17 @@ def make_train_step(config, graphdef, tx, schedule):
   return train_step
 
 
-def make_eval_step(config, graphdef, schedule):
+def make_eval_step(config, graphdef, schedule, quantizer=None):
   """Validation loss of the EMA parameters (no CFG dropout, fixed noise per batch), and the
   batch's counts to weight it by: NTP and MNTP targets, and examples with tokens (padding rows
   of a last partial batch have none)."""
-  kwargs = dict(loss_kwargs(config), cfg_dropout=0.0)
+  objective_ = objective(config, schedule, quantizer, cfg_dropout=0.0)
 
   def eval_step(params, batch, rng):
-    model = nnx.merge(graphdef, params)
-    _, metrics = continuous_lm.loss_fn(model, batch["text"], batch["x_BxLxC"], batch["mask_BxL"],
-                                       rng, schedule=schedule, **kwargs)
-    counts = continuous_lm.target_counts(batch["mask_BxL"], rng,
-                                         **{k: kwargs[k] for k in _draw_kwargs(config)})
+    b = batch["mask_BxL"].shape[0]
+    batch = dict(batch, index_B=jnp.arange(b, dtype=jnp.int32))
+    counts = objective_.counts(batch, rng)
+    _, metrics = objective_.loss(nnx.merge(graphdef, params), batch, rng, counts)
     counts["examples"] = jnp.sum(jnp.any(batch["mask_BxL"], axis=1).astype(jnp.float32))
     return metrics, counts
 
@@ -332,6 +398,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # --- Model and shardings -------------------------------------------------------------------
     tx = optim.make_optimizer(config.train)
     schedule = state_lib.make_schedule(config)
+    stats = latents_lib.read_stats(config.data.latents_dir)
+    quantizer = load_quantizer(config, stats) if config.model_name == "discrete_lm" else None
     graphdef, state_abstract, state_sh = state_lib.abstract_state(config, mesh, tx)
     repl = sharding.replicated(mesh)
 
@@ -343,9 +411,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           {"x_BxLxC": batch["x_BxLxC"], "mask_BxL": batch["mask_BxL"], "text": text}, mesh)
 
     # --- Update --------------------------------------------------------------------------------
-    train_step = jax.jit(make_train_step(config, graphdef, tx, schedule),
+    train_step = jax.jit(make_train_step(config, graphdef, tx, schedule, quantizer),
                          out_shardings=(state_sh, repl), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(config, graphdef, schedule), out_shardings=repl)
+    eval_step = jax.jit(make_eval_step(config, graphdef, schedule, quantizer),
+                        out_shardings=repl)
 
     # --- Checkpoint ----------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -388,7 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # A split smaller than the batch still counts: its last batch is padded with rows that
       # hold no tokens. Each batch's means are weighted by what they average over, so the
       # result is the mean over all validation targets.
-      weight_of = {"ntp_loss": "ntp", "mntp_loss": "mntp", "mntp_kept_frac": "ntp"}
+      weight_of = objective(config, schedule, quantizer).metric_weights
       sums, totals = {}, {}
       for i, batch in enumerate(val_ds):
         if i >= config.train.eval_batches:
@@ -409,7 +478,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Generated clips for a few fixed validation captions, with the EMA parameters.
     sampler = None
     if config.train.sample_every:
-      stats = latents_lib.read_stats(config.data.latents_dir)
       audio_tokenizer = tokenizers.from_stats(stats)
       first = next(iter(pipeline.make_dataset(
           config.data.latents_dir, "validation", seq_len=config.data.seq_len,
@@ -418,9 +486,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # Only real validation captions: a split smaller than sample_captions pads with empty ones.
       captions = [str(c) for c, v in zip(first["caption"], first["valid_B"]) if v]
       sample_text = text_encoder.encode_for_lm(captions)
-      sampler = sample.Sampler(nnx.merge(graphdef, state["ema"]), schedule,
-                               sample.settings_from_config(config),
-                               latents_lib.data_range(stats))
+      sampler = sample.make_sampler(nnx.merge(graphdef, state["ema"]),
+                                    sample.settings_from_config(config), schedule=schedule,
+                                    x0_range=latents_lib.data_range(stats), quantizer=quantizer)
 
     def write_samples(step: int) -> None:
       sampler.params = state["ema"]

@@ -20,9 +20,7 @@ def get_config(arg=None):
   config = continuous_lm.get_config(f"{arg.size},tokenizer={arg.tokenizer},"
                                     f"seconds={arg.seconds},seed={arg.seed}")
   config.unlock()
-  config.data = ml_collections.ConfigDict(dict(
-      latents_dir="", seq_len=config.model.max_len, batch_size=arg.batch, worker_count=0,
-      text_cache=100_000))  # Captions whose frozen MiniLM embedding is kept in host memory.
+  add_training(config, arg)
   config.loss.mntp_weight = 1.0 if arg.mntp else 0.0
   config.diffusion.batch_mul = 1  # MAR uses 4; 1 keeps the CPU demo's head cost down.
   # v prediction: after a few hundred steps an eps-predicting head is still imprecise at the
@@ -32,6 +30,16 @@ def get_config(arg=None):
   # The demo's clips: guidance 3 from the first token on, temperature 1, x0 within the data's
   # per-channel range and dynamically thresholded at 3 sigma (experiments/sampling/levels.md).
   config.sample.update(cfg_schedule="constant", threshold=0.99, clip_x0=3.0)
+  config.lock()
+  return config
+
+
+def add_training(config: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
+  """The demo's data, optimisation, logging and mesh blocks (shared with the discrete baseline's
+  `configs/synth_small_discrete.py`), from `arg`'s steps, minutes and batch."""
+  config.data = ml_collections.ConfigDict(dict(
+      latents_dir="", seq_len=config.model.max_len, batch_size=arg.batch, worker_count=0,
+      text_cache=100_000))  # Captions whose frozen MiniLM embedding is kept in host memory.
   config.train = ml_collections.ConfigDict(dict(
       num_steps=arg.steps, max_minutes=arg.minutes,
       learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=0.02,
@@ -42,5 +50,3 @@ def get_config(arg=None):
       # default the last step), for this many validation captions.
       sample_every=arg.steps, sample_captions=2))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  config.lock()
-  return config

@@ -72,3 +72,28 @@ def tiny_lm(tmp_path_factory, tiny_latents):
     if not (workdir / "checkpoints" / "20").exists():
       train.train_and_evaluate(tiny.tiny_lm_config(tiny_latents), str(workdir))
   return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_rvq(tmp_path_factory, tiny_latents):
+  """An RVQ export (2 codebooks of 16 codes) fitted on `tiny_latents`, built once per session."""
+  from almtok.quantizers import rvq  # pylint: disable=g-import-not-at-top
+  from configs import rvq as rvq_config  # pylint: disable=g-import-not-at-top
+  workdir, lock = _shared_dir(tmp_path_factory, "rvq")
+  with lock:
+    if not (workdir / "rvq.json").exists():
+      rvq.run(rvq_config.get_config(f"tiny,latents_dir={tiny_latents}"), str(workdir))
+  return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_dlm(tmp_path_factory, tiny_latents, tiny_rvq):
+  """A training workdir of the tiny discrete baseline trained 20 steps on `tiny_latents`'
+  codes (in-process), with the config of `tests.tiny.tiny_dlm_config`."""
+  from almtok import train  # pylint: disable=g-import-not-at-top
+  from tests import tiny  # pylint: disable=g-import-not-at-top
+  workdir, lock = _shared_dir(tmp_path_factory, "dlm")
+  with lock:
+    if not (workdir / "checkpoints" / "20").exists():
+      train.train_and_evaluate(tiny.tiny_dlm_config(tiny_latents, tiny_rvq), str(workdir))
+  return str(workdir)

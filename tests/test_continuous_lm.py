@@ -9,6 +9,7 @@ from flax import nnx
 
 from almtok import diffusion
 from almtok import models
+from almtok.models import audio_lm
 from almtok.models import continuous_lm
 from almtok.models import mntp
 from configs import continuous_lm as lm_config
@@ -170,7 +171,7 @@ def test_null_prefix_replaces_text(model):
 def test_cfg_dropout_frequency():
   b = 20000
   for p in (0.0, 0.1, 0.3):
-    frac = float(jnp.mean(continuous_lm.cfg_drop_mask(jax.random.PRNGKey(7), b, p)))
+    frac = float(jnp.mean(audio_lm.cfg_drop_mask(jax.random.PRNGKey(7), b, p)))
     assert abs(frac - p) <= 3 * np.sqrt(p * (1 - p) / b)
 
 

@@ -49,3 +49,19 @@ def test_inference_notebook_runs(tiny_lm, tmp_path, monkeypatch):
     want, _ = sf.read(out / f"caption_{i}.wav", dtype="int16")
     got, _ = sf.read(tmp_path / "cli" / f"{i:03d}.wav", dtype="int16")
     np.testing.assert_array_equal(got, want, err_msg=f"caption {i}")
+
+
+def test_inference_notebook_runs_on_a_discrete_run(tiny_dlm, tmp_path, monkeypatch):
+  out = tmp_path / "nb_out"
+  monkeypatch.setenv("ALMTOK_WORKDIR", tiny_dlm)
+  monkeypatch.setenv("ALMTOK_OUT", str(out))
+  monkeypatch.setenv("ALMTOK_SECONDS", "1.0")
+  nb = nbformat.read(os.path.join(ROOT, "colabs", "inference_demo.ipynb"), as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": ROOT}}).execute()
+  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "discrete_lm: 3 clips of 1.00 s" in text and "prompt tokens: 6 of 25" in text
+  for name in ("caption_0.wav", "caption_1.wav", "caption_2.wav", "continued.wav"):
+    assert abs(sf.info(out / name).duration - 1.0) < 0.05

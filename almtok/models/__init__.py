@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-NAMES = ("continuous_lm",)
+NAMES = ("continuous_lm", "discrete_lm")
 
 
 def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
@@ -16,6 +16,10 @@ def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     from almtok.models import continuous_lm  # pylint: disable=g-import-not-at-top
     return continuous_lm.ContinuousLM(**config.model.to_dict(), dtype=dtype,
                                       param_dtype=jnp.float32, rngs=rngs)
+  if config.model_name == "discrete_lm":
+    from almtok.models import discrete_lm  # pylint: disable=g-import-not-at-top
+    return discrete_lm.DiscreteLM(**config.model.to_dict(), dtype=dtype,
+                                  param_dtype=jnp.float32, rngs=rngs)
   raise ValueError(f"model_name={config.model_name!r}: must be one of {list(NAMES)}")
 
 

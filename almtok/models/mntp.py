@@ -107,10 +107,14 @@ def gather_tokens(x_BxLxC: Array, pos_BxL: Array) -> Array:
   return jnp.take_along_axis(x_BxLxC, idx_BxL[:, :, None], axis=1)
 
 
-def inputs_and_targets(x_BxLxC: Array, slots: Slots) -> tuple[Array, Array]:
-  """The token each slot reads (zeros for start-of-audio and padding) and the one it predicts."""
+def inputs_and_targets(x_BxLxC: Array, slots: Slots, fill: float | int = 0.0
+                       ) -> tuple[Array, Array]:
+  """The token each slot reads (`fill` for start-of-audio and padding: 0.0 for continuous
+  tokens, the pad code for codebook indices) and the one it predicts. The last axis is a
+  token's channels, or its codebooks."""
   inputs_BxLxC = gather_tokens(x_BxLxC, slots.src_BxL)
   has_input_BxLx1 = (slots.valid_BxL & (slots.src_BxL >= 0))[:, :, None]
-  inputs_BxLxC = jnp.where(has_input_BxLx1, inputs_BxLxC, 0.0)
+  inputs_BxLxC = jnp.where(has_input_BxLx1, inputs_BxLxC,
+                           jnp.asarray(fill, inputs_BxLxC.dtype))
   targets_BxLxC = gather_tokens(x_BxLxC, slots.src_BxL + slots.offset_BxL)
   return inputs_BxLxC, targets_BxLxC
