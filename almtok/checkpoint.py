@@ -92,3 +92,40 @@ class Checkpointer:
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A module's parameters as a flat dict, the layout of safetensors exports.
+# ---------------------------------------------------------------------------------------------
+
+
+def flat_params(module) -> dict[str, Any]:
+  """Every `nnx.Param` of `module` as a numpy array, keyed by its '/'-joined path."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  return {"/".join(str(p) for p in path): np.asarray(var.get_value())
+          for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+
+
+def with_flat_params(abstract_module, weights: Mapping[str, Any], where: str):
+  """`abstract_module` (from `nnx.eval_shape`) with its parameters from `flat_params`-keyed
+  `weights`; ValueError naming `where` when a name or a shape does not match."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  graphdef, abstract_state = nnx.split(abstract_module)
+  expected = {"/".join(str(p) for p in path): var
+              for path, var in nnx.to_flat_state(abstract_state)}
+  if set(weights) != set(expected):
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    raise ValueError(f"{where} does not match the architecture: missing {missing[:5]}, "
+                     f"unexpected {unexpected[:5]}")
+  flat = []
+  for path, var in nnx.to_flat_state(abstract_state):
+    key = "/".join(str(p) for p in path)
+    value = weights[key]
+    if tuple(value.shape) != tuple(var.shape):
+      raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, the architecture wants "
+                       f"{tuple(var.shape)}")
+    flat.append((path, var.replace(jnp.asarray(value))))
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))

@@ -1,4 +1,4 @@
-r"""Generates audio from captions with a trained model.
+r"""Generates audio from captions with a trained run (continuous LM or discrete baseline).
 
   python -m almtok.generate --workdir=/tmp/lm --caption="a rising chirp" --seconds=4 \
       --out=out.wav
@@ -32,7 +32,6 @@ from typing import Any
 
 from absl import flags
 from absl import logging
-import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -40,16 +39,12 @@ import numpy as np
 from almtok import audio
 from almtok import configlib
 from almtok import fileio
-from almtok import models
 from almtok import plotting
 from almtok import sample
 from almtok import state as state_lib
 from almtok import tokenizers
 from almtok.latents import pipeline
 from almtok.latents import store as latents_lib
-from almtok.text.minilm import TextEncoder
-from configs import continuous_lm as lm_config
-from configs import discrete_lm as discrete_config
 
 
 def define_flags() -> None:
@@ -62,11 +57,8 @@ def define_flags() -> None:
   flags.DEFINE_float("seconds", 4.0, "Seconds of audio per caption (prompt included).")
   flags.DEFINE_string("out", "out.wav", "Output WAV, or a directory for several captions.")
   # Only the keys given on the command line are used, on top of the run's own config.sample.
-  # Every key either model's config.sample has; a key the run's model has not is one error line.
-  keys = dict(lm_config.get_config("tiny").sample.to_dict(),
-              **discrete_config.get_config("tiny").sample.to_dict())
   config_flags.DEFINE_config_dict(
-      "config", ml_collections.ConfigDict({"sample": keys}),
+      "config", sample.sample_flag_defaults(),
       "--config.sample.KEY=VALUE changes one sampling setting of the run's config.sample "
       "(continuous LM: steps, sampler, eta, cfg_scale, cfg_schedule, temperature, clip_x0, "
       "threshold, data_range; discrete baseline: cfg_scale, cfg_schedule, temperature, top_k, "
@@ -125,124 +117,16 @@ def output_paths(out: str, count: int) -> list[str]:
   return [os.path.join(base, f"{i:03d}.wav") for i in range(count)]
 
 
-def load_run_config(workdir: str) -> dict[str, Any]:
-  """The training config stored with the checkpoints (without loading any arrays)."""
-  if not workdir or not os.path.isdir(workdir):
-    raise configlib.ConfigError(f"--workdir={workdir}: no such directory")
-  path = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
-  if not os.path.exists(path) or not steps:
-    raise configlib.ConfigError(f"--workdir={workdir}: no finished checkpoint (train first)")
-  run_file = os.path.join(workdir, state_lib.RUN_FILE)
-  found = "almtok-run-1"
-  if os.path.exists(run_file):
-    with open(run_file, encoding="utf-8") as f:
-      found = json.load(f).get("format", found)
-  if found != state_lib.FORMAT:
-    raise configlib.ConfigError(f"--workdir={workdir}: a run in format {found}; this almtok "
-                                f"reads {state_lib.FORMAT} (train it again with this almtok)")
-  with open(path) as f:
-    return json.load(f)
-
-
-def check_compatible(config: dict[str, Any], stats: latents_lib.Stats) -> None:
-  """The checkpoint, its latents' stats and this code must agree; names what does not."""
-  if config.get("model_name") not in models.NAMES:
-    raise configlib.ConfigError(f"checkpoint model_name={config.get('model_name')!r}: this "
-                                f"almtok generates from {list(models.NAMES)}")
-  if config["model_name"] == "discrete_lm":
-    return   # Its quantizer is checked against the latents when it is loaded.
-  token_dim = config["model"]["token_dim"]
-  latent_dim = stats.latent_dim
-  if latent_dim != token_dim:
-    raise configlib.ConfigError(f"checkpoint token_dim={token_dim} does not match the latents' "
-                                f"latent_dim={latent_dim}")
-
-
-def model_settings(settings: sample.SamplerSettings | sample.CodeSamplerSettings, config: Any,
-                   workdir: str) -> sample.SamplerSettings | sample.CodeSamplerSettings:
-  """`settings` with what the trained head fixes filled in from the run's config: its prediction
-  type. A caller's value that contradicts the run, or more head steps than the head was trained
-  on, is a one-line error. The discrete baseline's settings fix nothing of the kind."""
-  if isinstance(settings, sample.CodeSamplerSettings):
-    if config["model_name"] != "discrete_lm":
-      raise configlib.ConfigError(f"the model in {workdir} is a {config['model_name']}: "
-                                  "sample it with its own config.sample keys")
-    return settings
-  if config["model_name"] == "discrete_lm":
-    raise configlib.ConfigError(f"the model in {workdir} is the discrete baseline: sample it "
-                                "with config.sample keys cfg_scale, cfg_schedule, temperature, "
-                                "top_k, top_p")
-  trained = config["diffusion"]["prediction"]
-  if settings.prediction is None:
-    settings = dataclasses.replace(settings, prediction=trained)
-  elif settings.prediction != trained:
-    raise configlib.ConfigError(
-        f"prediction={settings.prediction!r}: the model in {workdir} was trained to predict "
-        f"{trained!r} (leave prediction unset to take it from the run)")
-  num_steps = config["diffusion"]["num_steps"]
-  if settings.steps > num_steps:
-    raise configlib.ConfigError(f"config.sample.steps={settings.steps}: the head was trained "
-                                f"on {num_steps} diffusion steps; use at most that many")
-  return settings
-
-
 def generate(workdir: str, captions: list[str], seconds: float,
              settings: sample.SamplerSettings | sample.CodeSamplerSettings, seed: int = 0,
              prompt_wav: np.ndarray | None = None, progress: bool = True
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
-  """Waveforms [B, S] for the captions, their sample rate, and the settings used.
-
-  With `settings.data_range` the head's x0 estimates stay within the training latents' per-channel
-  range that stats.json records.
-
-  What the trained head fixes (its prediction type) comes from the run's config
-  (`model_settings`); every argument is checked before the model is loaded.
-  """
-
-  raw = load_run_config(workdir)
-  stats = state_lib.run_stats(workdir)
-  check_compatible(raw, stats)
-  settings = model_settings(settings, raw, workdir)
-  config = ml_collections.ConfigDict(raw)
-  tokenizer = tokenizers.from_stats(stats)
-  num_tokens = int(round(seconds * tokenizer.frame_rate))
-  if num_tokens < 1:
-    raise configlib.ConfigError(f"--seconds={seconds:g}: shorter than one token "
-                                f"({1 / tokenizer.frame_rate:g} s)")
-  if num_tokens > config.model.max_len:
-    raise configlib.ConfigError(
-        f"--seconds={seconds:g}: longer than the trained context of "
-        f"{config.model.max_len / tokenizer.frame_rate:g} s")
-  prompt = None
-  if prompt_wav is not None:
-    x = np.asarray(tokenizer.encode(prompt_wav[None].astype(np.float32)))
-    prompt = np.repeat(latents_lib.normalise(x, stats), len(captions), axis=0)
-    if prompt.shape[1] >= num_tokens:
-      raise configlib.ConfigError(f"the prompt covers {prompt.shape[1]} of the {num_tokens} "
-                                  f"tokens: nothing is left to generate")
-  x0_range = None
-  if isinstance(settings, sample.SamplerSettings) and settings.data_range:
-    x0_range = latents_lib.data_range(stats)
-    if x0_range is None:
-      raise configlib.ConfigError(
-          f"{workdir}/{state_lib.STATS_FILE} records no per-channel range of the latents "
-          f"(prepared by an older almtok): prepare again, or sample without it "
-          f"(--config.sample.data_range=false)")
-  quantizer = (state_lib.run_quantizer(workdir) if config.model_name == "discrete_lm"
-               else None)
-  model = state_lib.load_model(workdir, config, use_ema=True)
-  sampler = sample.make_sampler(model, settings, schedule=state_lib.make_schedule(config),
-                                x0_range=x0_range, quantizer=quantizer)
-  text = TextEncoder(max_len=config.model.text_len).encode_for_lm(captions)
-  x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
-                       progress=progress)
-  wav = np.asarray(tokenizer.decode(latents_lib.denormalise(x, stats)))
-  used = dict(dataclasses.asdict(settings), seed=seed, seconds=seconds, captions=captions,
-              workdir=os.path.abspath(workdir), num_tokens=num_tokens,
-              prompt_tokens=0 if prompt is None else prompt.shape[1])
-  return wav, tokenizer.sample_rate, used
+  """Waveforms [B, S] for the captions, their sample rate, and the settings used (`sample.Generator`,
+  for one batch of captions)."""
+  generator = sample.Generator(workdir, settings)
+  generator.num_tokens(seconds)
+  wav, used = generator(captions, seconds, seed, prompt_wav, progress)
+  return wav, generator.sample_rate, used
 
 
 def reference_audio(workdir: str, x_BxLxC: np.ndarray, mask_BxL: np.ndarray) -> list[np.ndarray]:
@@ -274,12 +158,12 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
       raise configlib.ConfigError("give exactly one of --caption, --captions_file and --held_out")
     if held_out_count < 1:
       raise configlib.ConfigError(f"--held_out={held_out_count}: must be >= 1")
-    run_config = load_run_config(workdir)
+    run_config = state_lib.load_run_config(workdir)
     captions, ref_x, ref_mask = held_out(state_lib.run_latents_dir(workdir), held_out_count)
     reference = (ref_x, ref_mask)
   else:
     captions = read_captions(caption, captions_file)
-    run_config = load_run_config(workdir)
+    run_config = state_lib.load_run_config(workdir)
   wav_prompt = None
   if prompt_wav:
     if prompt_seconds <= 0 or prompt_seconds >= seconds:
@@ -290,12 +174,7 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
     except audio.AudioError as e:
       raise configlib.ConfigError(f"--prompt_wav={e}") from None
     wav_prompt = wav_prompt[:int(prompt_seconds * audio.SAMPLE_RATE)]
-  try:
-    settings = sample.settings_from_config(run_config, **(sample_overrides or {}))
-  except TypeError as e:
-    raise configlib.ConfigError(f"config.sample: {e}") from None
-  except ValueError as e:
-    raise configlib.ConfigError(f"config.sample.{e}") from None
+  settings = sample.run_settings(run_config, sample_overrides, workdir)
   wav, rate, used = generate(workdir, captions, seconds, settings, seed, wav_prompt)
   paths = output_paths(out, len(captions))
   refs = reference_audio(workdir, *reference) if reference is not None else [None] * len(paths)

@@ -112,6 +112,31 @@ def curves_png(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[f
   return path
 
 
+def confusion_png(path: str, counts_KxK: np.ndarray, classes: Sequence[str],
+                  title: str = "") -> str:
+  """Writes a confusion matrix (rows: true class, columns: predicted; each row's share of its
+  clips as colour, the counts as numbers) and returns the path."""
+  counts_KxK = np.asarray(counts_KxK)
+  share = counts_KxK / np.maximum(counts_KxK.sum(axis=1, keepdims=True), 1)
+  k = len(classes)
+  fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k))
+  ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+  for i in range(k):
+    for j in range(k):
+      if counts_KxK[i, j]:
+        ax.text(j, i, str(counts_KxK[i, j]), ha="center", va="center", fontsize=7,
+                color="white" if share[i, j] > 0.6 else "black")
+  ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=7)
+  ax.set_yticks(range(k), classes, fontsize=7)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  _save(fig, path)
+  return path
+
+
 def _save(fig, path: str) -> None:
   """Saves and closes `fig`, atomically; the format comes from `path`'s extension."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

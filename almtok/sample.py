@@ -19,18 +19,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 from tqdm import auto as tqdm
 
+from almtok import configlib
 from almtok import diffusion
+from almtok import models
+from almtok import state as state_lib
+from almtok import tokenizers
+from almtok.latents import store as latents_lib
 from almtok.models import discrete_lm
 from almtok.models.continuous_lm import ContinuousLM
 from almtok.quantizers import rvq
-from almtok.text.minilm import TextEmbedding
+from almtok.text.minilm import TextEmbedding, TextEncoder
 
 Array = jax.Array
 
@@ -416,3 +424,159 @@ def make_sampler(model, settings: SamplerSettings | CodeSamplerSettings, *,
       raise ValueError("the discrete baseline samples codes: pass the run's quantizer")
     return LatentCodeSampler(model, settings, quantizer)
   return Sampler(model, schedule, settings, x0_range)
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained run's sampler: its settings, checks and the captions -> waveforms path.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_compatible(config: dict[str, Any], stats: latents_lib.Stats) -> None:
+  """The checkpoint, its latents' stats and this code must agree; names what does not."""
+  if config.get("model_name") not in models.NAMES:
+    raise configlib.ConfigError(f"checkpoint model_name={config.get('model_name')!r}: this "
+                                f"almtok generates from {list(models.NAMES)}")
+  if config["model_name"] == "discrete_lm":
+    return   # Its quantizer is checked against the latents when it is loaded.
+  token_dim = config["model"]["token_dim"]
+  latent_dim = stats.latent_dim
+  if latent_dim != token_dim:
+    raise configlib.ConfigError(f"checkpoint token_dim={token_dim} does not match the latents' "
+                                f"latent_dim={latent_dim}")
+
+
+def model_settings(settings: SamplerSettings | CodeSamplerSettings, config: Any,
+                   workdir: str) -> SamplerSettings | CodeSamplerSettings:
+  """`settings` with what the trained head fixes filled in from the run's config: its prediction
+  type. A caller's value that contradicts the run, or more head steps than the head was trained
+  on, is a one-line error. The discrete baseline's settings fix nothing of the kind."""
+  if isinstance(settings, CodeSamplerSettings):
+    if config["model_name"] != "discrete_lm":
+      raise configlib.ConfigError(f"the model in {workdir} is a {config['model_name']}: "
+                                  "sample it with its own config.sample keys")
+    return settings
+  if config["model_name"] == "discrete_lm":
+    raise configlib.ConfigError(f"the model in {workdir} is the discrete baseline: sample it "
+                                "with config.sample keys cfg_scale, cfg_schedule, temperature, "
+                                "top_k, top_p")
+  trained = config["diffusion"]["prediction"]
+  if settings.prediction is None:
+    settings = dataclasses.replace(settings, prediction=trained)
+  elif settings.prediction != trained:
+    raise configlib.ConfigError(
+        f"prediction={settings.prediction!r}: the model in {workdir} was trained to predict "
+        f"{trained!r} (leave prediction unset to take it from the run)")
+  num_steps = config["diffusion"]["num_steps"]
+  if settings.steps > num_steps:
+    raise configlib.ConfigError(f"config.sample.steps={settings.steps}: the head was trained "
+                                f"on {num_steps} diffusion steps; use at most that many")
+  return settings
+
+
+class Generator:
+  """A run's model, loaded once, that turns captions into waveforms: the sampler with the run's
+  settings (`model_settings`), its text encoder, and its tokenizer and vocoder.
+
+  With `settings.data_range` the continuous head's x0 estimates stay within the training latents'
+  per-channel range that stats.json records. The run and the settings are checked when it is
+  made; the model loads at the first call, after that call's arguments are checked.
+  """
+
+  def __init__(self, workdir: str,
+               settings: SamplerSettings | CodeSamplerSettings):
+    raw = state_lib.load_run_config(workdir)
+    self.stats = state_lib.run_stats(workdir)
+    check_compatible(raw, self.stats)
+    self.settings = model_settings(settings, raw, workdir)
+    self.config = config = ml_collections.ConfigDict(raw)
+    self.workdir = workdir
+    self.tokenizer = tokenizers.from_stats(self.stats)
+    self.sample_rate = self.tokenizer.sample_rate
+    x0_range = None
+    if isinstance(self.settings, SamplerSettings) and self.settings.data_range:
+      x0_range = latents_lib.data_range(self.stats)
+      if x0_range is None:
+        raise configlib.ConfigError(
+            f"{workdir}/{state_lib.STATS_FILE} records no per-channel range of the latents "
+            f"(prepared by an older almtok): prepare again, or sample without it "
+            f"(--config.sample.data_range=false)")
+    self._x0_range = x0_range
+    self._sampler = None
+
+  @property
+  def sampler(self) -> Sampler | LatentCodeSampler:
+    """The sampler over the run's EMA weights, loaded on first use (after the checks)."""
+    if self._sampler is None:
+      quantizer = (state_lib.run_quantizer(self.workdir)
+                   if self.config.model_name == "discrete_lm" else None)
+      model = state_lib.load_model(self.workdir, self.config, use_ema=True)
+      self._sampler = make_sampler(model, self.settings,
+                                          schedule=state_lib.make_schedule(self.config),
+                                          x0_range=self._x0_range, quantizer=quantizer)
+      self.text_encoder = TextEncoder(max_len=self.config.model.text_len)
+    return self._sampler
+
+  def num_tokens(self, seconds: float) -> int:
+    """Tokens of `seconds` of audio; a one-line error outside 1 .. the trained context."""
+    n = int(round(seconds * self.tokenizer.frame_rate))
+    if n < 1:
+      raise configlib.ConfigError(f"--seconds={seconds:g}: shorter than one token "
+                                  f"({1 / self.tokenizer.frame_rate:g} s)")
+    if n > self.config.model.max_len:
+      raise configlib.ConfigError(
+          f"--seconds={seconds:g}: longer than the trained context of "
+          f"{self.config.model.max_len / self.tokenizer.frame_rate:g} s")
+    return n
+
+  def __call__(self, captions: list[str], seconds: float, seed: int = 0,
+               prompt_wav: np.ndarray | None = None, progress: bool = True
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Waveforms [B, S] for the captions, and the settings used."""
+    num_tokens = self.num_tokens(seconds)
+    prompt = None
+    if prompt_wav is not None:
+      x = np.asarray(self.tokenizer.encode(prompt_wav[None].astype(np.float32)))
+      prompt = np.repeat(latents_lib.normalise(x, self.stats), len(captions), axis=0)
+      if prompt.shape[1] >= num_tokens:
+        raise configlib.ConfigError(f"the prompt covers {prompt.shape[1]} of the {num_tokens} "
+                                    f"tokens: nothing is left to generate")
+    sampler = self.sampler
+    text = self.text_encoder.encode_for_lm(captions)
+    x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
+                              progress=progress)
+    wav = np.asarray(self.tokenizer.decode(latents_lib.denormalise(x, self.stats)))
+    used = dict(dataclasses.asdict(self.settings), seed=seed, seconds=seconds,
+                captions=captions, workdir=os.path.abspath(self.workdir),
+                num_tokens=num_tokens, prompt_tokens=0 if prompt is None else prompt.shape[1])
+    return wav, used
+
+
+def run_settings(run_config: dict[str, Any], overrides: dict[str, Any] | None, workdir: str
+                 ) -> SamplerSettings | CodeSamplerSettings:
+  """The run's own sampling settings with `--config.*` overrides on top; one line for a
+  key the run's model has not, or a value out of range."""
+  unknown = sorted(set(overrides or {}) - set(run_config["sample"]))
+  if unknown:
+    raise configlib.ConfigError(
+        f"config.sample.{unknown[0]}: the {run_config['model_name']} in {workdir} has no such "
+        f"sampling setting (it has {', '.join(run_config['sample'])})")
+  try:
+    return settings_from_config(run_config, **(overrides or {}))
+  except TypeError as e:
+    raise configlib.ConfigError(f"config.sample: {e}") from None
+  except ValueError as e:
+    raise configlib.ConfigError(f"config.sample.{e}") from None
+
+
+def sample_flag_defaults() -> ml_collections.ConfigDict:
+  """`--config.sample.*`'s keys for a command line that samples some run: every setting of
+  either sampler, with its default (a key the run's model has not is one error line once the
+  run is known: `run_settings`)."""
+  keys = {}
+  for cls in (SamplerSettings, CodeSamplerSettings):
+    for field in dataclasses.fields(cls):
+      if field.name in ("cfg", "prediction") or field.name in keys:
+        continue
+      keys[field.name] = (field.default if field.default is not None
+                          else ml_collections.config_dict.placeholder(float))
+  return ml_collections.ConfigDict({"sample": keys})

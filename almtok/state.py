@@ -111,6 +111,27 @@ def run_stats(workdir: str) -> latents_lib.Stats:
   return stats.replace(tokenizer=dataclasses.replace(stats.tokenizer, params=params))
 
 
+def load_run_config(workdir: str) -> dict[str, Any]:
+  """The training config stored with the checkpoints (without loading any arrays)."""
+  if not workdir or not os.path.isdir(workdir):
+    raise configlib.ConfigError(f"--workdir={workdir}: no such directory")
+  path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  if not os.path.exists(path) or not steps:
+    raise configlib.ConfigError(f"--workdir={workdir}: no finished checkpoint (train first)")
+  run_file = os.path.join(workdir, RUN_FILE)
+  found = "almtok-run-1"
+  if os.path.exists(run_file):
+    with open(run_file, encoding="utf-8") as f:
+      found = json.load(f).get("format", found)
+  if found != FORMAT:
+    raise configlib.ConfigError(f"--workdir={workdir}: a run in format {found}; this almtok "
+                                f"reads {FORMAT} (train it again with this almtok)")
+  with open(path) as f:
+    return json.load(f)
+
+
 def run_quantizer(workdir: str) -> rvq.RVQ:
   """The discrete run's own copy of its RVQ, checked against the latents it was fitted on."""
   return rvq.RVQ.from_export(os.path.join(workdir, QUANTIZER_DIR), stats=run_stats(workdir))

@@ -207,7 +207,8 @@ def test_generate_writes_wav_and_png_from_a_discrete_run(tiny_dlm, tmp_path):
   assert os.path.getsize(tmp_path / "clip.png") > 5_000
   assert used["top_k"] == 4 and used["num_tokens"] == 25
   # A continuous-only setting is one line naming it.
-  with pytest.raises(configlib.ConfigError, match="steps"):
+  with pytest.raises(configlib.ConfigError, match=r"^config.sample.steps: the discrete_lm in .* "
+                     r"has no such sampling setting \(it has cfg_scale, "):
     generate.run(workdir=tiny_dlm, caption="a beep", seconds=1.0, out=str(tmp_path / "x.wav"),
                  sample_overrides={"steps": 5})
 

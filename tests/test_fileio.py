@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from almtok import checkpoint
 from almtok import fileio
 
 
@@ -159,7 +160,7 @@ def test_an_exception_between_weights_and_json_leaves_the_previous_mel_vae_expor
   for where in (tmp_path, tmp_path / "mel_vae.safetensors"):
     model, description = mel_vae.load_model(str(where))
     assert description["which"] == "first"
-    want, got = mel_vae.flat_params(first), mel_vae.flat_params(model)
+    want, got = checkpoint.flat_params(first), checkpoint.flat_params(model)
     for key in want:
       np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 

@@ -175,8 +175,8 @@ def test_export_equals_the_last_checkpoint(trained, exported):
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     restored, meta, _ = ckpt.restore(5, state)
   assert meta["step"] == 5 and meta["config"]["train"]["num_steps"] == 5
-  got = mel_vae.flat_params(exported.model)
-  want = mel_vae.flat_params(nnx.merge(nnx.graphdef(exported.model), restored["params"]))
+  got = checkpoint.flat_params(exported.model)
+  want = checkpoint.flat_params(nnx.merge(nnx.graphdef(exported.model), restored["params"]))
   assert got.keys() == want.keys()
   for key in got:
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
@@ -255,7 +255,7 @@ def test_a_run_keeps_its_own_copy_of_the_weights(trained, exported, tmp_path):
   assert sorted(os.listdir(tmp_path / "tok"))[0].startswith("mel_vae")
   assert not (tmp_path / "tok" / "checkpoints").exists()
   copy = tokenizers.get("mel_vae", **params)
-  want, got = mel_vae.flat_params(exported.model), mel_vae.flat_params(copy.model)
+  want, got = checkpoint.flat_params(exported.model), checkpoint.flat_params(copy.model)
   assert want.keys() == got.keys()
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -97,7 +97,8 @@ def render_event(event: Mapping, sample_rate: int = scenes.DEFAULT_SAMPLE_RATE,
   else:
     raise ValueError(f"unknown event kind {kind!r}")
   # Pulses shape their own attacks, so a pulse on the first sample keeps its full level.
-  x_N = x_N * _level_envelope(ev, n, sr) * _edge_taper(n, sr, 0.0 if scenes.is_pulsed(ev) else 0.002)
+  rise_s = 0.0 if scenes.is_pulsed(ev) else 0.002
+  x_N = x_N * _level_envelope(ev, n, sr) * _edge_taper(n, sr, rise_s)
   peak = float(np.max(np.abs(x_N)))
   if peak == 0.0:
     return x_N

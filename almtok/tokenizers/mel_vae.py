@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from almtok import audio
+from almtok import checkpoint
 from almtok import fileio
 from almtok.tokenizers import melspec
 from almtok.tokenizers import vocoder as vocoder_lib
@@ -263,16 +264,6 @@ def loss_fn(model: MelVAE, mel_dB_BxMxF: Array, rng: Array,
 # ---------------------------------------------------------------------------------------------
 
 
-def _flat_key(path: Sequence[Any]) -> str:
-  return "/".join(str(p) for p in path)
-
-
-def flat_params(model: MelVAE) -> dict[str, np.ndarray]:
-  """Every parameter as a float32 numpy array, keyed by its '/'-joined module path."""
-  return {_flat_key(path): np.asarray(var.get_value())
-          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-
 def export(model: MelVAE, model_config: Mapping[str, Any], directory: str,
            extra: Mapping[str, Any] | None = None) -> tuple[str, str]:
   """Writes <directory>/mel_vae.safetensors and mel_vae.json; returns both paths.
@@ -291,7 +282,7 @@ def export(model: MelVAE, model_config: Mapping[str, Any], directory: str,
                      encode="posterior mean", **_jsonable(dict(extra or {})))
   # The JSON is the manifest, written last, naming the weights by content hash: a reader never
   # pairs one export's JSON with another's weights, even after a kill mid-export.
-  return fileio.write_export(directory, EXPORT_NAME, st_numpy.save(flat_params(model)),
+  return fileio.write_export(directory, EXPORT_NAME, st_numpy.save(checkpoint.flat_params(model)),
                              description, indent=2)
 
 
@@ -310,21 +301,7 @@ def load_model(path: str) -> tuple[MelVAE, dict[str, Any]]:
   model_kwargs = dict(description["model"])
   model_kwargs["channels"] = tuple(model_kwargs["channels"])
   abstract = nnx.eval_shape(lambda: MelVAE(**model_kwargs, rngs=nnx.Rngs(0)))
-  graphdef, abstract_state = nnx.split(abstract)
-  weights = st_numpy.load(data)
-  expected = {_flat_key(p): v for p, v in nnx.to_flat_state(abstract_state)}
-  if set(weights) != set(expected):
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    raise ValueError(f"{base}.safetensors does not match the architecture: missing {missing[:5]}, "
-                     f"unexpected {unexpected[:5]}")
-  flat = []
-  for p, var in nnx.to_flat_state(abstract_state):
-    value = weights[_flat_key(p)]
-    if value.shape != var.shape:
-      raise ValueError(f"{base}.safetensors: {_flat_key(p)} has shape {value.shape}, the "
-                       f"architecture wants {var.shape}")
-    flat.append((p, var.replace(jnp.asarray(value))))
-  model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+  model = checkpoint.with_flat_params(abstract, st_numpy.load(data), f"{base}.safetensors")
   return model, description
 
 

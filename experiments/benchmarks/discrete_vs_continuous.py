@@ -145,7 +145,7 @@ def main():
   print(f"| size | batch | CFG | timed frames | continuous frames/s | discrete frames/s | "
         f"discrete / continuous |")
   print("|---|---:|---|---:|---:|---:|---:|")
-  for size in args.sizes.split(","):
+  for size in filter(None, args.sizes.split(",")):
     frames = FRAMES if size in ("tiny", "small") else args.base_frames
     for batch in (int(b) for b in args.batches.split(",")):
       for cfg in (False, True):

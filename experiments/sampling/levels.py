@@ -22,6 +22,7 @@ from almtok import configlib
 from almtok import fileio
 from almtok import generate
 from almtok import sample
+from almtok import state as state_lib
 from almtok.latents import store as latents_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out/lm", "a training workdir")
@@ -68,7 +69,7 @@ def _summary(wavs) -> dict[str, float]:
 
 def main(argv):
   del argv
-  config = generate.load_run_config(_WORKDIR.value)
+  config = state_lib.load_run_config(_WORKDIR.value)
   latents_dir = config["data"]["latents_dir"]
   captions, ref_x, ref_mask = generate.held_out(latents_dir, _HELD_OUT.value)
   rows = {"data (held-out clips through the tokenizer)":

@@ -1,0 +1,404 @@
+r"""Scores a trained run: generates a clip per caption of a split and measures it against the
+split's reference clips with almtok's tagger (and one embedding almtok did not train).
+
+  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/work/tagger --split=test --out=/tmp/eval
+  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/work/tagger --num=50 \
+      --config.sample.cfg_scale=5 --out=/tmp/eval_cfg5
+  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/work/tagger --out=/tmp/eval_other \
+      --generated_dir=/data/other_system --captions_file=/data/other_system/captions.txt
+
+Generation: every caption of the split (or the first --num), in batches of --batch, each clip as
+long as its reference (capped at the model's context), written to <out>/generated/NNNNN.wav. A
+rerun keeps the clips already written and generates the rest (batch i always draws from
+seed + i, so the clips do not depend on where a run stopped). --generated_dir scores a folder
+of WAVs instead (files in name order, one caption per line of --captions_file); WAVs that cannot
+be read are skipped and listed.
+
+References: the split's real clips (its TFDS dataset, beside the prepared latents), and the same
+clips resynthesised through the run's tokenizer and vocoder. Generated audio is scored against
+both; the resynthesis ceiling row scores the resynthesised clips as if they were generated, which
+is what the vocoder alone costs.
+
+Metrics (`evaluation/metrics.py`; each names its embedding or classifier; 95% bootstrap
+intervals over clips):
+  fd_tagger     Fréchet distance of the tagger's embeddings
+  fd_melstats   Fréchet distance of per-band log-mel mean and std (an embedding nobody trained)
+  kid_tagger    kernel inception distance of the tagger's embeddings
+  kl_tagger     per clip, KL(reference || generated) of the tagger's posteriors for the same
+                caption: the sum over multi-label heads of per-class Bernoulli KLs plus the
+                softmax KL of num_events and first_kind; the mean over clips
+  is_tagger     inception score of the `first_kind` head (the earliest event's kind)
+  adherence     the fraction of a caption's (attribute, value) pairs that the tagger finds in
+                the clip, per attribute and overall; beside it the ceiling (reference clips) and
+                the floor (generated clips against shuffled captions)
+Paired metrics (kl_tagger, adherence) need the split's captions: with --generated_dir they apply
+only when the captions file matches the split's.
+
+Writes <out>/metrics.json, <out>/metrics.md (value, interval, embedding) and
+<out>/spectrograms.png (generated beside reference for the first captions).
+
+Shape letters: N clips, E embedding width, S samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import tqdm
+
+from almtok import audio
+from almtok import configlib
+from almtok import fileio
+from almtok import plotting
+from almtok import sample
+from almtok import state as state_lib
+from almtok import tokenizers
+from almtok.evaluation import metrics as metrics_lib
+from almtok.evaluation import tagger as tagger_lib
+from almtok.evaluation import train_tagger
+from almtok.latents import store as latents_lib
+
+TAGGER_HINT = ("train one with `python -m almtok.evaluation.train_tagger "
+               "--config=configs/tagger.py --workdir=DIR` and pass --tagger=DIR")
+
+
+@dataclasses.dataclass
+class Reference:
+  """A split's clips: captions, labels (JSON text) and waveforms."""
+  ids: list[str]
+  captions: list[str]
+  labels: list[str]
+  wavs: list[np.ndarray]
+
+
+def reference_clips(workdir: str, split: str, num: int | None, data_dir: str = "") -> Reference:
+  """The split's clips from the run's dataset: the TFDS build beside its prepared latents (or
+  in `data_dir`); one line if the latents, the dataset or the split are missing or empty."""
+  from almtok.datasets import registry  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  latents_dir = state_lib.run_latents_dir(workdir)
+  stats = latents_lib.read_stats(latents_dir)
+  data_dir = data_dir or os.path.join(os.path.dirname(latents_dir), "tfds")
+  dataset = ml_collections.ConfigDict(stats.dataset)
+  if dataset.name not in registry.NAMES:
+    raise configlib.ConfigError(f"{workdir} was trained on {dataset.name!r} data; evaluate reads "
+                                f"the TFDS datasets {list(registry.NAMES)}")
+  builder = registry.get_builder(dataset, data_dir)
+  if not os.path.isdir(builder.data_dir):
+    raise configlib.ConfigError(f"no {dataset.name} build in {data_dir} (where its latents were "
+                                f"prepared); pass --data_dir")
+  sources = builder.as_data_source()
+  if split not in sources or not len(sources[split]):
+    raise configlib.ConfigError(f"--split={split}: {dataset.name} in {data_dir} has no clips "
+                                f"there (splits: {sorted(sources)})")
+  source = sources[split]
+  n = len(source) if num is None else min(num, len(source))
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+  rows = [source[i] for i in range(n)]
+  return Reference([text(r["id"]) for r in rows], [text(r["caption"]) for r in rows],
+                   [text(r["labels"]) for r in rows],
+                   [np.asarray(r["audio"], np.float32) for r in rows])
+
+
+def generate_clips(generator: sample.Generator, captions: Sequence[str],
+                   seconds: Sequence[float], out_dir: str, batch: int, seed: int) -> list[str]:
+  """<out_dir>/NNNNN.wav per caption, generating only the batches not all written yet."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, f"{i:05d}.wav") for i in range(len(captions))]
+  batches = range(0, len(captions), batch)
+  todo = [b for b in batches if not all(os.path.exists(p) for p in paths[b:b + batch])]
+  for b in tqdm.tqdm(todo, desc="generate", unit="batch", disable=None):
+    group = slice(b, b + batch)
+    length = max(seconds[group])
+    wav, _ = generator(list(captions[group]), length, seed + b // batch, progress=False)
+    for path, w, s in zip(paths[group], wav, seconds[group]):
+      audio.write(path, w[:int(round(s * generator.sample_rate))], generator.sample_rate,
+                  strategy="limit")
+  return paths
+
+
+def read_generated(paths: Sequence[str], sample_rate: int) -> tuple[list[np.ndarray], list[str]]:
+  """(waveforms, skipped lines): unreadable files are listed, a wrong rate is one error."""
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  wavs, skipped = [], []
+  for path in paths:
+    try:
+      rate = sf.info(path).samplerate
+    except (RuntimeError, OSError) as e:
+      skipped.append(f"{path}: {str(e).splitlines()[0]}")
+      wavs.append(None)
+      continue
+    if rate != sample_rate:
+      raise configlib.ConfigError(f"{path}: sample rate {rate} Hz, the references are at "
+                                  f"{sample_rate} Hz")
+    try:
+      wavs.append(audio.load(path, sample_rate))
+    except audio.AudioError as e:
+      skipped.append(f"{path}: {e}")
+      wavs.append(None)
+  return wavs, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Scored:
+  """What the tagger and the log-mel statistics say about a set of clips."""
+  embedding_NxE: np.ndarray
+  posteriors: dict[str, np.ndarray]
+  melstats_NxE: np.ndarray
+
+
+def score(model: tagger_lib.Tagger, mels: Sequence[np.ndarray]) -> Scored:
+  """The tagger's embeddings and posteriors, and the log-mel statistics, of log-mels [M, F]."""
+  frames = max(m.shape[1] for m in mels)
+  mel_NxMxF = np.full((len(mels), audio.N_MELS, frames), tagger_lib.FLOOR_DB, np.float32)
+  for i, m in enumerate(mels):
+    mel_NxMxF[i, :, :m.shape[1]] = m
+  frames_N = np.asarray([m.shape[1] for m in mels], np.int32)
+  emb, post = train_tagger.predict(model, mel_NxMxF, frames_N)
+  return Scored(emb.astype(np.float64), post, np.stack([metrics_lib.melstats(m) for m in mels]))
+
+
+def paired_kl(ref: Scored, gen: Scored) -> np.ndarray:
+  """Per clip, KL(reference || generated) summed over heads (see the module docstring)."""
+  total = 0.0
+  for head in tagger_lib.HEADS:
+    if head.name == "category":
+      continue
+    kl = metrics_lib.bernoulli_kl if head.kind == "multi" else metrics_lib.categorical_kl
+    total = total + kl(ref.posteriors[head.name], gen.posteriors[head.name])
+  return np.asarray(total)
+
+
+def adherence(posteriors: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str, np.ndarray]:
+  """Per clip, the found fraction of its caption's pairs, per attribute head and `overall`
+  (NaN where a clip's caption names none of that attribute)."""
+  heads = [h.name for h in tagger_lib.HEADS if h.kind == "multi"]
+  found = {h: np.full(len(labels), np.nan) for h in heads + ["overall"]}
+  for i, text in enumerate(labels):
+    pairs = tagger_lib.attributes(json.loads(text))
+    hits = {h: [] for h in heads}
+    for head, value in pairs:
+      k = tagger_lib.HEAD_BY_NAME[head].classes.index(value)
+      hits[head].append(posteriors[head][i, k] >= 0.5)
+    for h in heads:
+      if hits[h]:
+        found[h][i] = np.mean(hits[h])
+    every = [x for h in heads for x in hits[h]]
+    if every:
+      found["overall"][i] = np.mean(every)
+  return found
+
+
+def distribution_metrics(gen: Scored, ref: Scored, resamples: int, paired: bool = True
+                         ) -> dict[str, Any]:
+  """fd_tagger, fd_melstats, kid_tagger and is_tagger of `gen` against `ref`: clips paired by
+  caption are resampled together, unpaired sets independently."""
+  n, m = gen.embedding_NxE.shape[0], ref.embedding_NxE.shape[0]
+
+  def ci(metric):
+    if paired:
+      return metrics_lib.bootstrap(lambda i: metric(i, i), n, resamples=resamples)
+    return metrics_lib.unpaired_bootstrap(metric, n, m, resamples=resamples)
+
+  return {
+      "fd_tagger": ci(lambda i, j: metrics_lib.frechet_distance(gen.embedding_NxE[i],
+                                                                ref.embedding_NxE[j])),
+      "fd_melstats": ci(lambda i, j: metrics_lib.frechet_distance(gen.melstats_NxE[i],
+                                                                  ref.melstats_NxE[j])),
+      "kid_tagger": ci(lambda i, j: metrics_lib.kernel_distance(gen.embedding_NxE[i],
+                                                                ref.embedding_NxE[j])),
+      "is_tagger": ci(lambda i, j: metrics_lib.inception_score(gen.posteriors["first_kind"][i])),
+  }
+
+
+def paired_metrics(gen: Scored, ref: Scored, labels: Sequence[str], resamples: int
+                   ) -> dict[str, Any]:
+  out = {"kl_tagger": metrics_lib.mean_with_ci(paired_kl(ref, gen), resamples=resamples)}
+  for name, values in adherence(gen.posteriors, labels).items():
+    kept = values[~np.isnan(values)]
+    if kept.size:
+      out[f"adherence_{name}"] = metrics_lib.mean_with_ci(kept, resamples=resamples)
+  return out
+
+
+EMBEDDINGS = {"fd_tagger": "almtok tagger embedding (not VGGish)",
+              "fd_melstats": "per-band log-mel mean and std",
+              "kid_tagger": "almtok tagger embedding, cubic kernel",
+              "is_tagger": "almtok tagger first_kind head",
+              "kl_tagger": "almtok tagger posteriors, paired by caption"}
+
+
+def markdown(results: dict[str, Any]) -> str:
+  lines = [f"# {results['workdir']}: {results['split']} split, {results['clips']} clips", "",
+           f"Tagger: {results['tagger']}. 95% bootstrap intervals over clips "
+           f"({results['resamples']} resamples).", "",
+           "| metric | row | value | 95% CI | embedding / classifier |", "|---|---|---:|---|---|"]
+  for row, values in results["rows"].items():
+    for name, est in values.items():
+      what = EMBEDDINGS.get(name, "almtok tagger posteriors" if name.startswith("adherence")
+                            else "")
+      lines.append(f"| {name} | {row} | {est['value']:.4g} | [{est['low']:.4g}, "
+                   f"{est['high']:.4g}] | {what} |")
+  if results.get("skipped"):
+    lines += ["", f"Skipped ({len(results['skipped'])}):"] + [f"- {s}" for s in results["skipped"]]
+  return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole job.
+# ---------------------------------------------------------------------------------------------
+
+
+def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | None = None,
+        batch: int = 16, seed: int = 0, sample_overrides: dict[str, Any] | None = None,
+        generated_dir: str | None = None, captions_file: str | None = None,
+        data_dir: str = "", resamples: int = 1000) -> dict[str, Any]:
+  """The command line's work; returns what goes into metrics.json."""
+  # --- Checks, before any work ------------------------------------------------------------------
+  if not out:
+    raise configlib.ConfigError("--out is required")
+  if num is not None and num < 2:
+    raise configlib.ConfigError(f"--num={num}: at least 2 clips are needed")
+  if not tagger:
+    raise configlib.ConfigError(f"--tagger is empty: {TAGGER_HINT}")
+  try:
+    tagger_model, tagger_meta = train_tagger.load(tagger)
+  except FileNotFoundError:
+    raise configlib.ConfigError(f"--tagger={tagger}: no tagger there; {TAGGER_HINT}") from None
+  run_config = state_lib.load_run_config(workdir)
+  generator = None
+  if generated_dir is None:
+    settings = sample.run_settings(run_config, sample_overrides, workdir)
+    generator = sample.Generator(workdir, settings)
+  elif not captions_file or not os.path.exists(captions_file):
+    raise configlib.ConfigError(f"--captions_file={captions_file}: --generated_dir needs the "
+                                f"captions of its WAVs, one per line")
+  ref = reference_clips(workdir, split, num, data_dir)
+  rate = audio.SAMPLE_RATE
+  run_rate = state_lib.run_stats(workdir).sample_rate
+  if run_rate != rate:
+    raise configlib.ConfigError(f"{workdir}: its tokenizer works at {run_rate} Hz, the tagger "
+                                f"at {rate} Hz")
+  t0 = time.perf_counter()
+
+  # --- Generated clips --------------------------------------------------------------------------
+  skipped: list[str] = []
+  if generator is not None:
+    seconds = [min(w.size / rate, run_config["model"]["max_len"] / generator.tokenizer.frame_rate)
+               for w in ref.wavs]
+    paths = generate_clips(generator, ref.captions, seconds, os.path.join(out, "generated"),
+                           batch, seed)
+    captions = ref.captions
+    paired = True
+  else:
+    with open(captions_file, encoding="utf-8") as f:
+      captions = [l.strip() for l in f if l.strip()]
+    paths = sorted(os.path.join(generated_dir, n) for n in os.listdir(generated_dir)
+                   if n.lower().endswith(".wav"))
+    if len(paths) != len(captions):
+      raise configlib.ConfigError(f"--generated_dir={generated_dir}: {len(paths)} WAVs, "
+                                  f"--captions_file has {len(captions)} captions")
+    paired = captions == ref.captions[:len(captions)]
+  generate_s = time.perf_counter() - t0
+  wavs, skipped = read_generated(paths, rate)
+  keep = [i for i, w in enumerate(wavs) if w is not None]
+  if len(keep) < 2:
+    raise configlib.ConfigError(f"fewer than 2 readable generated clips ({len(skipped)} skipped)")
+
+  # --- Scores -----------------------------------------------------------------------------------
+  t1 = time.perf_counter()
+  tok = tokenizers.from_stats(state_lib.run_stats(workdir))
+  real_wavs = [ref.wavs[i] for i in keep] if paired else ref.wavs
+  # The references through the run's tokenizer and vocoder, once per --out and clip count.
+  os.makedirs(out, exist_ok=True)
+  resynth_mels = train_tagger.resynthesise(real_wavs, tok,
+                                           os.path.join(out, "reference_resynth.npz"))
+  gen = score(tagger_model, [audio.log_mel(wavs[i]) for i in keep])
+  real = score(tagger_model, [audio.log_mel(w) for w in real_wavs])
+  resynth = score(tagger_model, resynth_mels)
+  labels = [ref.labels[i] for i in keep] if paired else ref.labels
+  rows = {"generated vs real": distribution_metrics(gen, real, resamples, paired),
+          "generated vs resynthesised": distribution_metrics(gen, resynth, resamples, paired),
+          "resynthesis ceiling (resynthesised vs real)": distribution_metrics(resynth, real,
+                                                                              resamples)}
+  if paired:
+    rows["generated vs real"].update(paired_metrics(gen, real, labels, resamples))
+    rows["generated vs resynthesised"].update(paired_metrics(gen, resynth, labels, resamples))
+    ceiling = {k: v for k, v in paired_metrics(real, real, labels, resamples).items()
+               if k.startswith("adherence")}
+    rows["adherence ceiling (real clips)"] = ceiling
+    shuffled = list(np.random.default_rng(seed).permutation(labels))
+    rows["adherence floor (shuffled captions)"] = {
+        k: v for k, v in paired_metrics(gen, real, shuffled, resamples).items()
+        if k.startswith("adherence")}
+  rows = {k: {m: e.to_json() for m, e in v.items()} for k, v in rows.items() if v}
+  metrics_s = time.perf_counter() - t1
+
+  # --- Outputs ----------------------------------------------------------------------------------
+  results = dict(workdir=os.path.abspath(workdir), split=split, clips=len(keep),
+                 tagger=os.path.abspath(tagger), tagger_steps=tagger_meta.get("trained_steps"),
+                 resamples=resamples, paired=paired, rows=rows, skipped=skipped,
+                 generate_seconds=generate_s, metrics_seconds=metrics_s,
+                 settings=None if generator is None else dataclasses.asdict(generator.settings))
+  os.makedirs(out, exist_ok=True)
+  fileio.atomic_json(os.path.join(out, "metrics.json"), results, indent=1)
+  with fileio.atomic_write(os.path.join(out, "metrics.md"), encoding="utf-8") as f:
+    f.write(markdown(results))
+  show = keep[:4]
+  panels, titles = [], []
+  for j, i in enumerate(show):
+    panels += [wavs[i], real_wavs[j] if paired else ref.wavs[j]]
+    titles += [f"generated: {captions[i]}", "reference"]
+  plotting.spectrogram_grid(os.path.join(out, "spectrograms.png"), panels, titles, rate)
+  return results
+
+
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so that tests can import this)."""
+  flags.DEFINE_string("workdir", None, "Training workdir to evaluate.")
+  flags.DEFINE_string("tagger", None, "Directory of an exported tagger (train_tagger).")
+  flags.DEFINE_string("out", None, "Output directory (generated clips, metrics).")
+  flags.DEFINE_string("split", "test", "Split of the run's dataset.")
+  flags.DEFINE_integer("num", None, "Only the first N captions.")
+  flags.DEFINE_integer("batch", 16, "Captions generated together.")
+  flags.DEFINE_integer("seed", 0, "Seed of the first batch (batch i uses seed + i).")
+  flags.DEFINE_integer("resamples", 1000, "Bootstrap resamples.")
+  flags.DEFINE_string("generated_dir", None, "Score the WAVs in this folder instead.")
+  flags.DEFINE_string("captions_file", None, "Captions of --generated_dir, one per line.")
+  flags.DEFINE_string("data_dir", "", "The run's TFDS data (default: beside its latents).")
+  config_flags.DEFINE_config_dict("config", sample.sample_flag_defaults(),
+                                  "--config.sample.KEY=VALUE changes one sampling setting of "
+                                  "the run's config.sample.")
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  logging.set_verbosity(logging.WARNING)
+  overrides = {k: v for k, v in f.config.sample.items() if f"config.sample.{k}" in f}
+  results = run(workdir=f.workdir, tagger=f.tagger, out=f.out, split=f.split, num=f.num,
+                batch=f.batch, seed=f.seed, sample_overrides=overrides,
+                generated_dir=f.generated_dir, captions_file=f.captions_file,
+                data_dir=f.data_dir, resamples=f.resamples)
+  print(markdown(results))
+  print(f"generation {results['generate_seconds']:.1f} s, metrics "
+        f"{results['metrics_seconds']:.1f} s; {os.path.join(f.out, 'metrics.md')}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  configlib.run(main)

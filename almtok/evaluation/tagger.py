@@ -1,0 +1,198 @@
+"""almtok's own audio tagger: a small CNN over 64-bin log-mel that gives an embedding and the
+posteriors of the labels synth_sounds and debian_sounds store with every clip.
+
+No pretrained audio classifier (VGGish, PANNs, PaSST, CLAP) can be downloaded here, so the
+metrics that need one use this tagger and say so in their names (`fd_tagger`, `kl_tagger`, ...).
+
+Clip-level targets. A synth_sounds clip holds 1-3 events; its labels say each event's
+attributes (`synth_scenes`). The tagger's heads are defined on the whole clip:
+
+  kinds       multi-label  which event kinds are present (tone, chord, arpeggio, chirp, noise,
+                           clicks, drums), background event included
+  registers   multi-label  which registers (low, mid, high) some event is in (tones, chords,
+                           arpeggios)
+  directions  multi-label  which directions (rising, falling) some chirp or arpeggio takes
+  colors      multi-label  which noise colours (white, pink, brown) some noise event has
+  tempos      multi-label  which tempo classes (slow, medium, fast) some pulsed event has
+  envelopes   multi-label  which envelopes (fade_in, fade_out, staccato, sustained) occur
+  num_events  single       1, 2 or 3 events
+  first_kind  single       the kind of the earliest event (the inception score's head)
+  category    single       a debian_sounds clip's category (`debian_captions.CATEGORIES`)
+
+The synth heads have no target on debian_sounds clips and `category` none on synth clips; each
+head's loss averages over the clips that have its target. A caption's attributes are the same
+(attribute, value) pairs, so adherence asks, per pair, whether the tagger finds it present.
+
+Model: four conv blocks (3x3 conv, GroupNorm, GELU, 2x2 max-pool; time pooled only in the first
+three) over the log-mel scaled as (dB + 50) / 30, the mean over frequency, then mean- and
+max-pooling over time (any duration), a linear map to the `embed_dim` embedding (pre-logits,
+the Fréchet embedding) and one linear head per target.
+
+Shape letters: B clips, M mel bins, F frames, H feature height, W feature width, C channels,
+E embedding width, K classes of a head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from almtok.datasets import debian_captions
+from almtok.datasets import synth_scenes
+
+Array = jax.Array
+
+FLOOR_DB = -100.0   # Padding value of a log-mel (audio.log_mel's floor).
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  name: str
+  kind: str                # "multi" (independent sigmoids) or "single" (softmax)
+  classes: tuple[str, ...]
+
+
+HEADS = (
+    Head("kinds", "multi", synth_scenes.KINDS),
+    Head("registers", "multi", tuple(synth_scenes.REGISTERS)),
+    Head("directions", "multi", synth_scenes.DIRECTIONS),
+    Head("colors", "multi", synth_scenes.COLORS),
+    Head("tempos", "multi", tuple(synth_scenes.TEMPOS)),
+    Head("envelopes", "multi", synth_scenes.ENVELOPES),
+    Head("num_events", "single", ("1", "2", "3")),
+    Head("first_kind", "single", synth_scenes.KINDS),
+    Head("category", "single", debian_captions.CATEGORIES),
+)
+HEAD_BY_NAME = {h.name: h for h in HEADS}
+SYNTH_HEADS = tuple(h.name for h in HEADS if h.name != "category")
+# Multi-label head -> the event key whose values it collects.
+_EVENT_KEY = {"kinds": "kind", "registers": "register", "directions": "direction",
+              "colors": "color", "tempos": "tempo", "envelopes": "envelope"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets.
+# ---------------------------------------------------------------------------------------------
+
+
+def attributes(labels: Mapping[str, Any]) -> set[tuple[str, str]]:
+  """The (multi-label head, class) pairs a synth_sounds clip's labels say are present."""
+  pairs = set()
+  for event in labels["events"]:
+    for head, key in _EVENT_KEY.items():
+      if event.get(key) is not None:
+        pairs.add((head, str(event[key])))
+  return pairs
+
+
+def targets(labels_json: str | Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Per head, the clip's target: a 0/1 vector (multi-label), a class index (single), or no
+  entry when the clip has no target for that head. Synth clips are told apart from debian
+  clips by their labels (`events` against `category`)."""
+  labels = json.loads(labels_json) if isinstance(labels_json, str) else labels_json
+  out = {}
+  if "events" in labels:
+    present = attributes(labels)
+    for head in HEADS:
+      if head.kind == "multi":
+        out[head.name] = np.asarray([(head.name, c) in present for c in head.classes],
+                                    np.float32)
+    events = sorted(labels["events"], key=lambda e: e["start_s"])
+    out["num_events"] = np.int32(min(len(events), 3) - 1)
+    out["first_kind"] = np.int32(synth_scenes.KINDS.index(events[0]["kind"]))
+  elif labels.get("category") in debian_captions.CATEGORIES:
+    out["category"] = np.int32(debian_captions.CATEGORIES.index(labels["category"]))
+  return out
+
+
+def stack_targets(per_clip: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Batch targets: per head `<name>` [B, K] or [B] and `<name>_mask` [B] (has a target)."""
+  out = {}
+  for head in HEADS:
+    shape = (len(head.classes),) if head.kind == "multi" else ()
+    dtype = np.float32 if head.kind == "multi" else np.int32
+    out[head.name] = np.stack([np.asarray(t.get(head.name, np.zeros(shape, dtype)), dtype)
+                               for t in per_clip])
+    out[f"{head.name}_mask"] = np.asarray([head.name in t for t in per_clip], np.float32)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Model.
+# ---------------------------------------------------------------------------------------------
+
+
+class Tagger(nnx.Module):
+  """Log-mel [B, M, F] (dB) -> (embedding [B, E], logits per head)."""
+
+  def __init__(self, channels: Sequence[int] = (32, 64, 96, 128), embed_dim: int = 64,
+               num_groups: int = 8, *, rngs: nnx.Rngs):
+    self.channels, self.embed_dim = tuple(channels), embed_dim
+    conv = dict(kernel_size=(3, 3), padding="SAME",
+                kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+    c_in = 1
+    self.convs, self.norms = nnx.List(), nnx.List()
+    for c in self.channels:
+      self.convs.append(nnx.Conv(c_in, c, **conv))
+      self.norms.append(nnx.GroupNorm(c, num_groups=min(num_groups, c), rngs=rngs))
+      c_in = c
+    self.embed = nnx.Linear(2 * c_in, embed_dim, rngs=rngs)
+    self.heads = nnx.Dict({h.name: nnx.Linear(embed_dim, len(h.classes), rngs=rngs)
+                           for h in HEADS})
+
+  def __call__(self, mel_BxMxF: Array, frames_B: Array | None = None
+               ) -> tuple[Array, dict[str, Array]]:
+    """`frames_B`: each clip's real frames (the rest is padding, left out of the pooling)."""
+    x = ((mel_BxMxF + 50.0) / 30.0)[..., None]   # B x H=M x W=F x 1
+    f = mel_BxMxF.shape[2]
+    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+      x = jax.nn.gelu(norm(conv(x)))
+      # Time keeps a finer grid in the last block, for tempo and envelopes.
+      window = (2, 2) if i < len(self.convs) - 1 else (2, 1)
+      x = nnx.max_pool(x, window, strides=window, padding="SAME")
+    h_BxWxC = jnp.mean(x, axis=1)
+    w = h_BxWxC.shape[1]
+    if frames_B is None:
+      valid_BxW = jnp.ones(h_BxWxC.shape[:2], bool)
+    else:   # A pooled frame is real if it starts inside the clip.
+      valid_BxW = jnp.arange(w)[None, :] * (f / w) < frames_B[:, None]
+    weight_BxWx1 = valid_BxW[:, :, None].astype(h_BxWxC.dtype)
+    mean_BxC = jnp.sum(h_BxWxC * weight_BxWx1, 1) / jnp.maximum(jnp.sum(weight_BxWx1, 1), 1.0)
+    max_BxC = jnp.max(jnp.where(valid_BxW[:, :, None], h_BxWxC, -1e9), axis=1)
+    emb_BxE = self.embed(jnp.concatenate([mean_BxC, max_BxC], axis=-1))
+    hidden_BxE = jax.nn.gelu(emb_BxE)
+    return emb_BxE, {name: head(hidden_BxE) for name, head in self.heads.items()}
+
+
+def posteriors(logits: Mapping[str, Array]) -> dict[str, Array]:
+  """Sigmoid (multi-label) or softmax (single) probabilities per head, float32."""
+  return {name: (jax.nn.sigmoid(v) if HEAD_BY_NAME[name].kind == "multi"
+                 else jax.nn.softmax(v, axis=-1)).astype(jnp.float32)
+          for name, v in logits.items()}
+
+
+def loss_fn(model: Tagger, mel_BxMxF: Array, frames_B: Array, batch: Mapping[str, Array]
+            ) -> tuple[Array, dict[str, Array]]:
+  """Sum over heads of each head's mean loss over the clips that have its target (binary
+  cross-entropy per class for multi-label heads, softmax cross-entropy otherwise)."""
+  _, logits = model(mel_BxMxF, frames_B)
+  total, metrics = 0.0, {}
+  for head in HEADS:
+    z, mask_B = logits[head.name].astype(jnp.float32), batch[f"{head.name}_mask"]
+    if head.kind == "multi":
+      per_B = jnp.mean(optax.sigmoid_binary_cross_entropy(z, batch[head.name]), axis=-1)
+    else:
+      per_B = -jnp.take_along_axis(jax.nn.log_softmax(z), batch[head.name][:, None], 1)[:, 0]
+    loss = jnp.sum(per_B * mask_B) / jnp.maximum(jnp.sum(mask_B), 1.0)
+    metrics[f"loss_{head.name}"] = loss
+    total = total + loss
+  metrics["loss"] = total
+  return total, metrics

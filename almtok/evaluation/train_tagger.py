@@ -1,0 +1,441 @@
+r"""Trains almtok's audio tagger (`evaluation/tagger.py`) and exports it for the metrics.
+
+  python -m almtok.evaluation.train_tagger --config=configs/tagger.py --workdir=/work/tagger
+  python -m almtok.evaluation.train_tagger --config=configs/tagger.py:tiny --workdir=/tmp/tagger
+
+Builds synth_sounds (and debian_sounds, unless its name is empty) into `data_dir`, holds every
+clip's log-mel in memory, and resynthesises `resynth.train` train and `resynth.test` test clips
+once through the tokenizer and its vocoder (Griffin-Lim for `mel`), cached in <workdir>/resynth/
+(they are what generated audio looks like to the tagger). Each training clip is, at random:
+shifted in time (up to `augment.shift_s`, circularly), changed in gain (up to +-`gain_db`), and
+with probability `mix_prob` mixed with another clip (power sum of the two log-mels; the mix keeps
+the union of their multi-label targets and no single-label target).
+
+The loop has the LM trainer's habits: AdamW from `optim.py` with its key names, a time budget
+(`train.max_minutes`) as well as a step budget, orbax checkpoints in <workdir>/checkpoints
+(a rerun resumes; the batch is a pure function of (seed, step)), TensorBoard scalars, clu
+progress, and a non-finite stop. At the end it scores the test split (`report`: per-head F1 and
+accuracy on original and resynthesised synth clips, debian accuracy, confusion matrices as PNG in
+<workdir>/report/) and writes <workdir>/tagger.safetensors + tagger.json (`load`).
+
+Shape letters: B batch, M mel bins, F frames, N clips.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+import tqdm
+from flax import nnx
+from safetensors import numpy as st_numpy
+
+from almtok import audio
+from almtok import checkpoint
+from almtok import configlib
+from almtok import fileio
+from almtok import optim
+from almtok import plotting
+from almtok import tokenizers
+from almtok.evaluation import tagger as tagger_lib
+
+EXPORT_STEM = "tagger"
+FORMAT = "almtok-tagger-1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Clips in memory.
+# ---------------------------------------------------------------------------------------------
+
+
+class Clips:
+  """Log-mels padded to one length [N, M, F] with their real frame counts, and targets."""
+
+  def __init__(self, mels: Sequence[np.ndarray], labels: Sequence[str], frames: int):
+    n = len(mels)
+    self.mel_NxMxF = np.full((n, audio.N_MELS, frames), tagger_lib.FLOOR_DB, np.float32)
+    self.frames_N = np.zeros(n, np.int32)
+    for i, m in enumerate(mels):
+      t = min(m.shape[1], frames)
+      self.mel_NxMxF[i, :, :t] = m[:, :t]
+      self.frames_N[i] = t
+    self.targets = [tagger_lib.targets(l) for l in labels]
+    self.labels = list(labels)
+
+  def __len__(self) -> int:
+    return len(self.frames_N)
+
+  @classmethod
+  def concat(cls, parts: Sequence[Clips]) -> Clips:
+    out = cls.__new__(cls)
+    out.mel_NxMxF = np.concatenate([p.mel_NxMxF for p in parts])
+    out.frames_N = np.concatenate([p.frames_N for p in parts])
+    out.targets = [t for p in parts for t in p.targets]
+    out.labels = [l for p in parts for l in p.labels]
+    return out
+
+
+def _source_clips(source: Any, limit: int | None = None) -> tuple[list[np.ndarray], list[str]]:
+  n = len(source) if limit is None else min(limit, len(source))
+  wavs = [np.asarray(source[i]["audio"], np.float32) for i in range(n)]
+  labels = [source[i]["labels"] for i in range(n)]
+  return wavs, [l.decode() if isinstance(l, bytes) else str(l) for l in labels]
+
+
+def resynthesise(wavs: Sequence[np.ndarray], tok: tokenizers.AudioTokenizer, cache: str,
+                 batch: int = 16) -> list[np.ndarray]:
+  """Log-mels of `wavs` after tok.encode and tok.decode (the tokenizer's vocoder), computed
+  once and cached in `cache` (.npz of the padded mels and their frame counts; recomputed when
+  the number of clips differs)."""
+  if os.path.exists(cache):
+    with np.load(cache, allow_pickle=False) as f:
+      if f["mel"].shape[0] == len(wavs):
+        return [m[:, :t] for m, t in zip(f["mel"], f["frames"])]
+  encode = jax.jit(tok.encode)
+  mels = []
+  for start in tqdm.trange(0, len(wavs), batch, desc=f"resynth {os.path.basename(cache)}",
+                           unit="batch", disable=None):
+    group = wavs[start:start + batch]
+    length = max(w.size for w in group)
+    wav_BxS = np.zeros((len(group), length), np.float32)
+    for b, w in enumerate(group):
+      wav_BxS[b, :w.size] = w
+    back_BxS = np.asarray(tok.decode(np.asarray(encode(wav_BxS))))
+    mels += [audio.log_mel(back_BxS[b, :w.size]) for b, w in enumerate(group)]
+  frames = max(m.shape[1] for m in mels)
+  padded = np.full((len(mels), audio.N_MELS, frames), tagger_lib.FLOOR_DB, np.float32)
+  for i, m in enumerate(mels):
+    padded[i, :, :m.shape[1]] = m
+  with fileio.atomic_path(cache) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, mel=padded, frames=np.asarray([m.shape[1] for m in mels], np.int32))
+  return mels
+
+
+def load_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Clips]:
+  """{"train", "test_synth", "test_resynth", "test_debian"?}: every clip's log-mel and targets."""
+  # Imports TensorFlow, so only here.
+  from almtok.datasets import registry  # pylint: disable=g-import-not-at-top
+  data_dir = config.data_dir or os.path.join(workdir, "tfds")
+  frames = int(round(config.synth.seconds * audio.SAMPLE_RATE / audio.HOP_LENGTH)) + 1
+  synth = registry.build(config.synth, data_dir).as_data_source()
+  train_wavs, train_labels = _source_clips(synth["train"])
+  test_wavs, test_labels = _source_clips(synth["test"])
+  mel = lambda wavs: [audio.log_mel(w) for w in wavs]
+  cache = os.path.join(workdir, "resynth")
+  os.makedirs(cache, exist_ok=True)
+  name = config.resynth.tokenizer
+  tok = tokenizers.get(name)
+  parts = [Clips(mel(train_wavs), train_labels, frames)]
+  k = config.resynth.train
+  if k:
+    parts.append(Clips(resynthesise(train_wavs[:k], tok, os.path.join(cache, f"{name}_train.npz")),
+                       train_labels[:k], frames))
+  data = {"test_synth": Clips(mel(test_wavs), test_labels, frames)}
+  k = config.resynth.test
+  if k:
+    data["test_resynth"] = Clips(
+        resynthesise(test_wavs[:k], tok, os.path.join(cache, f"{name}_test.npz")),
+        test_labels[:k], frames)
+  if config.debian.name:
+    debian = registry.build(config.debian, data_dir).as_data_source()
+    wavs, labels = _source_clips(debian["train"])
+    parts.append(Clips(mel(wavs), labels, frames))
+    wavs, labels = _source_clips(debian["test"])
+    data["test_debian"] = Clips(mel(wavs), labels, frames)
+  data["train"] = Clips.concat(parts)
+  return data
+
+
+def sample_batch(clips: Clips, step: int, *, seed: int, batch_size: int, gain_db: float,
+                 shift_frames: int, mix_prob: float) -> dict[str, np.ndarray]:
+  """The training batch of `step`, a pure function of (seed, step), augmented."""
+  rng = np.random.default_rng([seed, step])
+  f = clips.mel_NxMxF.shape[2]
+  mels, frames, targets = [], [], []
+
+  def one(i):
+    m = clips.mel_NxMxF[i] + rng.uniform(-gain_db, gain_db)
+    t = int(clips.frames_N[i])
+    shift = int(rng.integers(0, min(shift_frames, t - 1) + 1)) if t > 1 else 0
+    m[:, :t] = np.roll(m[:, :t], shift, axis=1)
+    return np.maximum(m, tagger_lib.FLOOR_DB), t
+
+  for _ in range(batch_size):
+    i = int(rng.integers(len(clips)))
+    m, t = one(i)
+    target = dict(clips.targets[i])
+    if rng.random() < mix_prob:
+      j = int(rng.integers(len(clips)))
+      m2, t2 = one(j)
+      m = 10.0 * np.log10(10.0 ** (m / 10.0) + 10.0 ** (m2 / 10.0))
+      t = max(t, t2)
+      other = clips.targets[j]
+      target = {h.name: np.maximum(target[h.name], other[h.name]) for h in tagger_lib.HEADS
+                if h.kind == "multi" and h.name in target and h.name in other}
+    mels.append(m.astype(np.float32))
+    frames.append(t)
+    targets.append(target)
+  return dict(mel=np.stack(mels), frames=np.asarray(frames, np.int32),
+              **tagger_lib.stack_targets(targets))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, update and scoring.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_model(config: ml_collections.ConfigDict, seed: int = 0) -> tagger_lib.Tagger:
+  m = config.model
+  return tagger_lib.Tagger(tuple(m.channels), m.embed_dim, m.num_groups, rngs=nnx.Rngs(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _train_step(graphdef, tx, train: ml_collections.FrozenConfigDict):
+
+  def train_step(state, batch, progress):
+    def loss_of(params):
+      targets = {k: v for k, v in batch.items() if k not in ("mel", "frames")}
+      return tagger_lib.loss_fn(nnx.merge(graphdef, params), batch["mel"], batch["frames"],
+                                targets)
+
+    (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+    lr = optim.budget_learning_rate(train, state["step"], progress)
+    opt_state = optim.set_learning_rate(state["opt_state"], lr)
+    updates, opt_state = tx.update(grads, opt_state, state["params"])
+    grad_norm = optax.tree.norm(grads)
+    new = dict(step=state["step"] + 1, params=optax.apply_updates(state["params"], updates),
+               opt_state=opt_state)
+    new, finite = optim.keep_if_finite(new, state, metrics["loss"], grad_norm)
+    return new, dict(metrics, grad_norm=grad_norm, learning_rate=lr,
+                     finite=finite.astype(jnp.float32))
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def predict(model: tagger_lib.Tagger, mel_NxMxF: np.ndarray, frames_N: np.ndarray,
+            batch: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(embeddings [N, E], posteriors per head) of log-mels, in batches."""
+  graphdef, params = nnx.split(model)
+  run = _predict_fn(graphdef)
+  embs, posts = [], []
+  for start in range(0, len(frames_N), batch):
+    e, p = run(params, jnp.asarray(mel_NxMxF[start:start + batch]),
+               jnp.asarray(frames_N[start:start + batch]))
+    embs.append(np.asarray(e))
+    posts.append(jax.tree.map(np.asarray, p))
+  return (np.concatenate(embs), {k: np.concatenate([p[k] for p in posts]) for k in posts[0]})
+
+
+@functools.lru_cache(maxsize=4)
+def _predict_fn(graphdef):
+
+  @jax.jit
+  def run(params, mel, frames):
+    emb, logits = nnx.merge(graphdef, params)(mel, frames)
+    return emb, tagger_lib.posteriors(logits)
+
+  return run
+
+
+def f1_scores(p_NxK: np.ndarray, y_NxK: np.ndarray) -> np.ndarray:
+  """Per-class F1 of thresholded (0.5) multi-label posteriors; 1 for a class absent in both."""
+  pred, true = p_NxK >= 0.5, y_NxK >= 0.5
+  tp = np.sum(pred & true, 0)
+  denom = np.sum(pred, 0) + np.sum(true, 0)
+  return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 1.0)
+
+
+def report(model: tagger_lib.Tagger, data: dict[str, Clips], out_dir: str | None = None
+           ) -> dict[str, Any]:
+  """Scores on every test set: macro-F1 per multi-label head, accuracy per single-label head,
+  register accuracy on single-event clips that have a register; confusion matrices as PNG."""
+  results = {}
+  for name, clips in data.items():
+    if not name.startswith("test"):
+      continue
+    _, post = predict(model, clips.mel_NxMxF, clips.frames_N)
+    batch = tagger_lib.stack_targets(clips.targets)
+    scores = {"clips": len(clips)}
+    for head in tagger_lib.HEADS:
+      mask = batch[f"{head.name}_mask"] > 0
+      if not mask.any():
+        continue
+      p, y = post[head.name][mask], batch[head.name][mask]
+      if head.kind == "multi":
+        f1 = f1_scores(p, y)
+        scores[f"{head.name}_macro_f1"] = float(np.mean(f1))
+        scores[f"{head.name}_f1"] = dict(zip(head.classes, map(float, f1)))
+      else:
+        pred = np.argmax(p, -1)
+        scores[f"{head.name}_accuracy"] = float(np.mean(pred == y))
+        if out_dir:
+          confusion = np.zeros((len(head.classes),) * 2, np.int64)
+          np.add.at(confusion, (y, pred), 1)
+          plotting.confusion_png(os.path.join(out_dir, f"{name}_{head.name}.png"), confusion,
+                                 head.classes, f"{name}: {head.name}")
+    if "registers" in post:
+      single = [i for i, t in enumerate(clips.targets)
+                if "num_events" in t and int(t["num_events"]) == 0 and t["registers"].any()]
+      if single:
+        pred = np.argmax(post["registers"][single], -1)
+        true = np.argmax(np.stack([clips.targets[i]["registers"] for i in single]), -1)
+        scores["register_accuracy_single_event"] = float(np.mean(pred == true))
+        scores["register_single_event_clips"] = len(single)
+    results[name] = scores
+  return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and loading.
+# ---------------------------------------------------------------------------------------------
+
+
+def export(model: tagger_lib.Tagger, config: ml_collections.ConfigDict, directory: str,
+           extra: dict[str, Any]) -> str:
+  """<directory>/tagger.safetensors + tagger.json (the JSON names the weights by hash)."""
+  weights = st_numpy.save(checkpoint.flat_params(model), metadata={"format": FORMAT})
+  meta = dict(format=FORMAT, model=config.model.to_dict(),
+              heads={h.name: dict(kind=h.kind, classes=list(h.classes))
+                     for h in tagger_lib.HEADS}, **extra)
+  path, _ = fileio.write_export(directory, EXPORT_STEM, weights, meta, indent=1)
+  return path
+
+
+def load(path: str) -> tuple[tagger_lib.Tagger, dict[str, Any]]:
+  """The exported tagger at `path` (its folder or files) and its JSON."""
+  weights, meta, where = fileio.read_export(path, EXPORT_STEM)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{where}: not an almtok tagger (format {meta.get('format')!r})")
+  m = meta["model"]
+  abstract = nnx.eval_shape(lambda: tagger_lib.Tagger(tuple(m["channels"]), m["embed_dim"],
+                                                      m["num_groups"], rngs=nnx.Rngs(0)))
+  return checkpoint.with_flat_params(abstract, st_numpy.load(weights), where), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  configlib.validate(config, choices={"synth.name": ("synth_sounds",),
+                                      "debian.name": ("", "debian_sounds"),
+                                      "resynth.tokenizer": tuple(tokenizers.NAMES)})
+  if not config.train.max_minutes > 0:
+    raise configlib.ConfigError(f"config.train.max_minutes={config.train.max_minutes}: must "
+                                "be > 0")
+  if not 0 <= config.augment.mix_prob <= 1:
+    raise configlib.ConfigError(f"config.augment.mix_prob={config.augment.mix_prob}: must be "
+                                "in [0, 1]")
+
+
+def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from `workdir`), scores the test sets, exports; returns the summary."""
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+  data = load_data(config, workdir)
+  logging.info("clips: %s", {k: len(v) for k, v in data.items()})
+  train_keys = ("learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "b1",
+                "b2", "grad_clip")
+  settings = ml_collections.FrozenConfigDict({k: tc[k] for k in train_keys})
+  tx = optim.make_optimizer(settings, injected_lr=True)
+  model = make_model(config, config.seed)
+  graphdef, params = nnx.split(model, nnx.Param)
+  state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  train_seconds = 0.0
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, meta, _ = ckpt.restore(latest, jax.eval_shape(lambda: state))
+    train_seconds = float(meta.get("train_seconds", 0.0))
+  step_fn = _train_step(graphdef, tx, settings)
+  writer = metric_writers.create_default_writer(workdir)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer)
+  budget = 60.0 * tc.max_minutes
+  step = int(state["step"])
+  shift = int(config.augment.shift_s * audio.SAMPLE_RATE / audio.HOP_LENGTH)
+
+  def save(at: int) -> None:
+    ckpt.save(at, state, dict(step=at, train_seconds=train_seconds, config=config.to_dict()))
+
+  def evaluate(at: int) -> dict[str, Any]:
+    scores = report(nnx.merge(graphdef, state["params"]),
+                    {k: v for k, v in data.items() if k != "train"})
+    writer.write_scalars(at, {f"{name}/{k}": v for name, s in scores.items()
+                              for k, v in s.items() if isinstance(v, float)})
+    return scores
+
+  start, resumed = time.monotonic(), train_seconds
+  try:
+    while step < tc.num_steps and train_seconds < budget:
+      batch = sample_batch(data["train"], step, seed=config.seed, batch_size=tc.batch_size,
+                           gain_db=config.augment.gain_db, shift_frames=shift,
+                           mix_prob=config.augment.mix_prob)
+      progress = np.float32(max(step / tc.num_steps, train_seconds / budget))
+      state, metrics = step_fn(state, batch, progress)
+      step += 1
+      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      values.pop("finite")
+      optim.check_finite(step, values)
+      if step % tc.log_every == 0 or step == 1:
+        writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+      report_progress(step)
+      train_seconds = resumed + time.monotonic() - start
+      if tc.eval_every and step % tc.eval_every == 0:
+        evaluate(step)
+      if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+        save(step)
+  finally:
+    ckpt.wait()
+  save(step)
+  ckpt.wait()
+  ckpt.close()
+  final = nnx.merge(graphdef, state["params"])
+  out_dir = os.path.join(workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  scores = report(final, {k: v for k, v in data.items() if k != "train"}, out_dir)
+  summary = dict(step=step, train_seconds=train_seconds, train_clips=len(data["train"]),
+                 scores=scores)
+  summary["weights"] = export(final, config, workdir, dict(trained_steps=step, scores=scores))
+  fileio.atomic_json(os.path.join(workdir, "report", "scores.json"), summary, indent=1)
+  writer.flush()
+  writer.close()
+  return summary
+
+
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so that tests can import this)."""
+  config_flags.DEFINE_config_file("config", None, "Tagger config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory (resumes from it).")
+  flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  check_config(config)
+  if not flags.FLAGS.workdir:
+    raise configlib.ConfigError("--workdir is required")
+  summary = train_and_export(config, flags.FLAGS.workdir)
+  print(json.dumps(summary["scores"], indent=1))
+  print(f"tagger: {summary['weights']}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  configlib.run(main)
