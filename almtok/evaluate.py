@@ -225,10 +225,10 @@ def distribution_metrics(gen: Scored, ref: Scored, resamples: int, paired: bool 
   }
 
 
-def paired_metrics(gen: Scored, ref: Scored, labels: Sequence[str], resamples: int
-                   ) -> dict[str, Any]:
-  out = {"kl_tagger": metrics_lib.mean_with_ci(paired_kl(ref, gen), resamples=resamples)}
-  for name, values in adherence(gen.posteriors, labels).items():
+def adherence_metrics(scored: Scored, labels: Sequence[str], resamples: int) -> dict[str, Any]:
+  """adherence_<attribute> and adherence_overall of clips against `labels`, with intervals."""
+  out = {}
+  for name, values in adherence(scored.posteriors, labels).items():
     kept = values[~np.isnan(values)]
     if kept.size:
       out[f"adherence_{name}"] = metrics_lib.mean_with_ci(kept, resamples=resamples)
@@ -335,22 +335,20 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
           "generated vs resynthesised": distribution_metrics(gen, resynth, resamples, paired),
           "resynthesis ceiling (resynthesised vs real)": distribution_metrics(resynth, real,
                                                                               resamples)}
-  if paired:
-    rows["generated vs real"].update(paired_metrics(gen, real, labels, resamples))
-    rows["generated vs resynthesised"].update(paired_metrics(gen, resynth, labels, resamples))
-    ceiling = {k: v for k, v in paired_metrics(real, real, labels, resamples).items()
-               if k.startswith("adherence")}
-    rows["adherence ceiling (real clips)"] = ceiling
+  if paired:   # KL pairs clips by caption; adherence needs the split's labels.
+    for row, other in (("generated vs real", real), ("generated vs resynthesised", resynth)):
+      rows[row]["kl_tagger"] = metrics_lib.mean_with_ci(paired_kl(other, gen),
+                                                        resamples=resamples)
+    rows["generated vs real"].update(adherence_metrics(gen, labels, resamples))
+    rows["adherence ceiling (real clips)"] = adherence_metrics(real, labels, resamples)
     shuffled = list(np.random.default_rng(seed).permutation(labels))
-    rows["adherence floor (shuffled captions)"] = {
-        k: v for k, v in paired_metrics(gen, real, shuffled, resamples).items()
-        if k.startswith("adherence")}
+    rows["adherence floor (shuffled captions)"] = adherence_metrics(gen, shuffled, resamples)
   rows = {k: {m: e.to_json() for m, e in v.items()} for k, v in rows.items() if v}
   metrics_s = time.perf_counter() - t1
 
   # --- Outputs ----------------------------------------------------------------------------------
-  results = dict(workdir=os.path.abspath(workdir), split=split, clips=len(keep),
-                 tagger=os.path.abspath(tagger), tagger_steps=tagger_meta.get("trained_steps"),
+  results = dict(workdir=workdir, split=split, clips=len(keep),
+                 tagger=tagger, tagger_steps=tagger_meta.get("trained_steps"),
                  resamples=resamples, paired=paired, rows=rows, skipped=skipped,
                  generate_seconds=generate_s, metrics_seconds=metrics_s,
                  settings=None if generator is None else dataclasses.asdict(generator.settings))

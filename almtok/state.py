@@ -168,7 +168,9 @@ def abstract_state(config, mesh, tx):
   opt_state = jax.eval_shape(tx.init, params)
   state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
            "opt_state": opt_state, "ema": params}
-  shardings = sharding.param_shardings(state, mesh, config.sharding_rules)
+  # A run from before the rules were config data was laid out by the defaults.
+  rules = config.get("sharding_rules") or sharding.PARAM_RULES
+  shardings = sharding.param_shardings(state, mesh, rules)
   return graphdef, state, shardings
 
 

@@ -17,11 +17,11 @@ from configs import common
 
 PRESETS = {
     "tiny": dict(num_train=32, num_test=16, resynth_train=8, resynth_test=8, debian=False,
-                 batch_size=8, num_steps=6, max_minutes=5.0, channels=(8, 16, 16, 16),
-                 embed_dim=16, eval_every=3, checkpoint_every=3),
+                 batch_size=8, num_steps=6, max_minutes=5.0, channels=(8, 8, 16, 16),
+                 embed_dim=16, width=32, eval_every=3, checkpoint_every=3),
     "default": dict(num_train=4000, num_test=400, resynth_train=400, resynth_test=200,
-                    debian=True, batch_size=32, num_steps=3000, max_minutes=15.0,
-                    channels=(32, 64, 96, 128), embed_dim=64, eval_every=500,
+                    debian=True, batch_size=32, num_steps=6000, max_minutes=15.0,
+                    channels=(16, 32, 64, 128), embed_dim=64, width=128, eval_every=500,
                     checkpoint_every=500),
 }
 
@@ -31,7 +31,8 @@ def get_config(arg=None):
   p = common.preset(PRESETS, arg.preset)
   config = ml_collections.ConfigDict()
   config.seed = arg.seed
-  config.model = dict(channels=p["channels"], embed_dim=p["embed_dim"], num_groups=8)
+  config.model = dict(channels=p["channels"], embed_dim=p["embed_dim"], num_groups=8,
+                      width=p["width"])
   config.synth = dict(name="synth_sounds", seconds=arg.seconds, sample_rate=16_000, seed=0,
                       num_train=p["num_train"], num_validation=4, num_test=p["num_test"])
   # debian_sounds clips, cut to `max_seconds` (empty `name`: left out).

@@ -187,3 +187,15 @@ def test_the_workdir_stands_on_its_own(tiny_lm, tiny_latents, tmp_path):
   (latents / "stats.json").write_text(json.dumps(dict(stats, note="changed")))
   with pytest.raises(configlib.ConfigError, match=r"which have changed since"):
     generate.run(workdir=str(workdir), held_out_count=1, out=str(tmp_path / "d"), **kw)
+
+
+def test_a_run_from_before_config_sharding_rules_loads(tiny_lm, tmp_path):
+  # Runs trained before the partition rules became config data were laid out by the defaults.
+  workdir = tmp_path / "lm"
+  shutil.copytree(tiny_lm, workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  del config["sharding_rules"]
+  (workdir / "config.json").write_text(json.dumps(config))
+  wav, rate, _ = generate.generate(str(workdir), ["a beep"], 0.2,
+                                   sample.settings_from_config(config, steps=2))
+  assert wav.shape[0] == 1 and rate == 16_000 and np.all(np.isfinite(wav))

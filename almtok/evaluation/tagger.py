@@ -23,10 +23,11 @@ The synth heads have no target on debian_sounds clips and `category` none on syn
 head's loss averages over the clips that have its target. A caption's attributes are the same
 (attribute, value) pairs, so adherence asks, per pair, whether the tagger finds it present.
 
-Model: four conv blocks (3x3 conv, GroupNorm, GELU, 2x2 max-pool; time pooled only in the first
-three) over the log-mel scaled as (dB + 50) / 30, the mean over frequency, then mean- and
-max-pooling over time (any duration), a linear map to the `embed_dim` embedding (pre-logits,
-the Fréchet embedding) and one linear head per target.
+Model: four conv blocks (3x3 conv, GroupNorm, GELU, max-pool halving frequency in the first two
+and time in the first three) over the log-mel scaled as (dB + 50) / 30; each remaining frame's
+16 bands x channels mapped to `width` features (so that where in frequency the energy is
+survives), two residual dilated temporal convolutions, mean- and max-pooling over time (any duration), a linear map to
+the `embed_dim` embedding (pre-logits, the Fréchet embedding) and one linear head per target.
 
 Shape letters: B clips, M mel bins, F frames, H feature height, W feature width, C channels,
 E embedding width, K classes of a head.
@@ -51,6 +52,7 @@ from almtok.datasets import synth_scenes
 Array = jax.Array
 
 FLOOR_DB = -100.0   # Padding value of a log-mel (audio.log_mel's floor).
+FREQ_POOLS, TIME_POOLS = 2, 3   # Conv blocks that halve frequency, and time.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +135,8 @@ def stack_targets(per_clip: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.
 class Tagger(nnx.Module):
   """Log-mel [B, M, F] (dB) -> (embedding [B, E], logits per head)."""
 
-  def __init__(self, channels: Sequence[int] = (32, 64, 96, 128), embed_dim: int = 64,
-               num_groups: int = 8, *, rngs: nnx.Rngs):
+  def __init__(self, channels: Sequence[int] = (16, 32, 64, 128), embed_dim: int = 64,
+               num_groups: int = 8, width: int = 128, *, rngs: nnx.Rngs):
     self.channels, self.embed_dim = tuple(channels), embed_dim
     conv = dict(kernel_size=(3, 3), padding="SAME",
                 kernel_init=nnx.initializers.he_normal(), rngs=rngs)
@@ -144,30 +146,41 @@ class Tagger(nnx.Module):
       self.convs.append(nnx.Conv(c_in, c, **conv))
       self.norms.append(nnx.GroupNorm(c, num_groups=min(num_groups, c), rngs=rngs))
       c_in = c
-    self.embed = nnx.Linear(2 * c_in, embed_dim, rngs=rngs)
+    bands = 64 // 2 ** min(len(self.channels), FREQ_POOLS)   # Mel bins left after pooling.
+    # Each frame keeps where in frequency its energy is (register, colour): bands x channels.
+    self.frame = nnx.Linear(max(bands, 1) * c_in, width, rngs=rngs)
+    # Temporal convolutions over the frame sequence (pulse rates, envelopes).
+    self.temporal = nnx.List([nnx.Conv(width, width, kernel_size=(5,), kernel_dilation=(d,),
+                                       padding="SAME", rngs=rngs) for d in (1, 2)])
+    self.embed = nnx.Linear(2 * width, embed_dim, rngs=rngs)
     self.heads = nnx.Dict({h.name: nnx.Linear(embed_dim, len(h.classes), rngs=rngs)
                            for h in HEADS})
 
   def __call__(self, mel_BxMxF: Array, frames_B: Array | None = None
                ) -> tuple[Array, dict[str, Array]]:
     """`frames_B`: each clip's real frames (the rest is padding, left out of the pooling)."""
+    if mel_BxMxF.shape[1] != 64:
+      raise ValueError(f"the tagger reads 64-bin log-mels, got {mel_BxMxF.shape[1]} bins")
     x = ((mel_BxMxF + 50.0) / 30.0)[..., None]   # B x H=M x W=F x 1
     f = mel_BxMxF.shape[2]
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = jax.nn.gelu(norm(conv(x)))
-      # Time keeps a finer grid in the last block, for tempo and envelopes.
-      window = (2, 2) if i < len(self.convs) - 1 else (2, 1)
+      # Frequency keeps 16 bands (simultaneous notes of a chord stay apart), time a grid of
+      # 80 ms (pulses, envelopes).
+      window = (2 if i < FREQ_POOLS else 1, 2 if i < TIME_POOLS else 1)
       x = nnx.max_pool(x, window, strides=window, padding="SAME")
-    h_BxWxC = jnp.mean(x, axis=1)
-    w = h_BxWxC.shape[1]
+    b, h, w, c = x.shape
+    h_BxWxD = jax.nn.gelu(self.frame(x.transpose(0, 2, 1, 3).reshape(b, w, h * c)))
+    for conv in self.temporal:
+      h_BxWxD = h_BxWxD + jax.nn.gelu(conv(h_BxWxD))
     if frames_B is None:
-      valid_BxW = jnp.ones(h_BxWxC.shape[:2], bool)
+      valid_BxW = jnp.ones(h_BxWxD.shape[:2], bool)
     else:   # A pooled frame is real if it starts inside the clip.
       valid_BxW = jnp.arange(w)[None, :] * (f / w) < frames_B[:, None]
-    weight_BxWx1 = valid_BxW[:, :, None].astype(h_BxWxC.dtype)
-    mean_BxC = jnp.sum(h_BxWxC * weight_BxWx1, 1) / jnp.maximum(jnp.sum(weight_BxWx1, 1), 1.0)
-    max_BxC = jnp.max(jnp.where(valid_BxW[:, :, None], h_BxWxC, -1e9), axis=1)
-    emb_BxE = self.embed(jnp.concatenate([mean_BxC, max_BxC], axis=-1))
+    weight_BxWx1 = valid_BxW[:, :, None].astype(h_BxWxD.dtype)
+    mean_BxD = jnp.sum(h_BxWxD * weight_BxWx1, 1) / jnp.maximum(jnp.sum(weight_BxWx1, 1), 1.0)
+    max_BxD = jnp.max(jnp.where(valid_BxW[:, :, None], h_BxWxD, -1e9), axis=1)
+    emb_BxE = self.embed(jnp.concatenate([mean_BxD, max_BxD], axis=-1))
     hidden_BxE = jax.nn.gelu(emb_BxE)
     return emb_BxE, {name: head(hidden_BxE) for name, head in self.heads.items()}
 

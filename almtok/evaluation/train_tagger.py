@@ -199,7 +199,8 @@ def sample_batch(clips: Clips, step: int, *, seed: int, batch_size: int, gain_db
 
 def make_model(config: ml_collections.ConfigDict, seed: int = 0) -> tagger_lib.Tagger:
   m = config.model
-  return tagger_lib.Tagger(tuple(m.channels), m.embed_dim, m.num_groups, rngs=nnx.Rngs(seed))
+  return tagger_lib.Tagger(tuple(m.channels), m.embed_dim, m.num_groups, m.width,
+                           rngs=nnx.Rngs(seed))
 
 
 @functools.lru_cache(maxsize=4)
@@ -321,7 +322,8 @@ def load(path: str) -> tuple[tagger_lib.Tagger, dict[str, Any]]:
     raise ValueError(f"{where}: not an almtok tagger (format {meta.get('format')!r})")
   m = meta["model"]
   abstract = nnx.eval_shape(lambda: tagger_lib.Tagger(tuple(m["channels"]), m["embed_dim"],
-                                                      m["num_groups"], rngs=nnx.Rngs(0)))
+                                                      m["num_groups"], m["width"],
+                                                      rngs=nnx.Rngs(0)))
   return checkpoint.with_flat_params(abstract, st_numpy.load(weights), where), meta
 
 
