@@ -35,7 +35,11 @@ Paired metrics (kl_tagger, adherence) need the split's captions: with --generate
 only when the captions file matches the split's.
 
 Writes <out>/metrics.json, <out>/metrics.md (value, interval, embedding) and
-<out>/spectrograms.png (generated beside reference for the first captions).
+<out>/spectrograms.png (generated beside reference for the first captions), and per-clip scores
+(<out>/scores.npz, clips.json) from which --compare=A,B gives every metric of one run minus
+another's on the same captions with a paired bootstrap interval (comparison.md):
+
+  python -m almtok.evaluate --compare=/tmp/eval_lm,/tmp/eval_dlm --out=/tmp/lm_vs_dlm
 
 Shape letters: N clips, E embedding width, S samples.
 """
@@ -259,6 +263,89 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Per-clip scores, and comparing two runs on the same captions.
+# ---------------------------------------------------------------------------------------------
+
+SCORES_FILE, CLIPS_FILE = "scores.npz", "clips.json"
+
+
+def save_scores(out: str, gen: Scored, real: Scored, captions: Sequence[str],
+                labels: Sequence[str]) -> None:
+  """What `compare` needs of a scored run: per-clip arrays (npz, no pickle) and captions."""
+  arrays = {}
+  for prefix, scored in (("gen", gen), ("real", real)):
+    arrays[f"{prefix}_embedding"] = scored.embedding_NxE
+    arrays[f"{prefix}_melstats"] = scored.melstats_NxE
+    arrays.update({f"{prefix}_post_{k}": v for k, v in scored.posteriors.items()})
+  with fileio.atomic_path(os.path.join(out, SCORES_FILE)) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+  fileio.atomic_json(os.path.join(out, CLIPS_FILE), dict(captions=list(captions),
+                                                         labels=list(labels)), indent=1)
+
+
+def load_scores(out: str) -> tuple[Scored, Scored, list[str], list[str]]:
+  paths = [os.path.join(out, n) for n in (SCORES_FILE, CLIPS_FILE)]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise configlib.ConfigError(f"{out}: no {os.path.basename(missing[0])} (evaluate a run with "
+                                f"--out={out} first; --generated_dir runs are not paired)")
+  with np.load(paths[0], allow_pickle=False) as f:
+    arrays = dict(f)
+  with open(paths[1], encoding="utf-8") as f:
+    clips = json.load(f)
+
+  def scored(prefix):
+    post = {k[len(prefix) + 6:]: v for k, v in arrays.items() if k.startswith(f"{prefix}_post_")}
+    return Scored(arrays[f"{prefix}_embedding"], post, arrays[f"{prefix}_melstats"])
+
+  return scored("gen"), scored("real"), clips["captions"], clips["labels"]
+
+
+def compare(out_a: str, out_b: str, resamples: int = 1000) -> dict[str, Any]:
+  """Every metric of run A minus run B on the same captions, with a paired bootstrap interval
+  (the same captions resampled for both runs): an interval that excludes 0 says they differ."""
+  gen_a, real_a, captions_a, labels = load_scores(out_a)
+  gen_b, real_b, captions_b, _ = load_scores(out_b)
+  if captions_a != captions_b:
+    raise configlib.ConfigError(f"{out_a} and {out_b} scored different captions "
+                                f"({len(captions_a)} and {len(captions_b)}): evaluate both on "
+                                "the same split and --num")
+  n = len(captions_a)
+  metrics = {
+      "fd_tagger": lambda g, r, i: metrics_lib.frechet_distance(g.embedding_NxE[i],
+                                                                r.embedding_NxE[i]),
+      "fd_melstats": lambda g, r, i: metrics_lib.frechet_distance(g.melstats_NxE[i],
+                                                                  r.melstats_NxE[i]),
+      "kid_tagger": lambda g, r, i: metrics_lib.kernel_distance(g.embedding_NxE[i],
+                                                                r.embedding_NxE[i]),
+      "is_tagger": lambda g, r, i: metrics_lib.inception_score(g.posteriors["first_kind"][i]),
+      "kl_tagger": lambda g, r, i: float(np.mean(paired_kl(r, g)[i])),
+      "adherence_overall": lambda g, r, i: float(np.nanmean(adherence(
+          g.posteriors, labels)["overall"][i])),
+  }
+  rows = {}
+  for name, metric in metrics.items():
+    diff = metrics_lib.paired_bootstrap(lambda i, m=metric: m(gen_a, real_a, i),
+                                        lambda i, m=metric: m(gen_b, real_b, i), n,
+                                        resamples=resamples)
+    rows[name] = dict(a=metric(gen_a, real_a, np.arange(n)), b=metric(gen_b, real_b, np.arange(n)),
+                      difference=diff.to_json(), differ=not diff.low <= 0.0 <= diff.high)
+  return dict(a=out_a, b=out_b, clips=n, resamples=resamples, rows=rows)
+
+
+def comparison_markdown(result: dict[str, Any]) -> str:
+  lines = [f"# A = {result['a']}, B = {result['b']}: {result['clips']} captions", "",
+           f"Paired bootstrap over captions ({result['resamples']} resamples), 95% intervals.",
+           "", "| metric | A | B | A - B | 95% CI | differ |", "|---|---:|---:|---:|---|---|"]
+  for name, row in result["rows"].items():
+    d = row["difference"]
+    lines.append(f"| {name} | {row['a']:.4g} | {row['b']:.4g} | {d['value']:.4g} | "
+                 f"[{d['low']:.4g}, {d['high']:.4g}] | {'yes' if row['differ'] else 'no'} |")
+  return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole job.
 # ---------------------------------------------------------------------------------------------
 
@@ -354,6 +441,8 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
                  settings=None if generator is None else dataclasses.asdict(generator.settings))
   os.makedirs(out, exist_ok=True)
   fileio.atomic_json(os.path.join(out, "metrics.json"), results, indent=1)
+  if paired:
+    save_scores(out, gen, real, [captions[i] for i in keep], labels)
   with fileio.atomic_write(os.path.join(out, "metrics.md"), encoding="utf-8") as f:
     f.write(markdown(results))
   show = keep[:4]
@@ -378,6 +467,8 @@ def define_flags() -> None:
   flags.DEFINE_string("generated_dir", None, "Score the WAVs in this folder instead.")
   flags.DEFINE_string("captions_file", None, "Captions of --generated_dir, one per line.")
   flags.DEFINE_string("data_dir", "", "The run's TFDS data (default: beside its latents).")
+  flags.DEFINE_list("compare", None, "Two --out folders of earlier evaluations (A,B) of the "
+                    "same captions: writes A - B per metric with paired intervals to --out.")
   config_flags.DEFINE_config_dict("config", sample.sample_flag_defaults(),
                                   "--config.sample.KEY=VALUE changes one sampling setting of "
                                   "the run's config.sample.")
@@ -387,6 +478,16 @@ def main(argv):
   del argv
   f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
+  if f.compare:
+    if len(f.compare) != 2 or not f.out:
+      raise configlib.ConfigError("--compare takes two evaluation folders A,B, and --out")
+    result = compare(*f.compare, resamples=f.resamples)
+    os.makedirs(f.out, exist_ok=True)
+    fileio.atomic_json(os.path.join(f.out, "comparison.json"), result, indent=1)
+    with fileio.atomic_write(os.path.join(f.out, "comparison.md"), encoding="utf-8") as out:
+      out.write(comparison_markdown(result))
+    print(comparison_markdown(result))
+    return
   overrides = {k: v for k, v in f.config.sample.items() if f"config.sample.{k}" in f}
   results = run(workdir=f.workdir, tagger=f.tagger, out=f.out, split=f.split, num=f.num,
                 batch=f.batch, seed=f.seed, sample_overrides=overrides,

@@ -149,3 +149,21 @@ def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
   with pytest.raises(configlib.ConfigError, match="sample rate 8000 Hz"):
     evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o3"),
                  generated_dir=str(gen), captions_file=str(captions))
+
+
+def test_compare_two_evaluations_with_a_paired_bootstrap(tiny_lm, tiny_tagger, tmp_path):
+  kw = dict(workdir=tiny_lm, tagger=tiny_tagger[0], num=4, batch=4, resamples=30,
+            sample_overrides={"steps": 2})
+  evaluate.run(out=str(tmp_path / "a"), seed=0, **kw)
+  evaluate.run(out=str(tmp_path / "b"), seed=1, **kw)
+  same = evaluate.compare(str(tmp_path / "a"), str(tmp_path / "a"), resamples=30)
+  for row in same["rows"].values():   # A run against itself: no difference, never "differ".
+    assert row["difference"]["value"] == 0 and not row["differ"]
+  other = evaluate.compare(str(tmp_path / "a"), str(tmp_path / "b"), resamples=30)
+  assert other["clips"] == 4 and set(other["rows"]) >= {"fd_tagger", "kl_tagger",
+                                                         "adherence_overall"}
+  row = other["rows"]["kl_tagger"]
+  assert row["difference"]["value"] == pytest.approx(row["a"] - row["b"])
+  assert "| kl_tagger |" in evaluate.comparison_markdown(other)
+  with pytest.raises(configlib.ConfigError, match="no scores.npz"):
+    evaluate.compare(str(tmp_path / "a"), str(tmp_path / "none"))
