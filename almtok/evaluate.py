@@ -34,6 +34,9 @@ intervals over clips):
 Paired metrics (kl_tagger, adherence) need the split's captions: with --generated_dir they apply
 only when the captions file matches the split's.
 
+--embedding=module:function adds fd_<name> and kid_<name> (generated vs real) on an embedding
+the user supplies, e.g. VGGish or PANNs with weights on disk (almtok ships none).
+
 Writes <out>/metrics.json, <out>/metrics.md (value, interval, embedding) and
 <out>/spectrograms.png (generated beside reference for the first captions), and per-clip scores
 (<out>/scores.npz, clips.json) from which --compare=A,B gives every metric of one run minus
@@ -50,7 +53,8 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+import importlib
 from typing import Any
 
 from absl import flags
@@ -253,8 +257,8 @@ def markdown(results: dict[str, Any]) -> str:
            "| metric | row | value | 95% CI | embedding / classifier |", "|---|---|---:|---|---|"]
   for row, values in results["rows"].items():
     for name, est in values.items():
-      what = EMBEDDINGS.get(name, "almtok tagger posteriors" if name.startswith("adherence")
-                            else "")
+      what = results["embeddings"].get(
+          name, "almtok tagger posteriors" if name.startswith("adherence") else "")
       lines.append(f"| {name} | {row} | {est['value']:.4g} | [{est['low']:.4g}, "
                    f"{est['high']:.4g}] | {what} |")
   if results.get("skipped"):
@@ -350,10 +354,22 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def load_embedding(spec: str) -> Callable[[Sequence[np.ndarray], int], np.ndarray]:
+  """The function that `module:function` names: (mono float32 waveforms, sample rate) ->
+  embeddings [N, E]. The hook for users who have a pretrained audio model's weights on disk
+  (VGGish, PANNs, ...): almtok ships none. One line if it cannot be imported."""
+  module, _, name = spec.partition(":")
+  try:
+    return getattr(importlib.import_module(module), name)
+  except (ImportError, AttributeError, ValueError) as e:
+    raise configlib.ConfigError(f"--embedding={spec}: {e} (want module:function)") from None
+
+
 def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | None = None,
         batch: int = 16, seed: int = 0, sample_overrides: dict[str, Any] | None = None,
         generated_dir: str | None = None, captions_file: str | None = None,
-        data_dir: str = "", resamples: int = 1000) -> dict[str, Any]:
+        data_dir: str = "", resamples: int = 1000, embedding: str | None = None,
+        embedding_name: str = "external") -> dict[str, Any]:
   """The command line's work; returns what goes into metrics.json."""
   # --- Checks, before any work ------------------------------------------------------------------
   if not out:
@@ -366,6 +382,7 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
     tagger_model, tagger_meta = train_tagger.load(tagger)
   except FileNotFoundError:
     raise configlib.ConfigError(f"--tagger={tagger}: no tagger there; {TAGGER_HINT}") from None
+  embed = load_embedding(embedding) if embedding else None
   run_config = state_lib.load_run_config(workdir)
   generator = None
   if generated_dir is None:
@@ -430,11 +447,23 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
     rows["adherence ceiling (real clips)"] = adherence_metrics(real, labels, resamples)
     shuffled = list(np.random.default_rng(seed).permutation(labels))
     rows["adherence floor (shuffled captions)"] = adherence_metrics(gen, shuffled, resamples)
+  if embed is not None:   # A user's embedding, named by them: FD and KID against real clips.
+    e_gen = np.asarray(embed([wavs[i] for i in keep], rate), np.float64)
+    e_real = np.asarray(embed(real_wavs, rate), np.float64)
+    external = Scored(e_gen, gen.posteriors, gen.melstats_NxE)
+    reference = Scored(e_real, real.posteriors, real.melstats_NxE)
+    found = distribution_metrics(external, reference, resamples, paired)
+    rows["generated vs real"].update({f"fd_{embedding_name}": found["fd_tagger"],
+                                      f"kid_{embedding_name}": found["kid_tagger"]})
   rows = {k: {m: e.to_json() for m, e in v.items()} for k, v in rows.items() if v}
   metrics_s = time.perf_counter() - t1
 
   # --- Outputs ----------------------------------------------------------------------------------
-  results = dict(workdir=workdir, split=split, clips=len(keep),
+  named = dict(EMBEDDINGS)
+  if embed is not None:
+    named[f"fd_{embedding_name}"] = named[f"kid_{embedding_name}"] = (
+        f"{embedding_name} (--embedding={embedding})")
+  results = dict(workdir=workdir, split=split, clips=len(keep), embeddings=named,
                  tagger=tagger, tagger_steps=tagger_meta.get("trained_steps"),
                  resamples=resamples, paired=paired, rows=rows, skipped=skipped,
                  generate_seconds=generate_s, metrics_seconds=metrics_s,
@@ -467,6 +496,10 @@ def define_flags() -> None:
   flags.DEFINE_string("generated_dir", None, "Score the WAVs in this folder instead.")
   flags.DEFINE_string("captions_file", None, "Captions of --generated_dir, one per line.")
   flags.DEFINE_string("data_dir", "", "The run's TFDS data (default: beside its latents).")
+  flags.DEFINE_string("embedding", None, "module:function mapping (waveforms, sample rate) to "
+                      "embeddings [N, E], e.g. a VGGish or PANNs model whose weights you have "
+                      "on disk: adds fd_<name> and kid_<name>.")
+  flags.DEFINE_string("embedding_name", "external", "The <name> of --embedding's metrics.")
   flags.DEFINE_list("compare", None, "Two --out folders of earlier evaluations (A,B) of the "
                     "same captions: writes A - B per metric with paired intervals to --out.")
   config_flags.DEFINE_config_dict("config", sample.sample_flag_defaults(),
@@ -492,7 +525,8 @@ def main(argv):
   results = run(workdir=f.workdir, tagger=f.tagger, out=f.out, split=f.split, num=f.num,
                 batch=f.batch, seed=f.seed, sample_overrides=overrides,
                 generated_dir=f.generated_dir, captions_file=f.captions_file,
-                data_dir=f.data_dir, resamples=f.resamples)
+                data_dir=f.data_dir, resamples=f.resamples, embedding=f.embedding,
+                embedding_name=f.embedding_name)
   print(markdown(results))
   print(f"generation {results['generate_seconds']:.1f} s, metrics "
         f"{results['metrics_seconds']:.1f} s; {os.path.join(f.out, 'metrics.md')}")

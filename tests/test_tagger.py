@@ -107,7 +107,8 @@ def test_trainer_reports_exports_and_resumes(tiny_tagger):
 def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
   out = tmp_path / "eval"
   results = evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
-                         resamples=50, sample_overrides={"steps": 2})
+                         resamples=50, sample_overrides={"steps": 2},
+                         embedding="tests.tiny:band_energy_embedding", embedding_name="bands")
   assert results["clips"] == 4 and results["paired"]
   rows = results["rows"]
   for name in ("fd_tagger", "fd_melstats", "kid_tagger", "is_tagger", "kl_tagger",
@@ -115,6 +116,8 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
     est = rows["generated vs real"][name]
     assert est["low"] <= est["value"] <= est["high"] or name == "kid_tagger", name
   assert "adherence ceiling (real clips)" in rows and "adherence floor (shuffled captions)" in rows
+  assert "fd_bands" in rows["generated vs real"] and "kid_bands" in rows["generated vs real"]
+  assert "bands (--embedding=tests.tiny:band_energy_embedding)" in (out / "metrics.md").read_text()
   assert sorted(os.listdir(out / "generated")) == [f"{i:05d}.wav" for i in range(4)]
   for name in ("metrics.json", "metrics.md", "spectrograms.png"):
     assert os.path.getsize(out / name) > 100
@@ -128,6 +131,9 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
 def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
   with pytest.raises(configlib.ConfigError, match="--tagger is empty: train one with"):
     evaluate.run(workdir=tiny_lm, tagger="", out=str(tmp_path))
+  with pytest.raises(configlib.ConfigError, match=r"^--embedding=nowhere:embed: No module"):
+    evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path),
+                 embedding="nowhere:embed")
   with pytest.raises(configlib.ConfigError, match="no tagger there"):
     evaluate.run(workdir=tiny_lm, tagger=str(tmp_path / "none"), out=str(tmp_path))
   with pytest.raises(configlib.ConfigError, match="no finished checkpoint"):

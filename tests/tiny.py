@@ -56,3 +56,11 @@ def tiny_dlm_config(latents_dir: str, quantizer: str, **overrides):
                                      if k != "sample.steps"})
   config.update_from_flattened_dict({"data.latents_dir": latents_dir, **overrides})
   return config
+
+
+def band_energy_embedding(wavs, sample_rate):
+  """A stand-in for a user's pretrained embedding (`almtok.evaluate --embedding`): the mean
+  log-mel per band of each waveform, [N, 64]."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from almtok import audio  # pylint: disable=g-import-not-at-top
+  return np.stack([audio.log_mel(w, sample_rate).mean(axis=1) for w in wavs])
