@@ -119,8 +119,24 @@ def reference_clips(workdir: str, split: str, num: int | None, data_dir: str = "
 
 def generate_clips(generator: sample.Generator, captions: Sequence[str],
                    seconds: Sequence[float], out_dir: str, batch: int, seed: int) -> list[str]:
-  """<out_dir>/NNNNN.wav per caption, generating only the batches not all written yet."""
+  """<out_dir>/NNNNN.wav per caption, generating only the batches not all written yet; a folder
+  whose clips came from another run, checkpoint or settings is refused in one line."""
   os.makedirs(out_dir, exist_ok=True)
+  ckpt_dir = os.path.join(generator.workdir, "checkpoints")
+  made_by = json.loads(json.dumps(dict(
+      workdir=os.path.abspath(generator.workdir),
+      step=max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()),
+      settings=dataclasses.asdict(generator.settings), seed=seed, batch=batch)))
+  record = os.path.join(out_dir, "made_by.json")
+  if os.path.exists(record):
+    with open(record, encoding="utf-8") as f:
+      before = json.load(f)
+    if before != made_by:
+      differ = sorted(k for k in made_by if before.get(k) != made_by[k])
+      raise configlib.ConfigError(f"{out_dir} holds clips generated with another {differ}; use "
+                                  f"another --out, or delete it to start again")
+  else:
+    fileio.atomic_json(record, made_by, indent=1)
   paths = [os.path.join(out_dir, f"{i:05d}.wav") for i in range(len(captions))]
   batches = range(0, len(captions), batch)
   todo = [b for b in batches if not all(os.path.exists(p) for p in paths[b:b + batch])]
@@ -274,7 +290,7 @@ SCORES_FILE, CLIPS_FILE = "scores.npz", "clips.json"
 
 
 def save_scores(out: str, gen: Scored, real: Scored, captions: Sequence[str],
-                labels: Sequence[str]) -> None:
+                labels: Sequence[str], tagger_sha256: str | None) -> None:
   """What `compare` needs of a scored run: per-clip arrays (npz, no pickle) and captions."""
   arrays = {}
   for prefix, scored in (("gen", gen), ("real", real)):
@@ -284,11 +300,11 @@ def save_scores(out: str, gen: Scored, real: Scored, captions: Sequence[str],
   with fileio.atomic_path(os.path.join(out, SCORES_FILE)) as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
-  fileio.atomic_json(os.path.join(out, CLIPS_FILE), dict(captions=list(captions),
-                                                         labels=list(labels)), indent=1)
+  fileio.atomic_json(os.path.join(out, CLIPS_FILE), dict(
+      captions=list(captions), labels=list(labels), tagger_sha256=tagger_sha256), indent=1)
 
 
-def load_scores(out: str) -> tuple[Scored, Scored, list[str], list[str]]:
+def load_scores(out: str) -> tuple[Scored, Scored, dict[str, Any]]:
   paths = [os.path.join(out, n) for n in (SCORES_FILE, CLIPS_FILE)]
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
@@ -303,19 +319,26 @@ def load_scores(out: str) -> tuple[Scored, Scored, list[str], list[str]]:
     post = {k[len(prefix) + 6:]: v for k, v in arrays.items() if k.startswith(f"{prefix}_post_")}
     return Scored(arrays[f"{prefix}_embedding"], post, arrays[f"{prefix}_melstats"])
 
-  return scored("gen"), scored("real"), clips["captions"], clips["labels"]
+  return scored("gen"), scored("real"), clips
 
 
 def compare(out_a: str, out_b: str, resamples: int = 1000) -> dict[str, Any]:
   """Every metric of run A minus run B on the same captions, with a paired bootstrap interval
   (the same captions resampled for both runs): an interval that excludes 0 says they differ."""
-  gen_a, real_a, captions_a, labels = load_scores(out_a)
-  gen_b, real_b, captions_b, _ = load_scores(out_b)
-  if captions_a != captions_b:
+  gen_a, real_a, clips_a = load_scores(out_a)
+  gen_b, real_b, clips_b = load_scores(out_b)
+  if clips_a["captions"] != clips_b["captions"]:
     raise configlib.ConfigError(f"{out_a} and {out_b} scored different captions "
-                                f"({len(captions_a)} and {len(captions_b)}): evaluate both on "
-                                "the same split and --num")
-  n = len(captions_a)
+                                f"({len(clips_a['captions'])} and {len(clips_b['captions'])}): "
+                                "evaluate both on the same split and --num")
+  if clips_a.get("tagger_sha256") != clips_b.get("tagger_sha256"):
+    raise configlib.ConfigError(f"{out_a} and {out_b} were scored by different taggers: "
+                                "evaluate both with the same --tagger")
+  n = len(clips_a["captions"])
+  # Per-clip values, computed once per run and indexed by each resample.
+  per_clip = {id(g): dict(kl=paired_kl(r, g),
+                          adherence=adherence(g.posteriors, clips_a["labels"])["overall"])
+              for g, r in ((gen_a, real_a), (gen_b, real_b))}
   metrics = {
       "fd_tagger": lambda g, r, i: metrics_lib.frechet_distance(g.embedding_NxE[i],
                                                                 r.embedding_NxE[i]),
@@ -324,16 +347,16 @@ def compare(out_a: str, out_b: str, resamples: int = 1000) -> dict[str, Any]:
       "kid_tagger": lambda g, r, i: metrics_lib.kernel_distance(g.embedding_NxE[i],
                                                                 r.embedding_NxE[i]),
       "is_tagger": lambda g, r, i: metrics_lib.inception_score(g.posteriors["first_kind"][i]),
-      "kl_tagger": lambda g, r, i: float(np.mean(paired_kl(r, g)[i])),
-      "adherence_overall": lambda g, r, i: float(np.nanmean(adherence(
-          g.posteriors, labels)["overall"][i])),
+      "kl_tagger": lambda g, r, i: float(np.mean(per_clip[id(g)]["kl"][i])),
+      "adherence_overall": lambda g, r, i: float(np.nanmean(per_clip[id(g)]["adherence"][i])),
   }
   rows = {}
   for name, metric in metrics.items():
     diff = metrics_lib.paired_bootstrap(lambda i, m=metric: m(gen_a, real_a, i),
                                         lambda i, m=metric: m(gen_b, real_b, i), n,
                                         resamples=resamples)
-    rows[name] = dict(a=metric(gen_a, real_a, np.arange(n)), b=metric(gen_b, real_b, np.arange(n)),
+    every = np.arange(n)
+    rows[name] = dict(a=metric(gen_a, real_a, every), b=metric(gen_b, real_b, every),
                       difference=diff.to_json(), differ=not diff.low <= 0.0 <= diff.high)
   return dict(a=out_a, b=out_b, clips=n, resamples=resamples, rows=rows)
 
@@ -425,12 +448,14 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
 
   # --- Scores -----------------------------------------------------------------------------------
   t1 = time.perf_counter()
-  tok = tokenizers.from_stats(state_lib.run_stats(workdir))
+  stats = state_lib.run_stats(workdir)
+  tok = tokenizers.from_stats(stats)
   real_wavs = [ref.wavs[i] for i in keep] if paired else ref.wavs
   # The references through the run's tokenizer and vocoder, once per --out and clip count.
   os.makedirs(out, exist_ok=True)
-  resynth_mels = train_tagger.resynthesise(real_wavs, tok,
-                                           os.path.join(out, "reference_resynth.npz"))
+  resynth_mels = train_tagger.resynthesise(
+      real_wavs, tok, os.path.join(out, "reference_resynth.npz"),
+      json.dumps(dataclasses.asdict(stats.tokenizer), sort_keys=True))
   gen = score(tagger_model, [audio.log_mel(wavs[i]) for i in keep])
   real = score(tagger_model, [audio.log_mel(w) for w in real_wavs])
   resynth = score(tagger_model, resynth_mels)
@@ -471,7 +496,8 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
   os.makedirs(out, exist_ok=True)
   fileio.atomic_json(os.path.join(out, "metrics.json"), results, indent=1)
   if paired:
-    save_scores(out, gen, real, [captions[i] for i in keep], labels)
+    save_scores(out, gen, real, [captions[i] for i in keep], labels,
+                tagger_meta.get("weights_sha256"))
   with fileio.atomic_write(os.path.join(out, "metrics.md"), encoding="utf-8") as f:
     f.write(markdown(results))
   show = keep[:4]

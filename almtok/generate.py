@@ -121,8 +121,8 @@ def generate(workdir: str, captions: list[str], seconds: float,
              settings: sample.SamplerSettings | sample.CodeSamplerSettings, seed: int = 0,
              prompt_wav: np.ndarray | None = None, progress: bool = True
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
-  """Waveforms [B, S] for the captions, their sample rate, and the settings used (`sample.Generator`,
-  for one batch of captions)."""
+  """Waveforms [B, S] for the captions, their sample rate, and the settings used (one batch of
+  captions through `sample.Generator`)."""
   generator = sample.Generator(workdir, settings)
   generator.num_tokens(seconds)
   wav, used = generator(captions, seconds, seed, prompt_wav, progress)

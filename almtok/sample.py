@@ -91,7 +91,8 @@ class CodeSamplerSettings:
   """How the discrete baseline samples codes: temperature, top-k / top-p and CFG on logits."""
   cfg: bool = True                # Run unconditional rows beside the conditional ones.
   cfg_scale: float = 3.0          # Guidance scale on logits (1: the conditional logits).
-  cfg_schedule: str = "linear"    # 'constant' or 'linear' (1 at the first step -> cfg_scale).
+  cfg_schedule: str = "constant"  # 'constant' (AudioGen) or 'linear' (1 at the first step ->
+                                  # cfg_scale).
   temperature: float = 1.0        # Divides the logits.
   top_k: int = 250                # Keep the k most likely codes per codebook (0: all).
   top_p: float = 0.0              # Keep the smallest set of codes with this much mass (0: off).
@@ -296,8 +297,10 @@ class CodeSampler:
     """(codes, known) per step [B, num_steps, Q]: what the pattern fixes before sampling (pads
     outside frames 0..num_frames - 1, and the prompt's frames)."""
     b, p, q = prompt_BxPxQ.shape
-    frame_SxQ = np.arange(num_steps)[:, None] - (
-        np.arange(q)[None, :] if self.pattern == "delay" else 0)
+    if self.pattern == "delay":
+      frame_SxQ = np.asarray(discrete_lm.delay_frames(num_steps, q))
+    else:
+      frame_SxQ = np.broadcast_to(np.arange(num_steps)[:, None], (num_steps, q))
     outside_SxQ = (frame_SxQ < 0) | (frame_SxQ >= num_frames)
     in_prompt_SxQ = (frame_SxQ >= 0) & (frame_SxQ < p)
     codes = np.full((b, num_steps, q), self.pad, np.int32)
@@ -511,8 +514,8 @@ class Generator:
                    if self.config.model_name == "discrete_lm" else None)
       model = state_lib.load_model(self.workdir, self.config, use_ema=True)
       self._sampler = make_sampler(model, self.settings,
-                                          schedule=state_lib.make_schedule(self.config),
-                                          x0_range=self._x0_range, quantizer=quantizer)
+                                   schedule=state_lib.make_schedule(self.config),
+                                   x0_range=self._x0_range, quantizer=quantizer)
       self.text_encoder = TextEncoder(max_len=self.config.model.text_len)
     return self._sampler
 

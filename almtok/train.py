@@ -13,6 +13,7 @@ On several hosts, pass --multihost (and, off TPU pods and SLURM, --coordinator_a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import contextlib
 import fcntl
 import fnmatch
@@ -105,6 +106,7 @@ RESUMABLE_KEYS = (
     "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.sample_*",
     "train.peak_flops", "train.grad_accum", "train.ema_*", "data.latents_dir",
     "data.worker_count", "data.text_cache", "mesh.*", "sharding_rules", "sample.*",
+    "quantizer.path",   # May move; its codebooks are checked against the run's copy instead.
 )
 
 
@@ -168,6 +170,13 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     if meta is not None:
       state_lib.check_format(meta, workdir)
       check_resume(meta["config"], config, workdir)
+      kept = os.path.join(workdir, state_lib.QUANTIZER_DIR)
+      if config.model_name == "discrete_lm" and os.path.isdir(kept):
+        digest = lambda path: fileio.read_export(path, rvq.EXPORT_STEM)[1].get("weights_sha256")
+        if digest(kept) != digest(config.quantizer.path):
+          raise configlib.ConfigError(
+              f"config.quantizer.path={config.quantizer.path}: its codebooks are not those the "
+              f"checkpoint in {workdir} was trained with ({kept}); use a new --workdir")
 
 
 def load_quantizer(config: ml_collections.ConfigDict,
@@ -198,23 +207,17 @@ def loss_kwargs(config) -> dict[str, Any]:
   return kwargs
 
 
-def _draw_kwargs(config) -> dict[str, Any]:
-  """The part of `loss_kwargs` that decides the per-example draws (and so the target counts)."""
-  kwargs = loss_kwargs(config)
-  return {k: kwargs[k] for k in ("cfg_dropout", "mntp_weight", "drop_mixture")}
-
-
 class Objective(NamedTuple):
   """The run's model objective: `loss(model, batch, rng, counts) -> (loss, metrics)` and
   `counts(batch, rng)`, the whole batch's target counts (see `continuous_lm.target_counts`).
   `batch` holds `x_BxLxC` (normalised latents), `mask_BxL`, `text` and `index_B`."""
-  loss: Any
-  counts: Any
+  loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+  counts: Callable[..., dict[str, jax.Array]]
   metric_weights: dict[str, str]
 
 
-def objective(config, schedule: diffusion.Schedule | None, quantizer: rvq.RVQ | None,
-              **overrides) -> Objective:
+def make_objective(config, schedule: diffusion.Schedule | None, quantizer: rvq.RVQ | None,
+                   **overrides) -> Objective:
   """The continuous LM's diffusion loss, or the discrete baseline's cross-entropy on the codes
   that `quantizer` gives the same latents (encoded on the device, inside the step)."""
   kwargs = dict(loss_kwargs(config), **overrides)
@@ -254,11 +257,11 @@ def make_train_step(config, graphdef, tx, schedule, quantizer=None):
   share of every micro-batch. A step whose loss or gradient norm is not finite leaves the state
   unchanged and reports `finite = 0`.
   """
-  objective_ = objective(config, schedule, quantizer)
+  objective = make_objective(config, schedule, quantizer)
   accum = config.train.grad_accum
 
   def loss(params, micro, rng, counts):
-    return objective_.loss(nnx.merge(graphdef, params), micro, rng, counts)
+    return objective.loss(nnx.merge(graphdef, params), micro, rng, counts)
 
   grad_fn = jax.value_and_grad(loss, has_aux=True)
 
@@ -266,7 +269,7 @@ def make_train_step(config, graphdef, tx, schedule, quantizer=None):
     rng = jax.random.fold_in(rng, state["step"])
     b = batch["mask_BxL"].shape[0]
     batch = dict(batch, index_B=jnp.arange(b, dtype=jnp.int32))
-    counts = objective_.counts(batch, rng)
+    counts = objective.counts(batch, rng)
     if accum == 1:
       (_, metrics), grads = grad_fn(state["params"], batch, rng, counts)
     else:
@@ -306,13 +309,13 @@ def make_eval_step(config, graphdef, schedule, quantizer=None):
   """Validation loss of the EMA parameters (no CFG dropout, fixed noise per batch), and the
   batch's counts to weight it by: NTP and MNTP targets, and examples with tokens (padding rows
   of a last partial batch have none)."""
-  objective_ = objective(config, schedule, quantizer, cfg_dropout=0.0)
+  objective = make_objective(config, schedule, quantizer, cfg_dropout=0.0)
 
   def eval_step(params, batch, rng):
     b = batch["mask_BxL"].shape[0]
     batch = dict(batch, index_B=jnp.arange(b, dtype=jnp.int32))
-    counts = objective_.counts(batch, rng)
-    _, metrics = objective_.loss(nnx.merge(graphdef, params), batch, rng, counts)
+    counts = objective.counts(batch, rng)
+    _, metrics = objective.loss(nnx.merge(graphdef, params), batch, rng, counts)
     counts["examples"] = jnp.sum(jnp.any(batch["mask_BxL"], axis=1).astype(jnp.float32))
     return metrics, counts
 
@@ -411,6 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           {"x_BxLxC": batch["x_BxLxC"], "mask_BxL": batch["mask_BxL"], "text": text}, mesh)
 
     # --- Update --------------------------------------------------------------------------------
+    metric_weights = make_objective(config, schedule, quantizer).metric_weights
     train_step = jax.jit(make_train_step(config, graphdef, tx, schedule, quantizer),
                          out_shardings=(state_sh, repl), donate_argnums=(0,))
     eval_step = jax.jit(make_eval_step(config, graphdef, schedule, quantizer),
@@ -457,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # A split smaller than the batch still counts: its last batch is padded with rows that
       # hold no tokens. Each batch's means are weighted by what they average over, so the
       # result is the mean over all validation targets.
-      weight_of = objective(config, schedule, quantizer).metric_weights
+      weight_of = metric_weights
       sums, totals = {}, {}
       for i, batch in enumerate(val_ds):
         if i >= config.train.eval_batches:

@@ -5,7 +5,9 @@ for a codebook config that does not match the quantizer.
 Shape letters: B batch, L frames, S steps, Q codebooks, K codes, C latent channels, D width.
 """
 
+import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -227,3 +229,16 @@ def test_a_codebook_config_unlike_the_quantizer_is_one_line(tiny_latents, tiny_r
   with pytest.raises(configlib.ConfigError, match="config.quantizer.path is empty"):
     train.check_run(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_resuming_with_other_codebooks_is_refused(tiny_latents, tiny_rvq, tiny_dlm, tmp_path):
+  workdir = tmp_path / "dlm"
+  shutil.copytree(tiny_dlm, workdir)
+  fitted, meta = rvq.RVQ.from_export(tiny_rvq), json.load(open(os.path.join(tiny_rvq,
+                                                                             "rvq.json")))
+  refit = rvq.RVQ(fitted.codebooks_QxKxC + 0.5)
+  refit.export(tmp_path / "refit", source=meta["source"])
+  config = tiny_dlm_config(tiny_latents, str(tmp_path / "refit"))
+  with pytest.raises(configlib.ConfigError, match=r"its codebooks are not those the checkpoint"):
+    train.check_run(config, str(workdir))
+  train.check_run(tiny_dlm_config(tiny_latents, tiny_rvq), str(workdir))   # The same: fine.

@@ -97,3 +97,13 @@ def test_adherence_counts_the_caption_pairs_the_tagger_finds():
   assert found["registers"][0] == 1.0 and found["colors"][0] == 0.0
   assert np.isnan(found["directions"][0])             # The caption names no direction.
   assert found["overall"][0] == pytest.approx(2 / 6)  # 6 pairs, 2 found.
+
+
+def test_set_metric_intervals_contain_their_value():
+  # Resampling with replacement repeats clips, which inflates FD and KID; the centred interval
+  # still goes with the value it reports.
+  rng = np.random.default_rng(5)
+  x, y = rng.standard_normal((200, 64)), rng.standard_normal((200, 64)) + 0.1
+  for metric in (metrics.frechet_distance, metrics.kernel_distance):
+    est = metrics.bootstrap(lambda i, m=metric: m(x[i], y[i]), 200, resamples=200)
+    assert est.low <= est.value <= est.high, (metric.__name__, est)

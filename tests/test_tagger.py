@@ -118,7 +118,8 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
   assert "adherence ceiling (real clips)" in rows and "adherence floor (shuffled captions)" in rows
   assert "fd_bands" in rows["generated vs real"] and "kid_bands" in rows["generated vs real"]
   assert "bands (--embedding=tests.tiny:band_energy_embedding)" in (out / "metrics.md").read_text()
-  assert sorted(os.listdir(out / "generated")) == [f"{i:05d}.wav" for i in range(4)]
+  assert sorted(os.listdir(out / "generated")) == [f"{i:05d}.wav" for i in range(4)] + [
+      "made_by.json"]
   for name in ("metrics.json", "metrics.md", "spectrograms.png"):
     assert os.path.getsize(out / name) > 100
   # A rerun keeps the clips already written.
@@ -126,6 +127,10 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
   evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
                resamples=20, sample_overrides={"steps": 2})
   assert os.path.getmtime(out / "generated" / "00000.wav") == before
+  # Clips made with other settings are never mixed in.
+  with pytest.raises(configlib.ConfigError, match=r"holds clips generated with another \['seed'\]"):
+    evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
+                 resamples=20, seed=5, sample_overrides={"steps": 2})
 
 
 def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):

@@ -11,8 +11,11 @@ arrays (numpy, float64 inside) and know nothing of audio models:
   inception_score    exp(E_x KL(p(y|x) || p(y))) over one softmax head
   melstats           an embedding almtok does not train: per-band mean and std of the log-mel
 
-`bootstrap` resamples clips with replacement and gives a percentile interval; `paired_bootstrap`
-resamples the same clips for two runs and gives the interval of their difference.
+`bootstrap` resamples clips with replacement and gives a percentile interval of the resampled
+values centred on the full-sample value (their mean shifted to it): repeated clips in a resample
+inflate FD and KID, and the centring removes that bias, so that the interval is about the value
+it goes with. `paired_bootstrap` resamples the same clips for two runs and gives the interval of
+their difference.
 
 Shape letters: N clips, E embedding width, K classes, M mel bands, F frames, R resamples.
 """
@@ -125,13 +128,19 @@ class Estimate:
 
 def bootstrap(metric: Callable[[np.ndarray], float], n: int, *, resamples: int = 1000,
               level: float = 0.95, seed: int = 0) -> Estimate:
-  """`metric(indices)` on all n clips, and its `level` percentile interval over `resamples`
-  draws of n clip indices with replacement (the same indices for every set the metric pairs)."""
+  """`metric(indices)` on all n clips, and its `level` interval over `resamples` draws of n clip
+  indices with replacement (the same indices for every set the metric pairs), centred."""
   rng = np.random.default_rng(seed)
   values = [metric(rng.integers(0, n, size=n)) for _ in range(resamples)]
+  return _interval(float(metric(np.arange(n))), values, level, resamples)
+
+
+def _interval(value: float, values: Sequence[float], level: float, resamples: int) -> Estimate:
+  """The `level` percentile interval of `values` centred on `value` (see the module docstring)."""
+  values = np.asarray(values, np.float64)
   tail = 100.0 * (1.0 - level) / 2.0
-  low, high = np.percentile(values, [tail, 100.0 - tail])
-  return Estimate(float(metric(np.arange(n))), float(low), float(high), resamples)
+  low, high = np.percentile(values - values.mean(), [tail, 100.0 - tail]) + value
+  return Estimate(value, float(low), float(high), resamples)
 
 
 def unpaired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], n: int, m: int, *,
@@ -141,9 +150,7 @@ def unpaired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], n: int
   rng = np.random.default_rng(seed)
   values = [metric(rng.integers(0, n, size=n), rng.integers(0, m, size=m))
             for _ in range(resamples)]
-  tail = 100.0 * (1.0 - level) / 2.0
-  low, high = np.percentile(values, [tail, 100.0 - tail])
-  return Estimate(float(metric(np.arange(n), np.arange(m))), float(low), float(high), resamples)
+  return _interval(float(metric(np.arange(n), np.arange(m))), values, level, resamples)
 
 
 def paired_bootstrap(metric_a: Callable[[np.ndarray], float],

@@ -26,11 +26,12 @@ head's loss averages over the clips that have its target. A caption's attributes
 Model: four conv blocks (3x3 conv, GroupNorm, GELU, max-pool halving frequency in the first two
 and time in the first three) over the log-mel scaled as (dB + 50) / 30; each remaining frame's
 16 bands x channels mapped to `width` features (so that where in frequency the energy is
-survives), two residual dilated temporal convolutions, mean- and max-pooling over time (any duration), a linear map to
-the `embed_dim` embedding (pre-logits, the Fréchet embedding) and one linear head per target.
+survives), two residual dilated temporal convolutions, mean- and max-pooling over time (any
+duration), a linear map to the `embed_dim` embedding (pre-logits, the Fréchet embedding) and one
+linear head per target.
 
 Shape letters: B clips, M mel bins, F frames, H feature height, W feature width, C channels,
-E embedding width, K classes of a head.
+D frame features (`width`), E embedding width, K classes of a head.
 """
 
 from __future__ import annotations
@@ -162,7 +163,6 @@ class Tagger(nnx.Module):
     if mel_BxMxF.shape[1] != 64:
       raise ValueError(f"the tagger reads 64-bin log-mels, got {mel_BxMxF.shape[1]} bins")
     x = ((mel_BxMxF + 50.0) / 30.0)[..., None]   # B x H=M x W=F x 1
-    f = mel_BxMxF.shape[2]
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = jax.nn.gelu(norm(conv(x)))
       # Frequency keeps 16 bands (simultaneous notes of a chord stay apart), time a grid of
@@ -176,7 +176,7 @@ class Tagger(nnx.Module):
     if frames_B is None:
       valid_BxW = jnp.ones(h_BxWxD.shape[:2], bool)
     else:   # A pooled frame is real if it starts inside the clip.
-      valid_BxW = jnp.arange(w)[None, :] * (f / w) < frames_B[:, None]
+      valid_BxW = jnp.arange(w)[None, :] * 2 ** TIME_POOLS < frames_B[:, None]
     weight_BxWx1 = valid_BxW[:, :, None].astype(h_BxWxD.dtype)
     mean_BxD = jnp.sum(h_BxWxD * weight_BxWx1, 1) / jnp.maximum(jnp.sum(weight_BxWx1, 1), 1.0)
     max_BxD = jnp.max(jnp.where(valid_BxW[:, :, None], h_BxWxD, -1e9), axis=1)

@@ -24,6 +24,7 @@ Shape letters: B batch, M mel bins, F frames, N clips.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -95,13 +96,18 @@ def _source_clips(source: Any, limit: int | None = None) -> tuple[list[np.ndarra
 
 
 def resynthesise(wavs: Sequence[np.ndarray], tok: tokenizers.AudioTokenizer, cache: str,
-                 batch: int = 16) -> list[np.ndarray]:
+                 tokenizer_key: str, batch: int = 16) -> list[np.ndarray]:
   """Log-mels of `wavs` after tok.encode and tok.decode (the tokenizer's vocoder), computed
-  once and cached in `cache` (.npz of the padded mels and their frame counts; recomputed when
-  the number of clips differs)."""
+  once and cached in `cache` (.npz of the padded mels, their frame counts, and a hash of the
+  waveforms and of `tokenizer_key`, which says what the tokenizer is: other clips or another
+  tokenizer recompute it)."""
+  digest = hashlib.sha256(tokenizer_key.encode())
+  for w in wavs:
+    digest.update(np.ascontiguousarray(w, np.float32).tobytes())
+  key = digest.hexdigest()
   if os.path.exists(cache):
     with np.load(cache, allow_pickle=False) as f:
-      if f["mel"].shape[0] == len(wavs):
+      if "key" in f and str(f["key"]) == key:
         return [m[:, :t] for m, t in zip(f["mel"], f["frames"])]
   encode = jax.jit(tok.encode)
   mels = []
@@ -120,7 +126,8 @@ def resynthesise(wavs: Sequence[np.ndarray], tok: tokenizers.AudioTokenizer, cac
     padded[i, :, :m.shape[1]] = m
   with fileio.atomic_path(cache) as tmp:
     with open(tmp, "wb") as f:
-      np.savez(f, mel=padded, frames=np.asarray([m.shape[1] for m in mels], np.int32))
+      np.savez(f, mel=padded, frames=np.asarray([m.shape[1] for m in mels], np.int32),
+               key=np.asarray(key))
   return mels
 
 
@@ -141,13 +148,13 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Clip
   parts = [Clips(mel(train_wavs), train_labels, frames)]
   k = config.resynth.train
   if k:
-    parts.append(Clips(resynthesise(train_wavs[:k], tok, os.path.join(cache, f"{name}_train.npz")),
-                       train_labels[:k], frames))
+    parts.append(Clips(resynthesise(train_wavs[:k], tok, os.path.join(cache, f"{name}_train.npz"),
+                                    name), train_labels[:k], frames))
   data = {"test_synth": Clips(mel(test_wavs), test_labels, frames)}
   k = config.resynth.test
   if k:
     data["test_resynth"] = Clips(
-        resynthesise(test_wavs[:k], tok, os.path.join(cache, f"{name}_test.npz")),
+        resynthesise(test_wavs[:k], tok, os.path.join(cache, f"{name}_test.npz"), name),
         test_labels[:k], frames)
   if config.debian.name:
     debian = registry.build(config.debian, data_dir).as_data_source()
@@ -167,8 +174,9 @@ def sample_batch(clips: Clips, step: int, *, seed: int, batch_size: int, gain_db
   mels, frames, targets = [], [], []
 
   def one(i):
-    m = clips.mel_NxMxF[i] + rng.uniform(-gain_db, gain_db)
+    m = clips.mel_NxMxF[i].copy()
     t = int(clips.frames_N[i])
+    m[:, :t] += rng.uniform(-gain_db, gain_db)   # The padding stays at the floor.
     shift = int(rng.integers(0, min(shift_frames, t - 1) + 1)) if t > 1 else 0
     m[:, :t] = np.roll(m[:, :t], shift, axis=1)
     return np.maximum(m, tagger_lib.FLOOR_DB), t
@@ -228,16 +236,24 @@ def _train_step(graphdef, tx, train: ml_collections.FrozenConfigDict):
 
 def predict(model: tagger_lib.Tagger, mel_NxMxF: np.ndarray, frames_N: np.ndarray,
             batch: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """(embeddings [N, E], posteriors per head) of log-mels, in batches."""
+  """(embeddings [N, E], posteriors per head) of log-mels, in batches of clips of one length,
+  each cut to that length: a clip's result never depends on the padding other clips need
+  (GroupNorm's statistics would include it)."""
   graphdef, params = nnx.split(model)
   run = _predict_fn(graphdef)
-  embs, posts = [], []
-  for start in range(0, len(frames_N), batch):
-    e, p = run(params, jnp.asarray(mel_NxMxF[start:start + batch]),
-               jnp.asarray(frames_N[start:start + batch]))
-    embs.append(np.asarray(e))
-    posts.append(jax.tree.map(np.asarray, p))
-  return (np.concatenate(embs), {k: np.concatenate([p[k] for p in posts]) for k in posts[0]})
+  n = len(frames_N)
+  embs, posts = [None] * n, [None] * n
+  for length in np.unique(frames_N):
+    index = np.flatnonzero(frames_N == length)
+    for start in range(0, index.size, batch):
+      rows = index[start:start + batch]
+      e, p = run(params, jnp.asarray(mel_NxMxF[rows, :, :length]),
+                 jnp.asarray(frames_N[rows]))
+      e, p = np.asarray(e), jax.tree.map(np.asarray, p)
+      for j, i in enumerate(rows):
+        embs[i] = e[j]
+        posts[i] = {k: v[j] for k, v in p.items()}
+  return np.stack(embs), {k: np.stack([p[k] for p in posts]) for k in posts[0]}
 
 
 @functools.lru_cache(maxsize=4)

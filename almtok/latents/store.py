@@ -226,7 +226,7 @@ STATS_FORMAT = "almtok-latents-1"
 STD_FLOOR = 1e-5
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Manifest:
   """What one finished shard holds: written after its ArrayRecord file, so its presence on disk
   marks the shard as done. `skipped` holds the lines skipped.jsonl gets (dicts with `kind`)."""
@@ -299,7 +299,7 @@ class SplitStats:
   shards: tuple[ShardEntry, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Stats:
   """stats.json: what the latents are, the train split's per-channel moments and extremes
   (unnormalised; the extremes are None for latents prepared before they were recorded), each
@@ -354,6 +354,13 @@ class Stats:
       raise ValueError(f"{where}: stats of format {value.get('format')!r}; this almtok reads "
                        f"{STATS_FORMAT!r}")
     floats = lambda key: (np.asarray(value[key], np.float64) if key in value else None)
+    spec = {f.name for f in dataclasses.fields(TokenizerSpec)}
+    if set(value["tokenizer"]) != spec:
+      raise ValueError(f"{where}: its tokenizer spec has keys {sorted(value['tokenizer'])}, "
+                       f"this almtok reads {sorted(spec)}")
+    for key in ("mean", "std"):
+      if key not in value:
+        raise ValueError(f"{where}: no {key!r}")
     return cls(
         tokenizer=TokenizerSpec(**value["tokenizer"]), latent_dtype=value["latent_dtype"],
         dataset=value["dataset"], normalised_from=value["normalised_from"],
