@@ -39,7 +39,9 @@ Dtype = Any
 
 
 class AudioLM(nnx.Module):
-  """Causal decoder over audio slots after a text prefix; subclasses add input and head."""
+  """Causal decoder over audio slots after a text prefix; subclasses add input and head, and
+  define `embed_tokens(inputs_BxLx) -> [B, L, D]`, the input tokens of the audio slots as
+  vectors."""
 
   max_len: int
   text_len: int
@@ -71,10 +73,6 @@ class AudioLM(nnx.Module):
     # Offsets 1 .. max_len; row 0 is never used by a valid slot.
     self.offset_embed = nnx.Embed(self.max_len + 1, self.decoder.width,
                                   embedding_init=nnx.initializers.normal(0.02), **kw)
-
-  def embed_tokens(self, inputs_BxLx: Array) -> Array:
-    """The input tokens of the audio slots as vectors [B, L, D] (the subclass's input)."""
-    raise NotImplementedError
 
   # ------------------------------------------------------------------------------------------
   # Pieces of the input sequence.
