@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 import jax
 import numpy as np
@@ -51,7 +50,7 @@ from configs import synth_small_discrete
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_throughput  # noqa: E402  pylint: disable=g-import-not-at-top
-from sampling import text_for  # noqa: E402  pylint: disable=g-import-not-at-top
+from sampling import text_for, time_generate  # noqa: E402  pylint: disable=g-import-not-at-top
 
 C, N_Q, K = 128, 4, 1024
 FRAMES = 250   # 10 s at 25 Hz.
@@ -79,12 +78,7 @@ def time_sampling(kind: str, size: str, batch: int, cfg: bool, frames: int) -> f
   else:
     settings = sample.CodeSamplerSettings(cfg=cfg, cfg_scale=3.0 if cfg else 1.0)
     sampler = sample.make_sampler(model, settings, quantizer=random_quantizer())
-  text = text_for(config, batch)
-  chunk = min(25, frames)
-  sampler.generate(text, frames, jax.random.PRNGKey(0), chunk=chunk, progress=False)  # Compile.
-  start = time.perf_counter()
-  sampler.generate(text, frames, jax.random.PRNGKey(1), chunk=chunk, progress=False)
-  return time.perf_counter() - start
+  return time_generate(sampler, text_for(config, batch), frames)
 
 
 def training_config(kind: str, size: str, batch: int, mntp: bool):

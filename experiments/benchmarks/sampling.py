@@ -55,7 +55,11 @@ def time_sampler(model, config, batch: int, k: int, cfg: bool, tokens: int) -> f
                                     prediction=config.diffusion.prediction)
   sampler = sample.Sampler(model, diffusion.cosine_schedule(config.diffusion.num_steps),
                            settings)
-  text = text_for(config, batch)
+  return time_generate(sampler, text_for(config, batch), tokens)
+
+
+def time_generate(sampler, text, tokens: int) -> float:
+  """Seconds of `sampler.generate` for `tokens` tokens, after a first call that compiles it."""
   chunk = min(25, tokens)
   sampler.generate(text, tokens, jax.random.PRNGKey(0), chunk=chunk, progress=False)  # Compile.
   start = time.perf_counter()
