@@ -31,6 +31,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
+    # Accelerator builds of jaxlib for the launch recipes (experiments/launch/).
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     "test": [
         "pytest>=8",
         "pytest-xdist>=3.5",

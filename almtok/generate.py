@@ -7,6 +7,11 @@ r"""Generates audio from captions with a trained run (continuous LM or discrete 
       --prompt_seconds=1.0 --out=cont.wav
   python -m almtok.generate --workdir=/tmp/lm --held_out=4 --config.sample.steps=25 \
       --config.sample.cfg_scale=5 --out=outdir/
+  python -m almtok.generate --workdir=/tmp/lm --caption="..." --seconds=30 --extend_stride=2
+
+Clips longer than the trained context are made by a sliding window (AudioGen's extend): a window
+of the context, then windows that keep its newest part as their prompt and add --extend_stride
+seconds each (default half the context); --noextend makes such a duration an error instead.
 
 Sampling follows the run's own `config.sample` block (what its trainer sampled with);
 `--config.sample.KEY=VALUE` changes one setting on top of it.
@@ -18,9 +23,9 @@ model's level unless it would clip (then one gain lowers the clip's peak to -1 d
 recorded); --normalize=clip keeps it whatever it is and reports samples beyond full scale.
 The model is the newest checkpoint in --workdir, with its EMA parameters; what its head was
 trained to predict comes from the run. Bad arguments (an empty caption, a duration under one
-token or longer than the trained context, more head steps than training used, more held-out
-clips than the test split has, a missing or incompatible checkpoint) stop the program with one
-line before any model is loaded and before anything is written.
+token, or longer than the trained context with --noextend, more head steps than training used,
+more held-out clips than the test split has, a missing or incompatible checkpoint) stop the
+program with one line before any model is loaded and before anything is written.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("held_out", None, "Use the first N captions of the training data's "
                        "test split (clips the model never saw).")
   flags.DEFINE_float("seconds", 4.0, "Seconds of audio per caption (prompt included).")
+  flags.DEFINE_bool("extend", True, "Beyond the trained context, slide a window of the context "
+                    "over the clip (AudioGen's extend); --noextend makes that an error.")
+  flags.DEFINE_float("extend_stride", 0.0, "Seconds each window adds (0: half the context).")
   flags.DEFINE_string("out", "out.wav", "Output WAV, or a directory for several captions.")
   # Only the keys given on the command line are used, on top of the run's own config.sample.
   config_flags.DEFINE_config_dict(
@@ -119,13 +127,15 @@ def output_paths(out: str, count: int) -> list[str]:
 
 def generate(workdir: str, captions: list[str], seconds: float,
              settings: sample.SamplerSettings | sample.CodeSamplerSettings, seed: int = 0,
-             prompt_wav: np.ndarray | None = None, progress: bool = True
+             prompt_wav: np.ndarray | None = None, progress: bool = True,
+             extend: bool = True, extend_stride: float = 0.0
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
   """Waveforms [B, S] for the captions, their sample rate, and the settings used (one batch of
-  captions through `sample.Generator`)."""
+  captions through `sample.Generator`; beyond the trained context, a sliding window)."""
   generator = sample.Generator(workdir, settings)
-  generator.num_tokens(seconds)
-  wav, used = generator(captions, seconds, seed, prompt_wav, progress)
+  if generator.num_tokens(seconds, extend) > generator.config.model.max_len:
+    generator.stride_tokens(extend_stride)
+  wav, used = generator(captions, seconds, seed, prompt_wav, progress, extend, extend_stride)
   return wav, generator.sample_rate, used
 
 
@@ -143,7 +153,8 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
         held_out_count: int | None = None, seconds: float = 4.0, out: str = "out.wav",
         sample_overrides: dict[str, Any] | None = None, seed: int = 0,
         prompt_wav: str | None = None,
-        prompt_seconds: float = 1.0, normalize: str = "limit") -> dict[str, Any]:
+        prompt_seconds: float = 1.0, normalize: str = "limit", extend: bool = True,
+        extend_stride: float = 0.0) -> dict[str, Any]:
   """The command line's work: checks every argument, generates, writes WAV + PNG per caption and
   the settings JSON (each file whole or not at all), prints each clip's levels; returns what
   went into the JSON."""
@@ -175,7 +186,8 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
       raise configlib.ConfigError(f"--prompt_wav={e}") from None
     wav_prompt = wav_prompt[:int(prompt_seconds * audio.SAMPLE_RATE)]
   settings = sample.run_settings(run_config, sample_overrides, workdir)
-  wav, rate, used = generate(workdir, captions, seconds, settings, seed, wav_prompt)
+  wav, rate, used = generate(workdir, captions, seconds, settings, seed, wav_prompt,
+                             extend=extend, extend_stride=extend_stride)
   paths = output_paths(out, len(captions))
   refs = reference_audio(workdir, *reference) if reference is not None else [None] * len(paths)
   reports = []
@@ -217,6 +229,7 @@ def main(argv):
   run(workdir=f.workdir, caption=f.caption, captions_file=f.captions_file,
       held_out_count=f.held_out, seconds=f.seconds, out=f.out, sample_overrides=overrides,
       seed=f.seed, prompt_wav=f.prompt_wav, prompt_seconds=f.prompt_seconds,
+      extend=f.extend, extend_stride=f.extend_stride,
       normalize=f.normalize)
 
 

@@ -17,6 +17,7 @@ K codes per codebook (in the code sampler), X rows (B, or 2B with guidance).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import os
@@ -159,6 +160,26 @@ def _sample_token(model: ContinuousLM, z_XxD: Array, schedule: diffusion.Schedul
   return diffusion.ddim_sample(denoise, schedule, (b, c), rng, eta=settings.eta, **kw)
 
 
+def extend(generate: Callable[[int, Array, np.ndarray | None], np.ndarray], window: int,
+           total: int, rng: Array, prompt: np.ndarray | None, stride: int) -> np.ndarray:
+  """`total` items [B, total, ...] from `generate(n, rng, prompt)`, which gives at most `window`
+  (prompt included), by AudioGen's sliding window: the first window is generated (after
+  `prompt`, if any); then, while items are missing, the newest `window - stride` items become
+  the prompt of the next window, which adds up to `stride` new ones. Each window's prompt is
+  prefilled in one parallel pass and its new items are decoded from that KV cache; the cache of
+  the window before cannot serve instead, since its deeper layers' keys saw the items that have
+  left the window (and the rotary positions would shift)."""
+  if not 0 < stride < window:
+    raise ValueError(f"the window stride {stride} must be in (0, {window}) items")
+  out = generate(min(window, total), jax.random.fold_in(rng, 0), prompt)
+  keep = window - stride
+  while out.shape[1] < total:
+    n = min(window, keep + total - out.shape[1])
+    new = generate(n, jax.random.fold_in(rng, out.shape[1]), out[:, -keep:])
+    out = np.concatenate([out, new[:, keep:]], axis=1)
+  return out
+
+
 class Sampler:
   """Generates token sequences from a model; compiled programs are cached per shape."""
 
@@ -210,15 +231,21 @@ class Sampler:
 
   def generate(self, text: TextEmbedding, num_tokens: int, rng: Array,
                prompt_BxPxC: Array | None = None, chunk: int = 25, progress: bool = True,
-               return_z: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+               return_z: bool = False, stride: int = 0
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Samples `num_tokens` tokens per caption, prompt included: float32 [B, L, C].
 
-    With `return_z`, also the conditional decoder outputs that produced the generated tokens
-    ([B, L - P, D] for a prompt of P tokens).
+    Beyond the model's context, windows of the context advance by `stride` tokens (`extend`;
+    0: an error instead). With `return_z`, also the conditional decoder outputs that produced
+    the generated tokens ([B, L - P, D] for a prompt of P tokens; within the context only).
     """
     b = text.pooled_BxE.shape[0]
     if num_tokens > self.max_len:
-      raise ValueError(f"{num_tokens} tokens exceed the model's context of {self.max_len}")
+      if not stride or return_z:
+        raise ValueError(f"{num_tokens} tokens exceed the model's context of {self.max_len}")
+      return extend(lambda n, r, p: self.generate(text, n, r, p, chunk, progress), self.max_len,
+                    num_tokens, rng, None if prompt_BxPxC is None else np.asarray(prompt_BxPxC),
+                    stride)
     if prompt_BxPxC is None:
       prompt_BxPxC = jnp.zeros((b, 0, self.token_dim), jnp.float32)
     p = prompt_BxPxC.shape[1]
@@ -350,11 +377,16 @@ class CodeSampler:
 
   def generate(self, text: TextEmbedding, num_frames: int, rng: Array,
                prompt_BxPxQ: Array | None = None, chunk: int = 25,
-               progress: bool = True) -> np.ndarray:
-    """Samples `num_frames` frames of codes per caption, prompt included: int32 [B, F, Q]."""
+               progress: bool = True, stride: int = 0) -> np.ndarray:
+    """Samples `num_frames` frames of codes per caption, prompt included: int32 [B, F, Q].
+    Beyond the model's context, windows advance by `stride` frames (`extend`; 0: an error)."""
     b = text.pooled_BxE.shape[0]
     if num_frames > self.max_frames:
-      raise ValueError(f"{num_frames} frames exceed the model's context of {self.max_frames}")
+      if not stride:
+        raise ValueError(f"{num_frames} frames exceed the model's context of {self.max_frames}")
+      return extend(lambda n, r, p: self.generate(text, n, r, p, chunk, progress),
+                    self.max_frames, num_frames, rng,
+                    None if prompt_BxPxQ is None else np.asarray(prompt_BxPxQ), stride)
     if prompt_BxPxQ is None:
       prompt_BxPxQ = np.zeros((b, 0, self.num_codebooks), np.int32)
     prompt_BxPxQ = np.asarray(prompt_BxPxQ, np.int32)
@@ -406,12 +438,13 @@ class LatentCodeSampler:
 
   def generate(self, text: TextEmbedding, num_tokens: int, rng: Array,
                prompt_BxPxC: Array | None = None, chunk: int = 25,
-               progress: bool = True) -> np.ndarray:
-    """Normalised latents [B, num_tokens, C] (the prompt's quantised at the start)."""
+               progress: bool = True, stride: int = 0) -> np.ndarray:
+    """Normalised latents [B, num_tokens, C] (the prompt's quantised at the start); windows
+    slide over codes, not latents, beyond the context."""
     prompt = None
     if prompt_BxPxC is not None:
       prompt = np.asarray(jax.jit(rvq.RVQ.encode)(self.quantizer, jnp.asarray(prompt_BxPxC)))
-    codes_BxLxQ = self.codes.generate(text, num_tokens, rng, prompt, chunk, progress)
+    codes_BxLxQ = self.codes.generate(text, num_tokens, rng, prompt, chunk, progress, stride)
     return np.asarray(jax.jit(rvq.RVQ.decode)(self.quantizer, jnp.asarray(codes_BxLxQ)))
 
 
@@ -519,38 +552,57 @@ class Generator:
       self.text_encoder = TextEncoder(max_len=self.config.model.text_len)
     return self._sampler
 
-  def num_tokens(self, seconds: float) -> int:
-    """Tokens of `seconds` of audio; a one-line error outside 1 .. the trained context."""
+  @property
+  def context_seconds(self) -> float:
+    return self.config.model.max_len / self.tokenizer.frame_rate
+
+  def num_tokens(self, seconds: float, extend: bool = True) -> int:
+    """Tokens of `seconds` of audio; a one-line error below one token, or beyond the trained
+    context when not `extend`ed."""
     n = int(round(seconds * self.tokenizer.frame_rate))
     if n < 1:
       raise configlib.ConfigError(f"--seconds={seconds:g}: shorter than one token "
                                   f"({1 / self.tokenizer.frame_rate:g} s)")
-    if n > self.config.model.max_len:
+    if n > self.config.model.max_len and not extend:
       raise configlib.ConfigError(
           f"--seconds={seconds:g}: longer than the trained context of "
-          f"{self.config.model.max_len / self.tokenizer.frame_rate:g} s")
+          f"{self.context_seconds:g} s (and --noextend asks for one window)")
+    return n
+
+  def stride_tokens(self, stride_seconds: float = 0.0) -> int:
+    """The sliding window's stride in tokens: `stride_seconds`, or half the context for 0."""
+    max_len = self.config.model.max_len
+    n = int(round(stride_seconds * self.tokenizer.frame_rate)) if stride_seconds else max_len // 2
+    if not 0 < n < max_len:
+      raise configlib.ConfigError(f"--extend_stride={stride_seconds:g}: must be more than 0 and "
+                                  f"less than the trained context of {self.context_seconds:g} s")
     return n
 
   def __call__(self, captions: list[str], seconds: float, seed: int = 0,
-               prompt_wav: np.ndarray | None = None, progress: bool = True
+               prompt_wav: np.ndarray | None = None, progress: bool = True,
+               extend: bool = True, extend_stride: float = 0.0
                ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Waveforms [B, S] for the captions, and the settings used."""
-    num_tokens = self.num_tokens(seconds)
+    """Waveforms [B, S] for the captions, and the settings used. Beyond the trained context
+    (with `extend`) the window slides by `extend_stride` seconds (0: half the context)."""
+    num_tokens = self.num_tokens(seconds, extend)
+    stride = self.stride_tokens(extend_stride) if num_tokens > self.config.model.max_len else 0
     prompt = None
     if prompt_wav is not None:
       x = np.asarray(self.tokenizer.encode(prompt_wav[None].astype(np.float32)))
       prompt = np.repeat(latents_lib.normalise(x, self.stats), len(captions), axis=0)
-      if prompt.shape[1] >= num_tokens:
-        raise configlib.ConfigError(f"the prompt covers {prompt.shape[1]} of the {num_tokens} "
-                                    f"tokens: nothing is left to generate")
+      if prompt.shape[1] >= min(num_tokens, self.config.model.max_len):
+        raise configlib.ConfigError(
+            f"the prompt covers {prompt.shape[1]} tokens, of {num_tokens} to make in windows of "
+            f"{self.config.model.max_len}: nothing is left to generate")
     sampler = self.sampler
     text = self.text_encoder.encode_for_lm(captions)
     x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
-                              progress=progress)
+                         progress=progress, stride=stride)
     wav = np.asarray(self.tokenizer.decode(latents_lib.denormalise(x, self.stats)))
     used = dict(dataclasses.asdict(self.settings), seed=seed, seconds=seconds,
                 captions=captions, workdir=os.path.abspath(self.workdir),
-                num_tokens=num_tokens, prompt_tokens=0 if prompt is None else prompt.shape[1])
+                num_tokens=num_tokens, prompt_tokens=0 if prompt is None else prompt.shape[1],
+                window=self.config.model.max_len, stride=stride)
     return wav, used
 
 

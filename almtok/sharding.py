@@ -23,10 +23,15 @@ MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 
 # (path glob, mesh axis per dimension). Large matrices are split along their input dimension,
-# embeddings along the vocabulary/position dimension; vectors (norms, biases) are replicated.
+# embeddings along their width (their row counts, such as max_len + 1 offsets or Q x (K + 1)
+# codes, rarely divide by the fsdp axis; the model widths do); vectors (norms, biases) are
+# replicated.
 PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    # A scanned decoder stack: the leading axis is the layer, never split.
+    ("*decoder/layers/*/kernel", (None, "fsdp", None)),
+    ("*decoder/layers/*", ()),
     ("*/kernel", ("fsdp", None)),
-    ("*/embedding", ("fsdp", None)),
+    ("*/embedding", (None, "fsdp")),
     ("*null_prefix", (None, "fsdp")),
     ("*", ()),
 )

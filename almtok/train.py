@@ -13,7 +13,6 @@ On several hosts, pass --multihost (and, off TPU pods and SLURM, --coordinator_a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import contextlib
 import fcntl
 import fnmatch
@@ -21,12 +20,11 @@ import json
 import os
 import signal
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -34,20 +32,17 @@ from flax import nnx
 
 from almtok import checkpoint
 from almtok import configlib
-from almtok import diffusion
 from almtok import fileio
 from almtok import flops
-from almtok import models
 from almtok import optim
 from almtok import plotting
 from almtok import sample
 from almtok import sharding
 from almtok import state as state_lib
+from almtok import steps
 from almtok import tokenizers
 from almtok.latents import pipeline
 from almtok.latents import store as latents_lib
-from almtok.models import continuous_lm
-from almtok.models import discrete_lm
 from almtok.quantizers import rvq
 from almtok.text.cache import TextEmbeddingCache
 from almtok.text.minilm import TextEncoder
@@ -74,29 +69,6 @@ class WorkdirLockedError(configlib.FatalError):
 # ----------------------------------------------------------------------------------------------
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Range checks that must pass before any work starts."""
-  configlib.validate(config, choices={
-      "model_name": models.NAMES, "dtype": ("float32", "bfloat16"),
-      "diffusion.prediction": ("eps", "v"), "diffusion.schedule": ("cosine", "linear"),
-      "model.pattern": discrete_lm.PATTERNS})
-  if (config.model_name == "discrete_lm" and config.model.pattern == "delay"
-      and config.loss.mntp_weight > 0):
-    raise configlib.ConfigError(
-        f"config.loss.mntp_weight={config.loss.mntp_weight}: MNTP on codes needs "
-        f"model.pattern='parallel' (a delay-pattern step mixes codebooks of several frames)")
-  t = config.train
-  if config.data.batch_size % t.grad_accum:
-    raise configlib.ConfigError(
-        f"config.train.grad_accum={t.grad_accum}: must divide data.batch_size="
-        f"{config.data.batch_size}")
-  if config.data.seq_len > config.model.max_len:
-    raise configlib.ConfigError(f"config.data.seq_len={config.data.seq_len}: must be <= "
-                                f"model.max_len={config.model.max_len}")
-  if not 0.0 <= t.ema_decay < 1.0:
-    raise configlib.ConfigError(f"config.train.ema_decay={t.ema_decay}: must be in [0, 1)")
-
-
 # Keys (globs over dotted paths) whose value may differ between the config stored with a
 # checkpoint and the one that resumes it: budgets, logging, evaluation, sampling, where the data
 # is read from, how the work is laid out (accumulation changes memory, not the update), and the
@@ -106,7 +78,8 @@ RESUMABLE_KEYS = (
     "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.sample_*",
     "train.peak_flops", "train.grad_accum", "train.ema_*", "data.latents_dir",
     "data.worker_count", "data.text_cache", "mesh.*", "sharding_rules", "sample.*",
-    "quantizer.path",   # May move; its codebooks are checked against the run's copy instead.
+    "model.decoder.remat",   # Memory, not math: the same loss with any policy.
+    "quantizer.*",   # May move; its codebooks are checked against the run's copy instead.
 )
 
 
@@ -191,135 +164,16 @@ def load_quantizer(config: ml_collections.ConfigDict,
     quantizer = rvq.RVQ.from_export(path, stats=stats)
   except (OSError, ValueError) as e:
     raise configlib.ConfigError(f"config.quantizer.path={path}: {e}") from None
+  if config.quantizer.get("dim", quantizer.dim) != quantizer.dim:
+    raise configlib.ConfigError(
+        f"config.quantizer.dim={config.quantizer.dim}: the quantizer in {path} codes "
+        f"{quantizer.dim}-channel latents")
   for key, want in (("num_codebooks", quantizer.n_q), ("codebook_size", quantizer.k)):
     if config.model[key] != want:
       raise configlib.ConfigError(
           f"config.model.{key}={config.model[key]}: the quantizer in {path} has "
           f"{'n_q' if key == 'num_codebooks' else 'k'}={want}")
   return quantizer
-
-
-def loss_kwargs(config) -> dict[str, Any]:
-  kwargs = dict(cfg_dropout=config.loss.cfg_dropout, mntp_weight=config.loss.mntp_weight,
-                drop_mixture=config.loss.drop_mixture)
-  if config.model_name == "continuous_lm":
-    kwargs.update(batch_mul=config.diffusion.batch_mul, prediction=config.diffusion.prediction)
-  return kwargs
-
-
-class Objective(NamedTuple):
-  """The run's model objective: `loss(model, batch, rng, counts) -> (loss, metrics)` and
-  `counts(batch, rng)`, the whole batch's target counts (see `continuous_lm.target_counts`).
-  `batch` holds `x_BxLxC` (normalised latents), `mask_BxL`, `text` and `index_B`."""
-  loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
-  counts: Callable[..., dict[str, jax.Array]]
-  metric_weights: dict[str, str]
-
-
-def make_objective(config, schedule: diffusion.Schedule | None, quantizer: rvq.RVQ | None,
-                   **overrides) -> Objective:
-  """The continuous LM's diffusion loss, or the discrete baseline's cross-entropy on the codes
-  that `quantizer` gives the same latents (encoded on the device, inside the step)."""
-  kwargs = dict(loss_kwargs(config), **overrides)
-  draws = {k: kwargs[k] for k in ("cfg_dropout", "mntp_weight", "drop_mixture")}
-  if config.model_name == "discrete_lm":
-    shape = dict(num_codebooks=config.model.num_codebooks, pattern=config.model.pattern)
-
-    def loss(model, batch, rng, counts):
-      codes_BxLxQ = quantizer.encode(batch["x_BxLxC"])
-      return discrete_lm.loss_fn(model, batch["text"], codes_BxLxQ, batch["mask_BxL"], rng,
-                                 example_index_B=batch["index_B"], counts=counts, **draws)
-
-    def counts(batch, rng):
-      return discrete_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"], **shape, **draws)
-
-    return Objective(loss, counts, discrete_lm.METRIC_WEIGHTS)
-
-  def loss(model, batch, rng, counts):
-    return continuous_lm.loss_fn(model, batch["text"], batch["x_BxLxC"], batch["mask_BxL"], rng,
-                                 schedule=schedule, example_index_B=batch["index_B"],
-                                 counts=counts, **kwargs)
-
-  def counts(batch, rng):
-    return continuous_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"], **draws)
-
-  return Objective(loss, counts, continuous_lm.METRIC_WEIGHTS)
-
-
-def make_train_step(config, graphdef, tx, schedule, quantizer=None):
-  """The pure step `(state, batch, rng) -> (state, metrics)`.
-
-  `batch` holds `x_BxLxC`, `mask_BxL` and `text` (a TextEmbedding). Every example draws its
-  randomness from `fold_in(fold_in(rng, step), its index in the batch)`, and each loss part is
-  normalised by its count over the whole batch, so with grad_accum > 1 (micro-batches whose
-  gradients are summed in a scan) the update is the whole batch's up to float rounding.
-  Micro-batch i takes rows i, i + accum, i + 2 accum, ...: each device's block of rows holds a
-  share of every micro-batch. A step whose loss or gradient norm is not finite leaves the state
-  unchanged and reports `finite = 0`.
-  """
-  objective = make_objective(config, schedule, quantizer)
-  accum = config.train.grad_accum
-
-  def loss(params, micro, rng, counts):
-    return objective.loss(nnx.merge(graphdef, params), micro, rng, counts)
-
-  grad_fn = jax.value_and_grad(loss, has_aux=True)
-
-  def train_step(state, batch, rng):
-    rng = jax.random.fold_in(rng, state["step"])
-    b = batch["mask_BxL"].shape[0]
-    batch = dict(batch, index_B=jnp.arange(b, dtype=jnp.int32))
-    counts = objective.counts(batch, rng)
-    if accum == 1:
-      (_, metrics), grads = grad_fn(state["params"], batch, rng, counts)
-    else:
-      def split(a):
-        a = a.reshape(b // accum, accum, *a.shape[1:]).swapaxes(0, 1)
-        if not jax.sharding.get_abstract_mesh().empty:
-          a = jax.lax.with_sharding_constraint(
-              a, jax.P(None, sharding.BATCH_AXES, *([None] * (a.ndim - 2))))
-        return a
-
-      micro = jax.tree.map(split, batch)
-
-      def body(carry, mb):
-        (_, m), g = grad_fn(state["params"], mb, rng, counts)
-        return jax.tree.map(jnp.add, carry, (g, m)), None
-
-      first = jax.tree.map(lambda a: a[0], micro)
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                           jax.eval_shape(grad_fn, state["params"], first, rng, counts))
-      (grads, metrics), _ = jax.lax.scan(body, (zeros[1], zeros[0][1]), micro)
-    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
-                             for g in jax.tree.leaves(grads)))
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
-    decay = optim.ema_decay_at(state["step"], config.train.ema_decay, config.train.ema_warmup)
-    new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-           "ema": optim.ema_update(state["ema"], params, decay)}
-    new, finite = optim.keep_if_finite(new, state, metrics["loss"], grad_norm)
-    metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
-                   lr=optim.learning_rate(config.train)(state["step"]), ema_decay=decay)
-    return new, metrics
-
-  return train_step
-
-
-def make_eval_step(config, graphdef, schedule, quantizer=None):
-  """Validation loss of the EMA parameters (no CFG dropout, fixed noise per batch), and the
-  batch's counts to weight it by: NTP and MNTP targets, and examples with tokens (padding rows
-  of a last partial batch have none)."""
-  objective = make_objective(config, schedule, quantizer, cfg_dropout=0.0)
-
-  def eval_step(params, batch, rng):
-    b = batch["mask_BxL"].shape[0]
-    batch = dict(batch, index_B=jnp.arange(b, dtype=jnp.int32))
-    counts = objective.counts(batch, rng)
-    _, metrics = objective.loss(nnx.merge(graphdef, params), batch, rng, counts)
-    counts["examples"] = jnp.sum(jnp.any(batch["mask_BxL"], axis=1).astype(jnp.float32))
-    return metrics, counts
-
-  return eval_step
 
 
 @contextlib.contextmanager
@@ -374,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains until `train.num_steps` (or `train.max_minutes`, or SIGTERM); returns a summary."""
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
-  check_config(config)
+  steps.check_config(config)
   check_run(config, workdir)
   is_main = jax.process_index() == 0
   lock = workdir_lock(workdir) if is_main else contextlib.nullcontext()
@@ -414,10 +268,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           {"x_BxLxC": batch["x_BxLxC"], "mask_BxL": batch["mask_BxL"], "text": text}, mesh)
 
     # --- Update --------------------------------------------------------------------------------
-    metric_weights = make_objective(config, schedule, quantizer).metric_weights
-    train_step = jax.jit(make_train_step(config, graphdef, tx, schedule, quantizer),
+    metric_weights = steps.make_objective(config, schedule, quantizer).metric_weights
+    train_step = jax.jit(steps.make_train_step(config, graphdef, tx, schedule, quantizer),
                          out_shardings=(state_sh, repl), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(config, graphdef, schedule, quantizer),
+    eval_step = jax.jit(steps.make_eval_step(config, graphdef, schedule, quantizer),
                         out_shardings=repl)
 
     # --- Checkpoint ----------------------------------------------------------------------------
@@ -574,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def main(argv):
   del argv
   f = flags.FLAGS
-  check_config(f.config)
+  steps.check_config(f.config)
   if not f.workdir:
     raise configlib.ConfigError("--workdir is required")
   if f.multihost:

@@ -51,13 +51,14 @@ def get_config(arg=None):
       text_len=32,     # Text token slots; the prefix adds the pooled sentence vector.
       decoder=dict(width=size["width"], num_layers=size["num_layers"],
                    num_heads=size["num_heads"], mlp_ratio=4.0, mlp=arg.mlp, rope_base=10_000.0,
-                   remat=False),
+                   remat="none",       # Or "full", "dots" (decoder.REMAT_POLICIES).
+                   scan_layers=False),  # True: one scanned stack (decoder.Decoder).
       pattern=arg.pattern,
   )
   # The RVQ that makes the codes: an export directory of `almtok.quantizers.rvq` fitted on the
   # training latents (its n_q and k must be the model's). Training encodes the normalised
   # latents the continuous arm reads with it, on the device, inside the train step.
-  config.quantizer = dict(path="")
+  config.quantizer = dict(path="", dim=tok["token_dim"])   # dim: the latent channels it codes.
   config.paper_params = PAPER_PARAMS.get(arg.preset, 0.0)   # 0: no published figure.
   config.dtype = "float32"        # Compute dtype; parameters are always float32.
   config.sharding_rules = sharding.PARAM_RULES

@@ -202,6 +202,28 @@ def test_loss_of_a_zero_network(cosine):
   assert float(all_masked) == 0.0
 
 
+def test_rematerialised_draws_give_the_same_sums_and_gradients(cosine):
+  # Draws one at a time (remat) or all at once: the same rows, so the same loss and gradient.
+  n, c = 64, 3
+  rng = jax.random.key(5)
+  x0_NxC = jax.random.normal(jax.random.key(6), (n, c))
+  z_NxD = jax.random.normal(jax.random.key(7), (n, 2))
+  w_N = (jnp.arange(n) % 5 != 0).astype(jnp.float32)
+  keys_N = jax.random.split(rng, n)
+
+  def terms(w_CxC, remat, prediction):
+    fn = lambda x, t, z: jnp.tanh(x @ w_CxC) + z[:, :1] * t[:, None] / 1000.0
+    return diffusion.diffusion_loss_terms(fn, cosine, x0_NxC, z_NxD, w_N, keys_N, batch_mul=3,
+                                          prediction=prediction, remat=remat)
+
+  w = jax.random.normal(jax.random.key(8), (c, c))
+  for prediction in ("eps", "v"):
+    plain, checked = terms(w, False, prediction), terms(w, True, prediction)
+    np.testing.assert_allclose(checked, plain, rtol=1e-6)
+    grads = [jax.grad(lambda m, r=r: terms(m, r, prediction)[0])(w) for r in (False, True)]
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------
 # Classifier-free guidance.
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from almtok import configlib
 from almtok import generate
 from almtok import models
 from almtok import sample
+from almtok import steps
 from almtok import train
 from almtok.models import discrete_lm
 from almtok.models import mntp
@@ -199,6 +200,16 @@ def test_generated_codes_decode_to_latents_and_continue_a_prompt():
                                                       prompt_BxPxQ=prompt, chunk=5,
                                                       progress=False)
   assert np.array_equal(cont[:, :5], prompt)
+  # Beyond the 12-frame context, windows slide 5 frames at a time over codes: the first is a
+  # plain window, the next continues its newest 7 frames.
+  rng, sampler = jax.random.PRNGKey(3), sample.CodeSampler(model, settings)
+  long = sampler.generate(text, 2 * L, rng, chunk=5, progress=False, stride=5)
+  assert long.shape == (B, 2 * L, Q)
+  first = sampler.generate(text, L, jax.random.fold_in(rng, 0), chunk=5, progress=False)
+  np.testing.assert_array_equal(long[:, :L], first)
+  second = sampler.generate(text, L, jax.random.fold_in(rng, L), prompt_BxPxQ=long[:, L - 7:L],
+                            chunk=5, progress=False)
+  np.testing.assert_array_equal(long[:, L:L + 5], second[:, 7:])
 
 
 def test_generate_writes_wav_and_png_from_a_discrete_run(tiny_dlm, tmp_path):
@@ -224,7 +235,7 @@ def test_a_codebook_config_unlike_the_quantizer_is_one_line(tiny_latents, tiny_r
       train.check_run(config, str(tmp_path / "run"))
   config = tiny_dlm_config(tiny_latents, tiny_rvq, **{"loss.mntp_weight": 1.0})
   with pytest.raises(configlib.ConfigError, match="needs model.pattern='parallel'"):
-    train.check_config(config)
+    steps.check_config(config)
   config = tiny_dlm_config(tiny_latents, "")
   with pytest.raises(configlib.ConfigError, match="config.quantizer.path is empty"):
     train.check_run(config, str(tmp_path / "run"))

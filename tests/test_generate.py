@@ -70,7 +70,8 @@ def test_bad_argument_is_one_line_from_the_program(tiny_lm, tmp_path):
 BAD = [
     (dict(caption=""), "caption 1 is empty"),
     (dict(caption="a beep", seconds=0), "--seconds=0: must be positive"),
-    (dict(caption="a beep", seconds=60), "--seconds=60: longer than the trained"),
+    (dict(caption="a beep", seconds=60, extend=False), "--seconds=60: longer than the trained"),
+    (dict(caption="a beep", seconds=60, extend_stride=30), "--extend_stride=30: must be more"),
     (dict(caption="a beep", seconds=0.02), "--seconds=0.02: shorter than one token"),
     (dict(caption="a beep", captions_file="x.txt"), "give exactly one of"),
     (dict(caption="a beep", sample_overrides=dict(temperature=0)),
@@ -94,6 +95,15 @@ def test_bad_arguments_fail_before_any_work(tiny_lm, tmp_path, kwargs, expected)
     generate.run(workdir=tiny_lm, out=str(out), **kwargs)
   assert str(e.value).startswith(expected) and "\n" not in str(e.value), str(e.value)
   assert not out.exists() and not os.listdir(tmp_path)
+
+
+def test_clips_beyond_the_trained_context_slide_a_window(tiny_lm, tmp_path):
+  # The tiny run's context is 4 s (100 tokens): 5 s is one window and one stride of 2 s.
+  out = tmp_path / "long.wav"
+  used = generate.run(workdir=tiny_lm, caption="a beep", seconds=5.0, extend_stride=2.0,
+                      out=str(out), sample_overrides=dict(steps=2))
+  assert abs(sf.info(out).duration - 5.0) < 0.05
+  assert (used["window"], used["stride"], used["num_tokens"]) == (100, 50, 125)
 
 
 def test_settings_that_contradict_the_run_are_refused(tiny_lm):

@@ -10,8 +10,9 @@ PACKAGE = os.path.join(ROOT, "almtok")
 
 # Top-level units of `almtok` by layer, highest first.
 LAYERS = (
-    ("entry points", ("build_data", "prepare", "train", "generate", "evaluate", "param_count")),
-    ("engines", ("sample", "state", "evaluation")),
+    ("entry points", ("build_data", "prepare", "train", "generate", "evaluate", "param_count",
+                      "plan")),
+    ("engines", ("sample", "state", "steps", "evaluation")),
     ("blocks", ("models", "diffusion", "datasets", "tokenizers", "latents", "quantizers", "text")),
     ("foundation", ("audio", "configlib", "sharding", "checkpoint", "optim", "plotting",
                     "events", "fileio", "flops", "rng")),

@@ -78,6 +78,26 @@ def test_continuation_keeps_the_prompt(model, text):
   np.testing.assert_allclose(z, z_tf[:, 4:], atol=5e-5, rtol=5e-5)
 
 
+def test_sliding_window_extends_beyond_the_context(model, text):
+  # 12-token context, stride 5: windows of 12 keep the newest 7 tokens as the next prompt.
+  sampler, rng, stride = make_sampler(model), jax.random.PRNGKey(8), 5
+  total = 2 * L + 3
+  x = sampler.generate(text, total, rng, chunk=5, progress=False, stride=stride)
+  assert x.shape == (B, total, C) and np.all(np.isfinite(x))
+  first = sampler.generate(text, L, jax.random.fold_in(rng, 0), chunk=5, progress=False)
+  np.testing.assert_array_equal(x[:, :L], first)
+  # Each later window continues the last window's newest L - stride tokens.
+  keep, done = L - stride, L
+  while done < total:
+    n = min(L, keep + total - done)
+    window = sampler.generate(text, n, jax.random.fold_in(rng, done), chunk=5, progress=False,
+                              prompt_BxPxC=x[:, done - keep:done])
+    np.testing.assert_array_equal(x[:, done:done + n - keep], window[:, keep:])
+    done += n - keep
+  with pytest.raises(ValueError, match="stride 12 must be in"):
+    sampler.generate(text, total, rng, progress=False, stride=L)
+
+
 def test_too_long_and_bad_settings_fail_clearly(model, text):
   sampler = make_sampler(model)
   with pytest.raises(ValueError, match="exceed the model's context of 12"):

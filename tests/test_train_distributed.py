@@ -37,7 +37,7 @@ _FSDP_SCRIPT = r"""
 import json
 import jax
 import numpy as np
-from almtok import optim, sharding, train
+from almtok import optim, sharding, steps
 from almtok import state as state_lib
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
@@ -60,7 +60,7 @@ schedule = state_lib.make_schedule(config)
 # (initial state, the jitted train step, the global batch) of `config` on `mesh`.
 def setup(config, mesh, host):
   graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
-  step = jax.jit(train.make_train_step(config, graphdef, tx, schedule),
+  step = jax.jit(steps.make_train_step(config, graphdef, tx, schedule),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
   a = sharding.global_batch(host, mesh)
   return state, step, {"x_BxLxC": a["x_BxLxC"], "mask_BxL": a["mask_BxL"],
@@ -189,11 +189,14 @@ def test_fsdp_over_8_devices_splits_the_matrices_and_matches_one_device(jax_cach
       x = leaves[tree + kernel]
       assert x["spec"][0] == "fsdp" and x["devices"] == 8, (tree + kernel, x)
       assert x["shards"] == [[x["shape"][0] // 4] + x["shape"][1:]], (tree + kernel, x)
-  # Vectors stay whole; a dimension that 4 does not divide is not split.
+  # Vectors stay whole; embeddings are split along their width.
   norm = leaves["params/decoder/norm/scale"]
   assert norm["shards"] == [norm["shape"]]
   offsets = leaves["params/offset_embed/embedding"]
-  assert offsets["spec"][0] == (None if offsets["shape"][0] % 4 else "fsdp"), offsets
+  assert offsets["spec"] == [None, "fsdp"], offsets
+  # No leaf of 2048 or more entries (parameters, EMA, Adam's moments) is replicated.
+  whole = [n for n, x in leaves.items() if np.prod(x["shape"]) >= 2048 and "fsdp" not in x["spec"]]
+  assert not whole, whole
   # Each device holds about a quarter of the parameters (vectors are a small part).
   params = {n: x for n, x in leaves.items() if n.startswith("params/")}
   total = sum(np.prod(x["shape"]) for x in params.values())

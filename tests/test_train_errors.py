@@ -16,6 +16,7 @@ import pytest
 
 from almtok import configlib
 from almtok import state as state_lib
+from almtok import steps
 from almtok import train
 from tests.tiny import tiny_lm_config
 
@@ -125,7 +126,7 @@ def test_a_split_smaller_than_the_batch_is_evaluated_and_sampled(tiny_lm, tiny_l
   assert np.all(batch["valid_B"])
   text = TextEmbeddingCache(TextEncoder(max_len=config.model.text_len), 8).embed(
       batch["text_ids_BxN"], batch["text_mask_BxN"], batch["id"])
-  step = jax.jit(train.make_eval_step(config, graphdef, state_lib.make_schedule(config)))
+  step = jax.jit(steps.make_eval_step(config, graphdef, state_lib.make_schedule(config)))
   want, _ = jax.device_get(step(ema, {"x_BxLxC": batch["x_BxLxC"],
                                       "mask_BxL": batch["mask_BxL"], "text": text},
                                 jax.random.PRNGKey(0)))

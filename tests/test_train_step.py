@@ -17,7 +17,7 @@ import pytest
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import train
+from almtok import steps
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
 
@@ -47,16 +47,16 @@ def _batch(config):
                                 jnp.asarray(pooled))}
 
 
-def _run(config, steps: int = 1):
-  """(states after each step, metrics of each step) of `steps` steps on the shared batch."""
+def _run(config, num_steps: int = 1):
+  """(states after each step, metrics of each step) of `num_steps` steps on the shared batch."""
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   with jax.set_mesh(mesh):
     tx = optim.make_optimizer(config.train)
     graphdef, state, _ = state_lib.init_state(config, mesh, tx)
-    step = jax.jit(train.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)))
+    step = jax.jit(steps.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)))
     batch = _batch(config)
     states, metrics = [], []
-    for _ in range(steps):
+    for _ in range(num_steps):
       state, m = step(state, batch, jax.random.PRNGKey(config.seed))
       states.append(jax.device_get(state))
       metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
@@ -65,12 +65,12 @@ def _run(config, steps: int = 1):
 
 @pytest.fixture(scope="module")
 def full_batch():
-  return _run(_config(accum=1), steps=3)
+  return _run(_config(accum=1), num_steps=3)
 
 
 def test_grad_accumulation_gives_the_full_batch_update(full_batch):
   want_states, want_metrics = full_batch
-  got_states, got_metrics = _run(_config(accum=4), steps=1)
+  got_states, got_metrics = _run(_config(accum=4), num_steps=1)
   for name in ("loss", "ntp_loss", "mntp_loss", "grad_norm", "mntp_kept_frac", "cfg_drop_frac"):
     np.testing.assert_allclose(got_metrics[0][name], want_metrics[0][name], rtol=2e-6,
                                err_msg=name)
@@ -88,7 +88,7 @@ def test_ema_warms_up_and_tracks_the_weights_early(full_batch):
                              rtol=1e-6)
   # After three updates the EMA holds 0.1 * 2/11 * 3/12 = 0.45% of the initial weights
   # (without warm-up: 98.5%); it sits far closer to the trained weights than to the init.
-  init = _run(_config(accum=1, num_steps=16, learning_rate=0.0), steps=1)[0][0]["params"]
+  init = _run(_config(accum=1, num_steps=16, learning_rate=0.0), num_steps=1)[0][0]["params"]
   last = states[-1]
   for (path, p0), p, e in zip(jax.tree_util.tree_leaves_with_path(init),
                               jax.tree.leaves(last["params"]), jax.tree.leaves(last["ema"])):

@@ -167,8 +167,7 @@ class Tagger(nnx.Module):
       x = jax.nn.gelu(norm(conv(x)))
       # Frequency keeps 16 bands (simultaneous notes of a chord stay apart), time a grid of
       # 80 ms (pulses, envelopes).
-      window = (2 if i < FREQ_POOLS else 1, 2 if i < TIME_POOLS else 1)
-      x = nnx.max_pool(x, window, strides=window, padding="SAME")
+      x = _max_pool(x, 2 if i < FREQ_POOLS else 1, 2 if i < TIME_POOLS else 1)
     b, h, w, c = x.shape
     h_BxWxD = jax.nn.gelu(self.frame(x.transpose(0, 2, 1, 3).reshape(b, w, h * c)))
     for conv in self.temporal:
@@ -183,6 +182,19 @@ class Tagger(nnx.Module):
     emb_BxE = self.embed(jnp.concatenate([mean_BxD, max_BxD], axis=-1))
     hidden_BxE = jax.nn.gelu(emb_BxE)
     return emb_BxE, {name: head(hidden_BxE) for name, head in self.heads.items()}
+
+
+def _max_pool(x_BxHxWxC: Array, fh: int, fw: int) -> Array:
+  """Max over non-overlapping fh x fw windows, the edge padded as "SAME" pooling pads it.
+
+  A reshape and a max, not `nnx.max_pool`: the same values, and its gradient costs XLA on CPU
+  far less than reduce_window's (the whole train step is about 1.5x faster)."""
+  if fh == fw == 1:
+    return x_BxHxWxC
+  b, h, w, c = x_BxHxWxC.shape
+  pad = ((0, 0), (0, -h % fh), (0, -w % fw), (0, 0))
+  x = jnp.pad(x_BxHxWxC, pad, constant_values=-jnp.inf)
+  return x.reshape(b, x.shape[1] // fh, fh, x.shape[2] // fw, fw, c).max(axis=(2, 4))
 
 
 def posteriors(logits: Mapping[str, Array]) -> dict[str, Array]:

@@ -78,8 +78,8 @@ def target_counts(mask_BxL: Array, rng: Array, example_index_B: Array | None = N
 def loss_fn(model: ContinuousLM, text: TextEmbedding, x_BxLxC: Array, mask_BxL: Array,
             rng: Array, *, schedule: diffusion.Schedule, cfg_dropout: float,
             mntp_weight: float, drop_mixture, batch_mul: int, prediction: str,
-            example_index_B: Array | None = None, counts: dict[str, Array] | None = None
-            ) -> tuple[Array, dict[str, Array]]:
+            example_index_B: Array | None = None, counts: dict[str, Array] | None = None,
+            head_remat: bool = False) -> tuple[Array, dict[str, Array]]:
   """Training loss `ntp + mntp_weight * mntp` and its parts (float32).
 
   Each part is the mean of the head's loss over its valid targets. One decoder call runs the NTP
@@ -110,7 +110,7 @@ def loss_fn(model: ContinuousLM, text: TextEmbedding, x_BxLxC: Array, mask_BxL: 
         model.head, schedule, targets_XxLxC[rows].reshape(-1, c),
         z_XxLxD[rows].reshape(b * l, -1), slots.valid_BxL[rows].reshape(-1),
         token_keys_BxL.reshape(b * l, *token_keys_BxL.shape[2:]), batch_mul=batch_mul,
-        prediction=prediction)
+        prediction=prediction, remat=head_remat)
     return total / jnp.maximum(batch_mul * counts[name], 1.0)
 
   ntp_loss = part(slice(0, b), d.ntp_keys_B, "ntp")

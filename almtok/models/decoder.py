@@ -28,11 +28,31 @@ Dtype = Any
 
 _NEG_INF = -1e30
 
+# Rematerialisation of each block in the backward pass, by name (the `jax.checkpoint_policies`
+# sense): "none" keeps every activation; "full" keeps only each block's input and recomputes the
+# rest; "dots" keeps the outputs of the weight matmuls (QKV, output and MLP projections) and
+# recomputes the attention scores, norms and activations around them.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_name(remat: str | bool) -> str:
+  """The policy name of a `remat` setting (True and False, from older configs, are "full" and
+  "none"); ValueError for an unknown name."""
+  if isinstance(remat, bool):
+    return "full" if remat else "none"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}: choose one of {sorted(REMAT_POLICIES)}")
+  return remat
+
 
 class KVCache(NamedTuple):
   """Keys and values per layer, with a validity mask and the number of slots written."""
-  k: tuple[Array, ...]   # per layer [B, T, H, K]
-  v: tuple[Array, ...]   # per layer [B, T, H, K]
+  k: tuple[Array, ...] | Array   # per layer [B, T, H, K]; a scanned stack's: one [N, B, T, H, K]
+  v: tuple[Array, ...] | Array
   mask_BxT: Array        # bool: slot t holds a real (non-padding) key
   length: Array          # int32 scalar: slots written so far
 
@@ -131,26 +151,44 @@ class Block(nnx.Module):
 
 
 class Decoder(nnx.Module):
-  """A stack of causal blocks and a final norm; maps embedded slots to outputs z."""
+  """A stack of causal blocks and a final norm; maps embedded slots to outputs z.
+
+  With `scan_layers`, the blocks are one `Block` whose parameters carry a leading layer axis
+  (`layers/...`, N x the per-block shape), run by a scan over that axis: the program compiles
+  once whatever the depth, and a remat policy then bounds what the backward pass keeps to each
+  layer's saved values (an unrolled stack leaves the recomputation's schedule to the compiler).
+  Otherwise they are a list (`blocks/0/...`, `blocks/1/...`). Both compute the same function.
+  """
 
   def __init__(self, width: int, num_layers: int, num_heads: int, mlp_ratio: float = 4.0,
-               mlp: str = "gelu", rope_base: float = 10_000.0, remat: bool = False, *,
-               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               mlp: str = "gelu", rope_base: float = 10_000.0, remat: str | bool = "none",
+               scan_layers: bool = False, *, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     self.width, self.num_layers, self.num_heads = width, num_layers, num_heads
-    self.dtype, self.remat = dtype, remat
+    self.dtype, self.remat, self.scan_layers = dtype, remat_name(remat), scan_layers
     mlp_dim = int(round(width * mlp_ratio))
-    self.blocks = nnx.List([
-        Block(width, num_heads, mlp_dim, mlp, rope_base=rope_base, dtype=dtype,
-              param_dtype=param_dtype, rngs=rngs) for _ in range(num_layers)])
+
+    def block(r: nnx.Rngs) -> Block:
+      return Block(width, num_heads, mlp_dim, mlp, rope_base=rope_base, dtype=dtype,
+                   param_dtype=param_dtype, rngs=r)
+
+    if scan_layers:   # N blocks made at once, each from its own split of the rngs.
+      self.layers = nnx.split_rngs(splits=num_layers)(
+          nnx.vmap(block, in_axes=(0,), out_axes=0))(rngs)
+    else:
+      self.blocks = nnx.List([block(rngs) for _ in range(num_layers)])
     self.norm = nnx.RMSNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def init_cache(self, batch: int, capacity: int, dtype: Dtype | None = None) -> KVCache:
     """An empty cache for `capacity` slots."""
     shape = (batch, capacity, self.num_heads, self.width // self.num_heads)
     dtype = dtype or self.dtype
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(self.num_layers))
-    return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(self.num_layers)),
-                   mask_BxT=jnp.zeros((batch, capacity), bool), length=jnp.zeros((), jnp.int32))
+    if self.scan_layers:
+      k, v = (jnp.zeros((self.num_layers, *shape), dtype) for _ in range(2))
+    else:
+      k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(self.num_layers)) for _ in range(2))
+    return KVCache(k=k, v=v, mask_BxT=jnp.zeros((batch, capacity), bool),
+                   length=jnp.zeros((), jnp.int32))
 
   def __call__(self, x_BxSxD: Array, positions_BxS: Array, mask_BxS: Array,
                cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
@@ -175,18 +213,26 @@ class Decoder(nnx.Module):
       allowed_BxSxT = causal_SxT[None] & new_mask_BxT[:, None, :]
     # A padded query also sees itself, so that no softmax row is empty; its output is ignored.
     allowed_BxSxT = allowed_BxSxT | _diagonal(s, allowed_BxSxT.shape[-1], start)[None]
-    run_block = nnx.remat(Block.__call__) if self.remat else Block.__call__
-    new_k, new_v = [], []
-    for i, block in enumerate(self.blocks):
-      kv = None if cache is None else (cache.k[i], cache.v[i])
-      x_BxSxD, layer_cache = run_block(block, x_BxSxD, positions_BxS, allowed_BxSxT, kv, start)
-      if layer_cache is not None:
-        new_k.append(layer_cache[0])
-        new_v.append(layer_cache[1])
+    def run_block(block, x_BxSxD, kv):
+      return block(x_BxSxD, positions_BxS, allowed_BxSxT, kv, start)
+
+    if self.remat != "none" and cache is None:   # Decoding keeps no activations anyway.
+      run_block = nnx.remat(run_block, policy=REMAT_POLICIES[self.remat])
+    if self.scan_layers:
+      kv = None if cache is None else (cache.k, cache.v)
+      x_BxSxD, new_kv = nnx.scan(run_block, in_axes=(0, nnx.Carry, 0),
+                                 out_axes=(nnx.Carry, 0))(self.layers, x_BxSxD, kv)
+    else:
+      new = []
+      for i, block in enumerate(self.blocks):
+        kv = None if cache is None else (cache.k[i], cache.v[i])
+        x_BxSxD, layer_kv = run_block(block, x_BxSxD, kv)
+        new.append(layer_kv)
+      new_kv = None if cache is None else tuple(zip(*new))
     z_BxSxD = self.norm(x_BxSxD).astype(jnp.float32)
     if cache is None:
       return z_BxSxD, None
-    return z_BxSxD, KVCache(k=tuple(new_k), v=tuple(new_v), mask_BxT=new_mask_BxT,
+    return z_BxSxD, KVCache(k=new_kv[0], v=new_kv[1], mask_BxT=new_mask_BxT,
                             length=cache.length + s)
 
 

@@ -40,7 +40,7 @@ from almtok import optim
 from almtok import sample
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import train
+from almtok import steps
 from almtok.quantizers import rvq
 from almtok.text.minilm import TextEmbedding
 from configs import continuous_lm
@@ -104,7 +104,7 @@ def time_training(kind: str, size: str, batch: int, steps: int, mntp: bool,
                                                                            dtype=np.float32))}
   with jax.set_mesh(mesh):
     graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
-    step = jax.jit(train.make_train_step(config, graphdef, tx, state_lib.make_schedule(config),
+    step = jax.jit(steps.make_train_step(config, graphdef, tx, state_lib.make_schedule(config),
                                          quantizer),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     batch_arrays = sharding.global_batch(host, mesh)

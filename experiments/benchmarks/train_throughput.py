@@ -3,7 +3,7 @@ r"""Training throughput of the continuous LM on this machine: tokens/s, step tim
   .venv/bin/python experiments/benchmarks/train_throughput.py              # tiny, small, base
   .venv/bin/python experiments/benchmarks/train_throughput.py --sizes=small --profile=small
 
-Each size runs the trainer's own jitted step (`state.init_state` + `train.make_train_step`, with
+Each size runs the trainer's own jitted step (`state.init_state` + `steps.make_train_step`, with
 the same donation and out-shardings as `train.py`) on one device, on a synthetic batch of the CPU
 demo's shapes (configs/synth_small.py at that size: mel tokens, L = 100 tokens = 4 s, MNTP on,
 the demo's diffusion batch_mul). The first step compiles and is timed apart; the table reports
@@ -43,7 +43,7 @@ from almtok import flops
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import train
+from almtok import steps
 from almtok.models import mntp
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
@@ -117,7 +117,7 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
   tx = optim.make_optimizer(config.train)
   with jax.set_mesh(mesh):
     graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
-    step = jax.jit(train.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)),
+    step = jax.jit(steps.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     batch_arrays = sharding.global_batch(synthetic_batch(config), mesh)
     rng = jax.random.PRNGKey(0)
@@ -142,7 +142,7 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx = optim.make_optimizer(config.train)
   schedule = state_lib.make_schedule(config)
-  kw = train.loss_kwargs(config)
+  kw = steps.loss_kwargs(config)
   b, l, d = config.data.batch_size, config.data.seq_len, config.model.decoder.width
   with jax.set_mesh(mesh):
     graphdef, state, _ = state_lib.init_state(config, mesh, tx)
