@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from almtok import rng as rng_lib
+from almtok import sharding
 
 Array = jax.Array
 SampleFn = Callable[[Array, Array], Array]
@@ -326,9 +327,9 @@ def diffusion_loss_terms(
   """(sum of w * loss, sum of w) over the denoiser's rows, float32 scalars.
 
   Each token is used `batch_mul` times with independent timesteps (uniform over the schedule's
-  steps) and noise; its conditioning z and weight are repeated alongside, so the denoiser sees
-  batch_mul * N rows (tiled: row i*N + n is token n). The per-row loss is the mean over C of the
-  squared error of the eps (or v) prediction.
+  steps) and noise, with the same conditioning z and weight: the denoiser runs once per draw on
+  the N tokens (all draws at once, vmapped). The per-row loss is the mean over C of the squared
+  error of the eps (or v) prediction.
 
   With `remat`, the draws run one at a time in a scan whose body keeps nothing for the backward
   pass but its inputs: the denoiser's activations of N rows live at a time instead of
@@ -350,33 +351,24 @@ def diffusion_loss_terms(
 
   t_NxR, noise_NxRxC = jax.vmap(draw)(keys_N)
   w_N = jnp.ones((n,), jnp.float32) if weight_N is None else weight_N.astype(jnp.float32)
+  # Each draw's rows stay split by token over the batch axes (see `sharding.shard_rows`).
+  x0_NxC = sharding.shard_rows(x0_NxC.astype(jnp.float32))
+  z_NxD = sharding.shard_rows(z_NxD)
+
+  def one_draw(t_N, noise_NxC):
+    x_t_NxC = q_sample(schedule, x0_NxC, t_N, noise_NxC)
+    out_NxC = denoise_fn(x_t_NxC, schedule.timesteps[t_N], z_NxD).astype(jnp.float32)
+    target_NxC = (noise_NxC if prediction == "eps"
+                  else v_from_x0_eps(schedule, x0_NxC, t_N, noise_NxC))
+    return jnp.sum(w_N * jnp.mean(jnp.square(out_NxC - target_NxC), axis=-1))
+
+  draws = (t_NxR.T, noise_NxRxC.swapaxes(0, 1))
   if remat:
-    x0_f32_NxC = x0_NxC.astype(jnp.float32)
-
-    @jax.checkpoint
-    def one_draw(t_N, noise_NxC):
-      x_t_NxC = q_sample(schedule, x0_f32_NxC, t_N, noise_NxC)
-      out_NxC = denoise_fn(x_t_NxC, schedule.timesteps[t_N], z_NxD).astype(jnp.float32)
-      target_NxC = (noise_NxC if prediction == "eps"
-                    else v_from_x0_eps(schedule, x0_f32_NxC, t_N, noise_NxC))
-      return jnp.sum(w_N * jnp.mean(jnp.square(out_NxC - target_NxC), axis=-1))
-
-    _, per_draw_R = jax.lax.scan(lambda carry, d: (carry, one_draw(*d)), None,
-                                 (t_NxR.T, noise_NxRxC.swapaxes(0, 1)))
-    return jnp.sum(per_draw_R), batch_mul * jnp.sum(w_N)
-  t_M = t_NxR.T.reshape(-1)
-  noise_MxC = noise_NxRxC.swapaxes(0, 1).reshape(batch_mul * n, -1)
-  x0_MxC = jnp.tile(x0_NxC.astype(jnp.float32), (batch_mul, 1))
-  z_MxD = jnp.tile(z_NxD, (batch_mul, 1))
-  w_M = jnp.tile(w_N, (batch_mul,))
-  x_t_MxC = q_sample(schedule, x0_MxC, t_M, noise_MxC)
-  out_MxC = denoise_fn(x_t_MxC, schedule.timesteps[t_M], z_MxD).astype(jnp.float32)
-  if prediction == "eps":
-    target_MxC = noise_MxC
+    body = jax.checkpoint(one_draw)
+    _, per_draw_R = jax.lax.scan(lambda carry, d: (carry, body(*d)), None, draws)
   else:
-    target_MxC = v_from_x0_eps(schedule, x0_MxC, t_M, noise_MxC)
-  loss_M = jnp.mean(jnp.square(out_MxC - target_MxC), axis=-1)
-  return jnp.sum(w_M * loss_M), jnp.sum(w_M)
+    per_draw_R = jax.vmap(one_draw)(*draws)
+  return jnp.sum(per_draw_R), batch_mul * jnp.sum(w_N)
 
 
 def diffusion_loss(

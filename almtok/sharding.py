@@ -104,6 +104,24 @@ def param_shardings(abstract_tree, mesh: Mesh, rules=PARAM_RULES):
       abstract_tree)
 
 
+def shard_rows(x: jax.Array) -> jax.Array:
+  """`x` with its leading (example or token) axis split over the batch axes of the mesh in
+  context, when one is set and that axis divides evenly; else `x` unchanged.
+
+  Model code calls it on activations. Under FSDP the weights are split along their input
+  dimension; left to itself the compiler may then split an activation's features the same way
+  and hold every example on every device, instead of gathering the weights and keeping each
+  device's own examples.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return x
+  n = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+  if n == 1 or x.shape[0] % n:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *([None] * (x.ndim - 1))))
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Leading (batch) dimension split over data and fsdp; the rest whole."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

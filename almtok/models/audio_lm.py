@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from almtok import rng as rng_lib
+from almtok import sharding
 from almtok.models import mntp
 from almtok.models.decoder import Decoder, KVCache
 from almtok.text.minilm import TextEmbedding
@@ -85,7 +86,7 @@ class AudioLM(nnx.Module):
       raise ValueError(f"text has {n} token slots, the model was built for text_len "
                        f"{self.text_len}")
     pooled_Bx1xD = self.pooled_proj(text.pooled_BxE.astype(self.dtype))[:, None, :]
-    tokens_BxNxD = self.text_proj(text.tokens_BxNxE.astype(self.dtype))
+    tokens_BxNxD = sharding.shard_rows(self.text_proj(text.tokens_BxNxE.astype(self.dtype)))
     h_BxPxD = jnp.concatenate([pooled_Bx1xD, tokens_BxNxD], axis=1)
     mask_BxP = jnp.concatenate([jnp.ones((b, 1), bool), text.mask_BxN.astype(bool)], axis=1)
     null_BxPxD = jnp.broadcast_to(self.null_prefix[...].astype(h_BxPxD.dtype), h_BxPxD.shape)
@@ -95,7 +96,7 @@ class AudioLM(nnx.Module):
 
   def embed_slots(self, inputs_BxLx: Array, src_BxL: Array, offset_BxL: Array) -> Array:
     """Audio slot embeddings: start-of-audio or the embedded token, plus the target offset."""
-    tokens_BxLxD = self.embed_tokens(inputs_BxLx)
+    tokens_BxLxD = sharding.shard_rows(self.embed_tokens(inputs_BxLx))
     start_BxLxD = jnp.broadcast_to(self.start[...].astype(tokens_BxLxD.dtype), tokens_BxLxD.shape)
     h_BxLxD = jnp.where((src_BxL < 0)[:, :, None], start_BxLxD, tokens_BxLxD)
     return h_BxLxD + self.offset_embed(offset_BxL)

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from almtok import sharding
+
 Array = jax.Array
 Dtype = Any
 
@@ -214,7 +216,11 @@ class Decoder(nnx.Module):
     # A padded query also sees itself, so that no softmax row is empty; its output is ignored.
     allowed_BxSxT = allowed_BxSxT | _diagonal(s, allowed_BxSxT.shape[-1], start)[None]
     def run_block(block, x_BxSxD, kv):
-      return block(x_BxSxD, positions_BxS, allowed_BxSxT, kv, start)
+      x_BxSxD, kv = block(x_BxSxD, positions_BxS, allowed_BxSxT, kv, start)
+      return (x_BxSxD if cache is not None else sharding.shard_rows(x_BxSxD)), kv
+
+    if cache is None:
+      x_BxSxD = sharding.shard_rows(x_BxSxD)
 
     if self.remat != "none" and cache is None:   # Decoding keeps no activations anyway.
       run_block = nnx.remat(run_block, policy=REMAT_POLICIES[self.remat])

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from almtok import sharding
+
 Array = jax.Array
 Dtype = jnp.dtype
 
@@ -118,8 +120,9 @@ class Denoiser(nnx.Module):
     self.final = FinalLayer(width, token_dim, **kw)
 
   def __call__(self, x_t_NxC: Array, t_N: Array, z_NxD: Array) -> Array:
-    c_NxW = self.time_embed(t_N) + self.cond_embed(z_NxD.astype(self.dtype))
-    x_NxW = self.input_proj(x_t_NxC.astype(self.dtype))
+    # Rows stay split over the batch axes under FSDP (`sharding.shard_rows`).
+    c_NxW = sharding.shard_rows(self.time_embed(t_N) + self.cond_embed(z_NxD.astype(self.dtype)))
+    x_NxW = sharding.shard_rows(self.input_proj(x_t_NxC.astype(self.dtype)))
     for block in self.blocks:
-      x_NxW = block(x_NxW, c_NxW)
+      x_NxW = sharding.shard_rows(block(x_NxW, c_NxW))
     return self.final(x_NxW, c_NxW).astype(jnp.float32)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from almtok import sharding
 from almtok.models import audio_lm
 from almtok.models import mntp
 from almtok.models.audio_lm import AudioLM
@@ -78,7 +79,7 @@ class DiscreteLM(AudioLM):
 
   def logits(self, z_XxD: Array) -> Array:
     """Float32 logits [..., Q, K] of every codebook from decoder outputs [..., D]."""
-    out = self.head(z_XxD).astype(jnp.float32)
+    out = sharding.shard_rows(self.head(z_XxD).astype(jnp.float32))
     return out.reshape(*z_XxD.shape[:-1], self.num_codebooks, self.codebook_size)
 
   def __call__(self, text: TextEmbedding, use_null_B: Array, steps_BxSxQ: Array,
