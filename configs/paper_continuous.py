@@ -11,7 +11,7 @@ tokenizer_path=/mnt/almtok/mel_vae,audio_dir=/mnt/data/audio,csv_dir=/mnt/data/c
 Check that it fits, then launch (every TPU worker runs the same command; see
 experiments/launch/ for the TPU pod and SLURM recipes):
 
-  python -m almtok.plan --config=configs/paper_continuous.py:base --num_devices=32
+  python -m almtok.plan --config=configs/paper_continuous.py:base --num_devices=8
   python -m almtok.train --config=configs/paper_continuous.py:base --multihost \
       --config.data.latents_dir=/mnt/almtok/prep/latents --workdir=/mnt/almtok/runs/cont_base
   python -m almtok.train --config=configs/paper_continuous.py:large --multihost \
@@ -32,11 +32,13 @@ import ml_collections
 from configs import common
 from configs import continuous_lm
 
-# Per preset: the slice the docstring's command targets, and its layout there (see
-# experiments/benchmarks/memory.md).
+# Per preset, the memory table's verdict (experiments/benchmarks/memory.md): the smallest slice
+# that trains it at the global batch is 8 chips of 16 GiB (TPU v5e), with 8 sequences per chip
+# per micro-batch (32 micro-batches) and the least recomputation that fits there. On N chips,
+# keep 8 rows per micro-batch with --config.train.grad_accum=256/N (e.g. 8 on 32 chips).
 RUNS = {
-    "base": dict(mesh=dict(data=-1, fsdp=8), grad_accum=1),
-    "large": dict(mesh=dict(data=-1, fsdp=8), grad_accum=2),
+    "base": dict(mesh=dict(data=-1, fsdp=8), grad_accum=32, remat="dots"),
+    "large": dict(mesh=dict(data=-1, fsdp=8), grad_accum=32, remat="dots"),
 }
 GLOBAL_BATCH = 2048   # The paper's batch (sequences of 10 s per step).
 
@@ -67,7 +69,7 @@ def add_training(config: ml_collections.ConfigDict, arg: ml_collections.ConfigDi
   # summary names no precision; bf16 is what TPU matmul units run at full rate).
   config.dtype = "bfloat16"
   # One scanned stack of blocks: compiles once whatever the depth, and remat bounds its memory.
-  config.model.decoder.update(remat=run.get("remat", "none"), scan_layers=True)
+  config.model.decoder.update(remat=run["remat"], scan_layers=True)
   config.data = ml_collections.ConfigDict(dict(
       latents_dir="", seq_len=config.model.max_len, batch_size=GLOBAL_BATCH,
       worker_count=8,          # Grain processes per host (chosen: a TPU VM host has 96+ cores).

@@ -5,7 +5,7 @@ Prepare the latents as that config's docstring says, fit the RVQ on them, check,
 
   python -m almtok.quantizers.rvq --config=configs/rvq.py:latents_dir=/mnt/almtok/prep/latents \
       --config.num_vectors=200000 --workdir=/mnt/almtok/rvq
-  python -m almtok.plan --config=configs/paper_discrete.py:base --num_devices=32
+  python -m almtok.plan --config=configs/paper_discrete.py:base --num_devices=8
   python -m almtok.train --config=configs/paper_discrete.py:base --multihost \
       --config.quantizer.path=/mnt/almtok/rvq --config.data.latents_dir=/mnt/almtok/prep/latents \
       --workdir=/mnt/almtok/runs/disc_base
@@ -24,10 +24,12 @@ from configs import common
 from configs import discrete_lm
 from configs import paper_continuous
 
-# Per preset: the layout on the slice the memory table names (experiments/benchmarks/memory.md).
+# Per preset, the memory table's verdict (experiments/benchmarks/memory.md): 8 chips of 16 GiB
+# (TPU v5e), 8 sequences per chip per micro-batch (32 micro-batches); Base needs no remat, Large
+# the "dots" policy. On N chips: --config.train.grad_accum=256/N.
 RUNS = {
-    "base": dict(mesh=dict(data=-1, fsdp=8), grad_accum=1),
-    "large": dict(mesh=dict(data=-1, fsdp=8), grad_accum=2),
+    "base": dict(mesh=dict(data=-1, fsdp=8), grad_accum=32, remat="none"),
+    "large": dict(mesh=dict(data=-1, fsdp=8), grad_accum=32, remat="dots"),
 }
 
 

@@ -43,7 +43,7 @@ tiny = synth_small.get_config("size=tiny,batch=16")
 tiny.update_from_flattened_dict({"mesh.fsdp": 8, "data.seq_len": 20})
 base = paper_continuous.get_config("base")
 base.update_from_flattened_dict({"mesh.fsdp": 8, "data.batch_size": BASE_BATCH,
-                                 "model.decoder.remat": "full"})
+                                 "train.grad_accum": 1, "model.decoder.remat": "full"})
 out = {}
 for name, config in (("tiny", tiny), ("base", base)):
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
