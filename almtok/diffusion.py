@@ -8,6 +8,7 @@ Shape letters:
   C: token (latent) channels.
   D: conditioning width (the decoder state z that the denoiser reads).
   K: steps of a schedule (T = 1000 for training; K <= T after respacing).
+  R: noise draws per token in the loss (`batch_mul`).
 
 Conventions:
   * A `Schedule` has K steps indexed 0..K-1; index k is the k-th noise level, k = 0 the least

@@ -19,6 +19,7 @@ import ml_collections
 import optax
 
 from almtok import configlib
+from almtok import sharding
 
 
 class NonFiniteError(configlib.FatalError):
@@ -49,8 +50,14 @@ def budget_learning_rate(config: ml_collections.ConfigDict, step: jax.Array,
 
 
 def decay_mask(params):
-  """True for parameters that get weight decay (rank >= 2)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """True for parameters that get weight decay: rank >= 2 per layer. In a scanned decoder stack
+  (`decoder/layers/...`) the leading layer axis does not count, so its norm scales [N, D] stay
+  undecayed as an unrolled stack's [D] ones do."""
+  def decays(path, p) -> bool:
+    stacked = "decoder/layers/" in sharding.path_str(path)
+    return p.ndim - (1 if stacked else 0) >= 2
+
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, *,

@@ -26,6 +26,7 @@ the devices present (on a TPU VM or GPU node, that compiler's own figures).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 
@@ -217,6 +218,10 @@ def main(argv):
   if f.num_devices:   # Before anything asks JAX for its devices.
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", f.num_devices)
+    # Keep bfloat16 buffers bfloat16: by default XLA on CPU drops f32 -> bf16 -> f32 round trips
+    # and holds such values in float32, unlike the accelerators planned for.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_allow_excess_precision=false")
   try:
     mesh = sharding.make_mesh(f.config.mesh.data, f.config.mesh.fsdp)
   except ValueError as e:

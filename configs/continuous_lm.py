@@ -43,7 +43,9 @@ def get_config(arg=None):
       text_len=32,     # Text token slots; the prefix adds the pooled sentence vector.
       decoder=dict(width=size["width"], num_layers=size["num_layers"],
                    num_heads=size["num_heads"], mlp_ratio=4.0, mlp=arg.mlp, rope_base=10_000.0,
-                   remat="none",       # Or "full", "dots" (decoder.REMAT_POLICIES).
+                   # Or "full", "dots" (decoder.REMAT_POLICIES); any policy but "none" also
+                   # runs the head's noise draws one at a time, recomputed (diffusion.py).
+                   remat="none",
                    scan_layers=False),  # True: one scanned stack (decoder.Decoder).
       head=dict(width=size["head_width"], depth=size["head_depth"]),
   )

@@ -128,3 +128,22 @@ def test_sharding_rules_are_config_data():
   # As a run's config.json gives them back (lists, null).
   assert sharding.spec_for(*kernel, mesh, [["*/kernel", [None, "fsdp"]]]) == jax.P(None, "fsdp")
   assert sharding.spec_for("norm/scale", (64,), mesh, config.sharding_rules) == jax.P(None)
+
+
+def test_a_scanned_stack_decays_the_same_parameters():
+  # Weight decay goes to matrices; a scanned stack's norm scales [N, D] are vectors per layer.
+  def masks(scan):
+    config = _config()
+    config.model.decoder.scan_layers = scan
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+    _, state, _ = state_lib.abstract_state(config, mesh, optim.make_optimizer(config.train))
+    mask = optim.decay_mask(state["params"])
+    return {sharding.path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+
+  unrolled, scanned = masks(False), masks(True)
+  assert scanned["decoder/layers/attn_norm/scale"] is False
+  assert scanned["decoder/layers/mlp/up/kernel"] is True
+  assert unrolled["decoder/blocks/0/attn_norm/scale"] is False
+  # Outside the stack nothing changes.
+  outside = {k: v for k, v in unrolled.items() if not k.startswith("decoder/blocks/")}
+  assert outside == {k: v for k, v in scanned.items() if not k.startswith("decoder/layers/")}

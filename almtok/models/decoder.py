@@ -12,7 +12,7 @@ MNTP feeds a shortened sequence whose tokens keep their original positions.
 Shape letters:
   B: batch.           S: slots in this call.       T: cache capacity (slots).
   D: model width.     H: attention heads.          K: width of one head (D / H).
-  F: MLP hidden width.
+  F: MLP hidden width.  N: layers (a scanned stack's leading axis).
 """
 
 from __future__ import annotations

@@ -33,11 +33,20 @@ state() {
 }
 
 create() {
-  local spot=()
-  [[ "${SPOT}" == 1 ]] && spot=(--spot)
+  local spot=""
+  [[ "${SPOT}" == 1 ]] && spot="--spot"
+  # shellcheck disable=SC2086  # ${spot} is one flag or nothing.
   tpu queued-resources create "${TPU_NAME}" --node-id="${TPU_NAME}" \
-    --accelerator-type="${ACCELERATOR}" --runtime-version="${RUNTIME}" "${spot[@]}"
-  until [[ "$(state)" == ACTIVE ]]; do echo "waiting for ${TPU_NAME}: $(state)"; sleep 60; done
+    --accelerator-type="${ACCELERATOR}" --runtime-version="${RUNTIME}" ${spot}
+  local s
+  while s="$(state)"; [[ "${s}" != ACTIVE ]]; do
+    if [[ "${s}" == FAILED || "${s}" == SUSPENDED ]]; then
+      echo "${TPU_NAME} is ${s}: delete it and create again" >&2
+      return 1
+    fi
+    echo "waiting for ${TPU_NAME}: ${s}"
+    sleep 60
+  done
   [[ -z "${MOUNT}" ]] || on_all "${MOUNT}"
 }
 
@@ -46,7 +55,9 @@ install() {
   git -C "${HERE}" archive --format=tar.gz -o "${tarball}" HEAD
   tpu tpu-vm scp "${tarball}" "${TPU_NAME}:~/almtok-src.tar.gz" --worker=all
   on_all "rm -rf ~/almtok && mkdir ~/almtok && tar -xzf ~/almtok-src.tar.gz -C ~/almtok \
-    && python3 -m venv ~/venv && ~/venv/bin/pip install -q -e '~/almtok[tpu]'"
+    && (python3 -m venv ~/venv || (sudo apt-get update -q \
+        && sudo apt-get install -y -q python3-venv && python3 -m venv ~/venv)) \
+    && ~/venv/bin/pip install -q -e \"\$HOME/almtok[tpu]\""
 }
 
 train() {
