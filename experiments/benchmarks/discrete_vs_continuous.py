@@ -88,7 +88,7 @@ def training_config(kind: str, size: str, batch: int, mntp: bool):
   return synth_small_discrete.get_config(f"{common},n_q={N_Q},k={K}")
 
 
-def time_training(kind: str, size: str, batch: int, steps: int, mntp: bool,
+def time_training(kind: str, size: str, batch: int, num_steps: int, mntp: bool,
                   matmul_n: int) -> dict:
   config = training_config(kind, size, batch, mntp)
   quantizer = random_quantizer() if kind == "discrete" else None
@@ -112,9 +112,9 @@ def time_training(kind: str, size: str, batch: int, steps: int, mntp: bool,
     params = sum(x.size for x in jax.tree.leaves(state["params"]))
     peak = train_throughput.peak_flops(matmul_n)
     compile_s, step_s = train_throughput.time_calls(step, (state, batch_arrays,
-                                                           jax.random.PRNGKey(0)), steps)
+                                                           jax.random.PRNGKey(0)), num_steps)
   return dict(kind=kind, size=size, mntp=mntp, params=int(params), batch=b, seq_len=l,
-              steps=steps, first_step_s=compile_s, step_s=step_s, tokens_per_s=b * l / step_s,
+              steps=num_steps, first_step_s=compile_s, step_s=step_s, tokens_per_s=b * l / step_s,
               model_flops_per_step=step_flops, peak_flops=peak, mfu=step_flops / step_s / peak)
 
 
@@ -158,9 +158,9 @@ def main():
   print("| model | size | params | batch | step s | tokens/s | GFLOP/step | peak GFLOP/s | MFU |")
   print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
   for spec in args.train.split(","):
-    size, batch, steps = spec.split(":")
+    size, batch, num_steps = spec.split(":")
     for kind, mntp in (("continuous", True), ("continuous", False), ("discrete", False)):
-      row = time_training(kind, size, int(batch), int(steps), mntp, args.matmul_n)
+      row = time_training(kind, size, int(batch), int(num_steps), mntp, args.matmul_n)
       results["training"].append(row)
       name = f"{kind}{' + MNTP' if mntp else ''}"
       print(f"| {name} | {size} | {row['params'] / 1e6:.2f}M | {row['batch']} | "

@@ -2,6 +2,9 @@ r"""Training throughput of the continuous LM on this machine: tokens/s, step tim
 
   .venv/bin/python experiments/benchmarks/train_throughput.py              # tiny, small, base
   .venv/bin/python experiments/benchmarks/train_throughput.py --sizes=small --profile=small
+  .venv/bin/python experiments/benchmarks/train_throughput.py --sizes=small,base --profile= \
+      --decoders=unrolled,scanned,scanned+dots,scanned+full \
+      --out=experiments/benchmarks/train_decoders.json
 
 Each size runs the trainer's own jitted step (`state.init_state` + `steps.make_train_step`, with
 the same donation and out-shardings as `train.py`) on one device, on a synthetic batch of the CPU
@@ -52,8 +55,17 @@ from configs import synth_small
 PLAN = {"tiny": (32, 20), "small": (32, 10), "base": (2, 2)}
 
 
-def make_config(size: str, batch: int):
+# Decoder layouts to compare (--decoders): the unrolled stack, or a scanned one with a remat
+# policy (which also runs the head's noise draws one at a time).
+DECODERS = {"unrolled": dict(scan_layers=False, remat="none"),
+            "scanned": dict(scan_layers=True, remat="none"),
+            "scanned+dots": dict(scan_layers=True, remat="dots"),
+            "scanned+full": dict(scan_layers=True, remat="full")}
+
+
+def make_config(size: str, batch: int, decoder: str = "unrolled"):
   config = synth_small.get_config(f"size={size},batch={batch},steps=1000")
+  config.model.decoder.update(DECODERS[decoder])
   return config
 
 
@@ -111,8 +123,9 @@ def flops_split(config, graphdef, params) -> tuple[float, float]:
   return decoder, total - decoder
 
 
-def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
-  config = make_config(size, batch)
+def benchmark_size(size: str, batch: int, num_steps: int, matmul_n: int,
+                   decoder: str = "unrolled") -> dict:
+  config = make_config(size, batch, decoder)
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx = optim.make_optimizer(config.train)
   with jax.set_mesh(mesh):
@@ -124,17 +137,18 @@ def benchmark_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
     step_flops = flops.train_flops_per_step(config, graphdef, state["params"])
     params = sum(x.size for x in jax.tree.leaves(state["params"]))
     peak = peak_flops(matmul_n)
-    compile_s, step_s = time_calls(step, (state, batch_arrays, rng), steps)
+    compile_s, step_s = time_calls(step, (state, batch_arrays, rng), num_steps)
   tokens = config.data.batch_size * config.data.seq_len
   dec = config.model.decoder
-  return dict(size=size, params=int(params), shape=f"{dec.width}x{dec.num_layers}",
+  return dict(size=size, decoder=decoder, params=int(params),
+              shape=f"{dec.width}x{dec.num_layers}",
               batch=config.data.batch_size,
-              seq_len=config.data.seq_len, steps=steps, first_step_s=compile_s, step_s=step_s,
+              seq_len=config.data.seq_len, steps=num_steps, first_step_s=compile_s, step_s=step_s,
               tokens_per_s=tokens / step_s, model_flops_per_step=step_flops,
               peak_flops=peak, matmul_n=matmul_n, mfu=step_flops / step_s / peak)
 
 
-def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
+def profile_size(size: str, batch: int, num_steps: int, matmul_n: int) -> dict:
   """Seconds (and MFU where there are model FLOPs) of the parts of one step, each jitted and
   timed alone: the decoder, the head, the optimizer; and, inside one decoder block, the
   attention and MLP sublayers and the MLP with its GELU taken out (all forward + backward)."""
@@ -203,20 +217,20 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
     peak = peak_flops(matmul_n)
     parts = {
         "decoder": time_alone(jax.jit(jax.grad(decoder_loss)),
-                              (state["params"], probe, x_BxLxC, mask_BxL, text), steps),
-        "head": time_alone(jax.jit(jax.grad(head_loss, both)), (state["params"], z, x0), steps),
+                              (state["params"], probe, x_BxLxC, mask_BxL, text), num_steps),
+        "head": time_alone(jax.jit(jax.grad(head_loss, both)), (state["params"], z, x0), num_steps),
     }
     block = {
         "attention": time_alone(jax.jit(jax.grad(attention_loss, both)), (block_params, h),
-                                steps),
-        "mlp": time_alone(jax.jit(jax.grad(mlp_loss, both)), (block_params, h), steps),
+                                num_steps),
+        "mlp": time_alone(jax.jit(jax.grad(mlp_loss, both)), (block_params, h), num_steps),
     }
     if config.model.decoder.mlp == "gelu":
       block["mlp without GELU"] = time_alone(jax.jit(jax.grad(linear_mlp_loss, both)),
-                                             (block_params, h), steps)
+                                             (block_params, h), num_steps)
     grads = jax.tree.map(jnp.ones_like, state["params"])
     _, parts["optimizer"] = time_calls(jax.jit(optimizer_step, donate_argnums=(0,)),
-                                       (state, grads), steps)
+                                       (state, grads), num_steps)
   return dict(size=size, batch=b, seconds=parts, block_seconds=block,
               num_layers=config.model.decoder.num_layers, peak_flops=peak,
               mfu={"decoder": dec_flops / parts["decoder"] / peak,
@@ -227,6 +241,7 @@ def profile_size(size: str, batch: int, steps: int, matmul_n: int) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="tiny,small,base")
+  parser.add_argument("--decoders", default="unrolled", help=f"of {sorted(DECODERS)}")
   parser.add_argument("--profile", default="small", help="size to split into parts ('' : none)")
   parser.add_argument("--matmul_n", type=int, default=1024)
   parser.add_argument("--out", default="experiments/benchmarks/train_throughput.json")
@@ -237,20 +252,22 @@ def main():
              f"load average {os.getloadavg()[0]:.2f}")
   print(f"machine: {machine}")
   rows = []
-  print(f"{'size':<6}{'D x layers':>11}{'params':>9}{'batch':>6}{'L':>5}{'compile s':>10}"
-        f"{'step s':>9}{'tokens/s':>10}{'GFLOP/step':>11}{'peak GFLOP/s':>13}{'MFU':>7}")
+  print(f"{'size':<6}{'decoder':>13}{'D x layers':>11}{'params':>9}{'batch':>6}{'L':>5}"
+        f"{'compile s':>10}{'step s':>9}{'tokens/s':>10}{'GFLOP/step':>11}{'peak GFLOP/s':>13}"
+        f"{'MFU':>7}")
   for size in args.sizes.split(","):
-    batch, steps = PLAN[size]
-    r = benchmark_size(size, batch, steps, args.matmul_n)
-    rows.append(r)
-    print(f"{size:<6}{r['shape']:>11}{r['params'] / 1e6:>8.1f}M{r['batch']:>6}{r['seq_len']:>5}"
-          f"{r['first_step_s']:>10.1f}{r['step_s']:>9.3f}{r['tokens_per_s']:>10.0f}"
-          f"{r['model_flops_per_step'] / 1e9:>11.1f}{r['peak_flops'] / 1e9:>13.1f}"
-          f"{100 * r['mfu']:>6.1f}%", flush=True)
+    for decoder in args.decoders.split(","):
+      batch, num_steps = PLAN[size]
+      r = benchmark_size(size, batch, num_steps, args.matmul_n, decoder)
+      rows.append(r)
+      print(f"{size:<6}{decoder:>13}{r['shape']:>11}{r['params'] / 1e6:>8.1f}M{r['batch']:>6}"
+            f"{r['seq_len']:>5}{r['first_step_s']:>10.1f}{r['step_s']:>9.3f}"
+            f"{r['tokens_per_s']:>10.0f}{r['model_flops_per_step'] / 1e9:>11.1f}"
+            f"{r['peak_flops'] / 1e9:>13.1f}{100 * r['mfu']:>6.1f}%", flush=True)
   result = {"machine": machine, "rows": rows}
   if args.profile:
-    batch, steps = PLAN[args.profile]
-    p = profile_size(args.profile, batch, steps, args.matmul_n)
+    batch, num_steps = PLAN[args.profile]
+    p = profile_size(args.profile, batch, num_steps, args.matmul_n)
     result["profile"] = p
     total = sum(p["seconds"].values())
     print(f"\n{args.profile}, batch {p['batch']}, parts timed alone (peak "
