@@ -91,12 +91,14 @@ class Plan:
     return self.rows_per_device / self.grad_accum
 
 
+def shard_bytes(x, layout: jax.sharding.Sharding) -> int:
+  """Bytes of one device's shard of array `x` laid out by `layout`."""
+  return int(np.prod(layout.shard_shape(tuple(x.shape)))) * np.dtype(x.dtype).itemsize
+
+
 def device_bytes(tree, shardings) -> int:
   """Bytes that one device holds of the arrays of `tree` laid out by `shardings`."""
-  total = 0
-  for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
-    total += int(np.prod(s.shard_shape(tuple(x.shape)))) * np.dtype(x.dtype).itemsize
-  return total
+  return sum(shard_bytes(x, s) for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)))
 
 
 def parameter_groups(params, shardings) -> tuple[Group, ...]:
@@ -106,8 +108,7 @@ def parameter_groups(params, shardings) -> tuple[Group, ...]:
                           jax.tree.leaves(shardings)):
     name = re.sub(r"(^|/)\d+(?=/|$)", r"\1*", sharding.path_str(path))
     key = (name, tuple(x.shape), str(s.spec))
-    size = int(np.prod(s.shard_shape(tuple(x.shape)))) * np.dtype(x.dtype).itemsize
-    groups.setdefault(key, []).append(size)
+    groups.setdefault(key, []).append(shard_bytes(x, s))
   return tuple(Group(name, shape, spec, len(sizes), sum(sizes))
                for (name, shape, spec), sizes in groups.items())
 
