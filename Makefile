@@ -11,7 +11,7 @@ LOCK := constraints.txt
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lock clean
+.PHONY: install demo test lint fix test-durations lock clean
 
 install: $(STAMP)
 
@@ -40,8 +40,20 @@ demo: install
 # Two pytest-xdist workers, each test file on one worker (its module fixtures are built once);
 # tests/conftest.py shares the tiny dataset, the tiny trained run and the compilation cache.
 PYTEST_WORKERS ?= 2
-test: install
+test: install lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
+
+# The linter (ruff.toml: pyflakes' checks, syntax errors, 100 columns); `make test` runs it first.
+# `make fix` applies its safe fixes (unused imports and the like); layout is by hand (STYLE.md).
+lint: install
+	$(PY) -m ruff check .
+
+fix: install
+	$(PY) -m ruff check --fix .
+
+# The suite with the 25 slowest tests and set-ups (the session fixtures' set-up times included).
+test-durations: install
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS) tests
 
 # The newest versions that setup.py's ranges allow, installed without the lock in a scratch venv
 # (pip, setuptools and wheel included: tensorboard and astunparse depend on the last two). The

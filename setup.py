@@ -41,6 +41,7 @@ EXTRAS_REQUIRE = {
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6.29",
+        "ruff>=0.6",        # `make lint`, run by `make test` (config: ruff.toml).
     ],
 }
 

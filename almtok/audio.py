@@ -225,7 +225,7 @@ def format_levels(wav: np.ndarray) -> str:
 
 def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
                    n_mels: int = N_MELS) -> np.ndarray:
-  """Slaney-normalised mel filterbank, shape M x (n_fft // 2 + 1), float32."""
+  """Slaney-normalized mel filterbank, shape M x (n_fft // 2 + 1), float32."""
   import librosa  # pylint: disable=g-import-not-at-top
   return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0,
                              fmax=sample_rate / 2).astype(np.float32)

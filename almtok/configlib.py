@@ -52,7 +52,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("*depth", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     # A zero here would make a run do nothing without a word.
     ("*num_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("*sample.steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("*timesteps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("*solver_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("*batch_mul", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("*grad_accum", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("*steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),

@@ -15,9 +15,9 @@ Conventions:
     noisy. Functions below take `t_N` as such an index into *their* schedule. The network is
     always shown `schedule.timesteps[t_N]`, the index into the original T-step schedule, so a
     denoiser trained on T steps is sampled unchanged on a respaced schedule.
-  * ab is short for alphas_cumprod. alphas_cumprod[k] is the signal fraction after step k has been applied (improved-DDPM
-    indexing): x_k = sqrt(ab_k) x0 + sqrt(1 - ab_k) eps. There is no entry for clean data;
-    alphas_cumprod_prev[0] = 1 stands for it.
+  * ab is short for alphas_cumprod. alphas_cumprod[k] is the signal fraction after step k has
+    been applied (improved-DDPM indexing): x_k = sqrt(ab_k) x0 + sqrt(1 - ab_k) eps. There is
+    no entry for clean data; alphas_cumprod_prev[0] = 1 stands for it.
   * `prediction` names what the network outputs: 'eps' (the noise) or 'v'
     (v = sqrt(ab) eps - sqrt(1 - ab) x0).
   * Denoise functions: `diffusion_loss` calls `denoise_fn(x_t_NxC, t_N, z_NxD)`; samplers call
@@ -260,7 +260,7 @@ def eps_from_v(schedule: Schedule, x_t_NxC: Array, t_N: Array, v_NxC: Array) -> 
 
 
 def dynamic_threshold(x0_NxC: Array, percentile: float, bound: float) -> Array:
-  """Imagen's dynamic thresholding, for latents normalised to unit std: per row, s = max(bound,
+  """Imagen's dynamic thresholding, for latents normalized to unit std: per row, s = max(bound,
   the `percentile` quantile of |x0|); x0 is clipped to [-s, s] and scaled by bound / s.
 
   A row whose quantile is within the bound is only clipped to it; a row that guidance pushed
@@ -338,7 +338,7 @@ def diffusion_loss_terms(
 
   `rng` is one key, or one key per token ([N] keys): then token n's timesteps and noise depend on
   its own key only, so a caller that splits a batch into parts (gradient accumulation, devices)
-  draws exactly what the whole batch would. The sums let such a caller normalise by a count taken
+  draws exactly what the whole batch would. The sums let such a caller normalize by a count taken
   over the whole batch.
   """
   _check_prediction(prediction)
@@ -415,17 +415,25 @@ def cfg_scale_at(
   raise ValueError(f"unknown cfg schedule {schedule!r}")
 
 
-def guide(out_2NxC: Array, scale: float | Array) -> Array:
-  """Classifier-free guidance on a batch whose first half is conditional, second unconditional.
+def guided(cond_Nx: Array, uncond_Nx: Array, scale: float | Array) -> Array:
+  """Classifier-free guidance: uncond + scale * (cond - uncond), in float32.
 
-  Returns guided = uncond + scale * (cond - uncond), written into both halves ([2N, C]), so a
-  sampler that keeps both halves in one batch sees identical updates. `scale` is a scalar or a
-  per-example [N] array. Scale 1 returns the conditional output exactly. The combination is
-  affine in the output, so it is valid on eps and on v alike provided both halves share x_t.
+  The one guidance formula: the head's outputs (eps or v) and the discrete baseline's logits
+  both go through it. `scale` is a scalar or a per-example [N] array; scale 1 returns `cond`
+  exactly. The combination is affine, so it is valid on eps and on v alike provided both halves
+  share x_t.
   """
-  cond_NxC, uncond_NxC = jnp.split(out_2NxC.astype(jnp.float32), 2, axis=0)
-  s_Nx1 = _per_example(scale, cond_NxC)
-  guided_NxC = jnp.where(s_Nx1 == 1.0, cond_NxC, uncond_NxC + s_Nx1 * (cond_NxC - uncond_NxC))
+  cond_Nx, uncond_Nx = cond_Nx.astype(jnp.float32), uncond_Nx.astype(jnp.float32)
+  s_Nx = _per_example(scale, cond_Nx)
+  return jnp.where(s_Nx == 1.0, cond_Nx, uncond_Nx + s_Nx * (cond_Nx - uncond_Nx))
+
+
+def guide(out_2NxC: Array, scale: float | Array) -> Array:
+  """`guided` on a batch whose first half is conditional, second unconditional, written into both
+  halves ([2N, C]), so that a sampler that keeps both halves in one batch sees identical updates.
+  """
+  cond_NxC, uncond_NxC = jnp.split(out_2NxC, 2, axis=0)
+  guided_NxC = guided(cond_NxC, uncond_NxC, scale)
   return jnp.concatenate([guided_NxC, guided_NxC], axis=0)
 
 
@@ -557,3 +565,19 @@ def ddim_sample(
     return mean + (sigma * (k > 0)) * temp * noise
 
   return _reverse_scan(step, schedule, x_T, rng)
+
+
+class Solver(NamedTuple):
+  """A reverse process of the head: `sample(denoise_fn, schedule, x_T_or_shape, rng, *,
+  temperature, prediction, clip_x0, threshold, x0_range, **options)`, and the names of the
+  sampling settings it takes besides those (`options`)."""
+  sample: Callable[..., Array]
+  options: tuple[str, ...] = ()
+
+
+# The head's solvers by name: the sampling settings' check and the sampler's step both read this
+# table, so a new solver is one function and one row.
+SOLVERS = {
+    "ddpm": Solver(ddpm_sample),
+    "ddim": Solver(ddim_sample, ("eta",)),
+}

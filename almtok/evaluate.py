@@ -1,10 +1,10 @@
 r"""Scores a trained run: generates a clip per caption of a split and measures it against the
 split's reference clips with almtok's tagger (and one embedding almtok did not train).
 
-  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/work/tagger --split=test --out=/tmp/eval
-  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/work/tagger --num=50 \
+  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/tmp/tagger --split=test --out=/tmp/eval
+  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/tmp/tagger --num=50 \
       --config.sample.cfg_scale=5 --out=/tmp/eval_cfg5
-  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/work/tagger --out=/tmp/eval_other \
+  python -m almtok.evaluate --workdir=/tmp/lm --tagger=/tmp/tagger --out=/tmp/eval_other \
       --generated_dir=/data/other_system --captions_file=/data/other_system/captions.txt
 
 Generation: every caption of the split (or the first --num), in batches of --batch, each clip as
@@ -67,13 +67,12 @@ import tqdm
 from almtok import audio
 from almtok import configlib
 from almtok import fileio
+from almtok import inference
 from almtok import plotting
-from almtok import sample
 from almtok import state as state_lib
 from almtok import tokenizers
 from almtok.evaluation import metrics as metrics_lib
 from almtok.evaluation import tagger as tagger_lib
-from almtok.evaluation import train_tagger
 from almtok.latents import store as latents_lib
 
 TAGGER_HINT = ("train one with `python -m almtok.evaluation.train_tagger "
@@ -117,7 +116,7 @@ def reference_clips(workdir: str, split: str, num: int | None, data_dir: str = "
                    [np.asarray(r["audio"], np.float32) for r in rows])
 
 
-def generate_clips(generator: sample.Generator, captions: Sequence[str],
+def generate_clips(generator: inference.Generator, captions: Sequence[str],
                    seconds: Sequence[float], out_dir: str, batch: int, seed: int) -> list[str]:
   """<out_dir>/NNNNN.wav per caption, generating only the batches not all written yet; a folder
   whose clips came from another run, checkpoint or settings is refused in one line."""
@@ -192,7 +191,7 @@ def score(model: tagger_lib.Tagger, mels: Sequence[np.ndarray]) -> Scored:
   for i, m in enumerate(mels):
     mel_NxMxF[i, :, :m.shape[1]] = m
   frames_N = np.asarray([m.shape[1] for m in mels], np.int32)
-  emb, post = train_tagger.predict(model, mel_NxMxF, frames_N)
+  emb, post = tagger_lib.predict(model, mel_NxMxF, frames_N)
   return Scored(emb.astype(np.float64), post, np.stack([metrics_lib.melstats(m) for m in mels]))
 
 
@@ -402,15 +401,15 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
   if not tagger:
     raise configlib.ConfigError(f"--tagger is empty: {TAGGER_HINT}")
   try:
-    tagger_model, tagger_meta = train_tagger.load(tagger)
+    tagger_model, tagger_meta = tagger_lib.load(tagger)
   except FileNotFoundError:
     raise configlib.ConfigError(f"--tagger={tagger}: no tagger there; {TAGGER_HINT}") from None
   embed = load_embedding(embedding) if embedding else None
   run_config = state_lib.load_run_config(workdir)
   generator = None
   if generated_dir is None:
-    settings = sample.run_settings(run_config, sample_overrides, workdir)
-    generator = sample.Generator(workdir, settings)
+    settings = inference.run_settings(run_config, sample_overrides, workdir)
+    generator = inference.Generator(workdir, settings)
   elif not captions_file or not os.path.exists(captions_file):
     raise configlib.ConfigError(f"--captions_file={captions_file}: --generated_dir needs the "
                                 f"captions of its WAVs, one per line")
@@ -453,7 +452,7 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
   real_wavs = [ref.wavs[i] for i in keep] if paired else ref.wavs
   # The references through the run's tokenizer and vocoder, once per --out and clip count.
   os.makedirs(out, exist_ok=True)
-  resynth_mels = train_tagger.resynthesise(
+  resynth_mels = tagger_lib.resynthesise(
       real_wavs, tok, os.path.join(out, "reference_resynth.npz"),
       json.dumps(dataclasses.asdict(stats.tokenizer), sort_keys=True))
   gen = score(tagger_model, [audio.log_mel(wavs[i]) for i in keep])
@@ -528,7 +527,7 @@ def define_flags() -> None:
   flags.DEFINE_string("embedding_name", "external", "The <name> of --embedding's metrics.")
   flags.DEFINE_list("compare", None, "Two --out folders of earlier evaluations (A,B) of the "
                     "same captions: writes A - B per metric with paired intervals to --out.")
-  config_flags.DEFINE_config_dict("config", sample.sample_flag_defaults(),
+  config_flags.DEFINE_config_dict("config", inference.sample_flag_defaults(),
                                   "--config.sample.KEY=VALUE changes one sampling setting of "
                                   "the run's config.sample.")
 

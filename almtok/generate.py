@@ -5,13 +5,13 @@ r"""Generates audio from captions with a trained run (continuous LM or discrete 
   python -m almtok.generate --workdir=/tmp/lm --captions_file=captions.txt --out=outdir/
   python -m almtok.generate --workdir=/tmp/lm --caption="..." --prompt_wav=start.wav \
       --prompt_seconds=1.0 --out=cont.wav
-  python -m almtok.generate --workdir=/tmp/lm --held_out=4 --config.sample.steps=25 \
+  python -m almtok.generate --workdir=/tmp/lm --held_out=4 --config.sample.solver_steps=25 \
       --config.sample.cfg_scale=5 --out=outdir/
-  python -m almtok.generate --workdir=/tmp/lm --caption="..." --seconds=30 --extend_stride=2
+  python -m almtok.generate --workdir=/tmp/lm --caption="..." --seconds=30 --window_stride=2
 
 Clips longer than the trained context are made by a sliding window (AudioGen's extend): a window
-of the context, then windows that keep its newest part as their prompt and add --extend_stride
-seconds each (default half the context); --noextend makes such a duration an error instead.
+of the context, then windows that keep its newest part as their prompt and add --window_stride
+seconds each (default half the context); --nosliding_window makes such a duration an error instead.
 
 Sampling follows the run's own `config.sample` block (what its trainer sampled with);
 `--config.sample.KEY=VALUE` changes one setting on top of it.
@@ -23,27 +23,26 @@ model's level unless it would clip (then one gain lowers the clip's peak to -1 d
 recorded); --normalize=clip keeps it whatever it is and reports samples beyond full scale.
 The model is the newest checkpoint in --workdir, with its EMA parameters; what its head was
 trained to predict comes from the run. Bad arguments (an empty caption, a duration under one
-token, or longer than the trained context with --noextend, more head steps than training used,
-more held-out clips than the test split has, a missing or incompatible checkpoint) stop the
+token, or longer than the trained context with --nosliding_window, more head steps than training
+used, more held-out clips than the test split has, a missing or incompatible checkpoint) stop the
 program with one line before any model is loaded and before anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 from absl import flags
 from absl import logging
-import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
 from almtok import audio
 from almtok import configlib
 from almtok import fileio
+from almtok import inference
 from almtok import plotting
 from almtok import sample
 from almtok import state as state_lib
@@ -60,13 +59,14 @@ def define_flags() -> None:
   flags.DEFINE_integer("held_out", None, "Use the first N captions of the training data's "
                        "test split (clips the model never saw).")
   flags.DEFINE_float("seconds", 4.0, "Seconds of audio per caption (prompt included).")
-  flags.DEFINE_bool("extend", True, "Beyond the trained context, slide a window of the context "
-                    "over the clip (AudioGen's extend); --noextend makes that an error.")
-  flags.DEFINE_float("extend_stride", 0.0, "Seconds each window adds (0: half the context).")
+  flags.DEFINE_bool("sliding_window", True, "Beyond the trained context, slide a window of the "
+                    "context over the clip (AudioGen's extend); --nosliding_window makes that an "
+                    "error.")
+  flags.DEFINE_float("window_stride", 0.0, "Seconds each window adds (0: half the context).")
   flags.DEFINE_string("out", "out.wav", "Output WAV, or a directory for several captions.")
   # Only the keys given on the command line are used, on top of the run's own config.sample.
   config_flags.DEFINE_config_dict(
-      "config", sample.sample_flag_defaults(),
+      "config", inference.sample_flag_defaults(),
       "--config.sample.KEY=VALUE changes one sampling setting of the run's config.sample "
       "(continuous LM: steps, sampler, eta, cfg_scale, cfg_schedule, temperature, clip_x0, "
       "threshold, data_range; discrete baseline: cfg_scale, cfg_schedule, temperature, top_k, "
@@ -83,7 +83,7 @@ def define_flags() -> None:
 
 def held_out(latents_dir: str, count: int) -> tuple[list[str], np.ndarray, np.ndarray]:
   """The first `count` captions of a prepared dataset's test split (clips the model never saw),
-  with their normalised latents [B, L, C] and token masks [B, L], for reference."""
+  with their normalized latents [B, L, C] and token masks [B, L], for reference."""
   stats = latents_lib.read_stats(latents_dir)
   test = stats.splits.get("test")
   size = test.records if test else 0
@@ -128,14 +128,13 @@ def output_paths(out: str, count: int) -> list[str]:
 def generate(workdir: str, captions: list[str], seconds: float,
              settings: sample.SamplerSettings | sample.CodeSamplerSettings, seed: int = 0,
              prompt_wav: np.ndarray | None = None, progress: bool = True,
-             extend: bool = True, extend_stride: float = 0.0
+             sliding_window: bool = True, window_stride: float = 0.0
              ) -> tuple[np.ndarray, int, dict[str, Any]]:
   """Waveforms [B, S] for the captions, their sample rate, and the settings used (one batch of
-  captions through `sample.Generator`; beyond the trained context, a sliding window)."""
-  generator = sample.Generator(workdir, settings)
-  if generator.num_tokens(seconds, extend) > generator.config.model.max_len:
-    generator.stride_tokens(extend_stride)
-  wav, used = generator(captions, seconds, seed, prompt_wav, progress, extend, extend_stride)
+  captions through `inference.Generator`; beyond the trained context, a sliding window)."""
+  generator = inference.Generator(workdir, settings)
+  wav, used = generator(captions, seconds, seed, prompt_wav, progress, sliding_window,
+                        window_stride)
   return wav, generator.sample_rate, used
 
 
@@ -144,7 +143,7 @@ def reference_audio(workdir: str, x_BxLxC: np.ndarray, mask_BxL: np.ndarray) -> 
   audio takes), to set generated levels beside."""
   stats = state_lib.run_stats(workdir)
   tokenizer = tokenizers.from_stats(stats)
-  wav = np.asarray(tokenizer.decode(latents_lib.denormalise(x_BxLxC, stats)))
+  wav = np.asarray(tokenizer.decode(latents_lib.denormalize(x_BxLxC, stats)))
   per_token = wav.shape[1] // x_BxLxC.shape[1]
   return [w[:int(m.sum()) * per_token] for w, m in zip(wav, mask_BxL)]
 
@@ -153,8 +152,8 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
         held_out_count: int | None = None, seconds: float = 4.0, out: str = "out.wav",
         sample_overrides: dict[str, Any] | None = None, seed: int = 0,
         prompt_wav: str | None = None,
-        prompt_seconds: float = 1.0, normalize: str = "limit", extend: bool = True,
-        extend_stride: float = 0.0) -> dict[str, Any]:
+        prompt_seconds: float = 1.0, normalize: str = "limit",
+        sliding_window: bool = True, window_stride: float = 0.0) -> dict[str, Any]:
   """The command line's work: checks every argument, generates, writes WAV + PNG per caption and
   the settings JSON (each file whole or not at all), prints each clip's levels; returns what
   went into the JSON."""
@@ -185,9 +184,9 @@ def run(*, workdir: str, caption: str | None = None, captions_file: str | None =
     except audio.AudioError as e:
       raise configlib.ConfigError(f"--prompt_wav={e}") from None
     wav_prompt = wav_prompt[:int(prompt_seconds * audio.SAMPLE_RATE)]
-  settings = sample.run_settings(run_config, sample_overrides, workdir)
+  settings = inference.run_settings(run_config, sample_overrides, workdir)
   wav, rate, used = generate(workdir, captions, seconds, settings, seed, wav_prompt,
-                             extend=extend, extend_stride=extend_stride)
+                             sliding_window=sliding_window, window_stride=window_stride)
   paths = output_paths(out, len(captions))
   refs = reference_audio(workdir, *reference) if reference is not None else [None] * len(paths)
   reports = []
@@ -229,7 +228,7 @@ def main(argv):
   run(workdir=f.workdir, caption=f.caption, captions_file=f.captions_file,
       held_out_count=f.held_out, seconds=f.seconds, out=f.out, sample_overrides=overrides,
       seed=f.seed, prompt_wav=f.prompt_wav, prompt_seconds=f.prompt_seconds,
-      extend=f.extend, extend_stride=f.extend_stride,
+      sliding_window=f.sliding_window, window_stride=f.window_stride,
       normalize=f.normalize)
 
 

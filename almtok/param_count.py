@@ -32,8 +32,8 @@ def count(config) -> dict:
   decoder = _size(nnx.state(model.decoder, nnx.Param))
   head = _size(nnx.state(model.head, nnx.Param))
   flops, per_token = {}, None
-  head_steps = [1] if config.model_name == "discrete_lm" else sorted({config.sample.steps, 25},
-                                                                     reverse=True)
+  head_steps = ([1] if config.model_name == "discrete_lm"
+                else sorted({config.sample.solver_steps, 25}, reverse=True))
   for k in head_steps:
     for cfg in (False, True):
       per_token = flops_lib.generation_flops(model, config, k, cfg)

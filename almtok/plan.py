@@ -40,7 +40,7 @@ from almtok import configlib
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import steps
+from almtok import objective
 from almtok.quantizers import rvq
 
 GIB = 2 ** 30
@@ -115,7 +115,7 @@ def parameter_groups(params, shardings) -> tuple[Group, ...]:
 
 def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
   """Compiles `config`'s train step on `mesh` (abstract inputs) and measures it."""
-  steps.check_config(config)
+  objective.check_config(config)
   global_batch, accum = config.data.batch_size, config.train.grad_accum
   if (global_batch // accum) % mesh.size:
     raise configlib.ConfigError(
@@ -126,15 +126,15 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
   quantizer = None
   if config.model_name == "discrete_lm":   # Codebooks' values do not change what compiles.
     m = config.model
-    quantizer = rvq.RVQ(np.zeros((m.num_codebooks, m.codebook_size, steps.token_dim(config)),
+    quantizer = rvq.RVQ(np.zeros((m.num_codebooks, m.codebook_size, objective.token_dim(config)),
                                  np.float32))
   repl = sharding.replicated(mesh)
-  step_fn = jax.jit(steps.make_train_step(config, graphdef, tx, state_lib.make_schedule(config),
+  step_fn = jax.jit(objective.make_train_step(config, graphdef, tx, state_lib.make_schedule(config),
                                           quantizer),
                     out_shardings=(state_sh, repl), donate_argnums=(0,))
   state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           state, state_sh)
-  batch = steps.abstract_batch(config, global_batch, mesh)
+  batch = objective.abstract_batch(config, global_batch, mesh)
   rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=repl)
   start = time.perf_counter()
   with jax.set_mesh(mesh):
@@ -211,7 +211,7 @@ def define_flags() -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  steps.check_config(f.config)
+  objective.check_config(f.config)
   if f.num_devices < 0:
     raise configlib.ConfigError(f"--num_devices={f.num_devices}: must be >= 0")
   if not 0.0 <= f.margin < 1.0:

@@ -33,7 +33,7 @@ floor(seconds * frame_rate) tokens (zero padding may touch its last token's anal
 Output in <workdir>/latents/, laid out as `almtok/latents/store.py` describes. A run resumes where
 an earlier one stopped: finished shards are kept as they are and the rest are redone. stats.json
 holds the per-channel mean and standard deviation of the train split's latents, which the data
-pipeline uses to normalise.
+pipeline uses to normalize.
 
 Shape letters: B clips in an encoder batch, S samples, T tokens, C latent channels.
 """

@@ -20,26 +20,18 @@ from __future__ import annotations
 from collections.abc import Callable
 import dataclasses
 import functools
-import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 from tqdm import auto as tqdm
 
-from almtok import configlib
 from almtok import diffusion
-from almtok import models
-from almtok import state as state_lib
-from almtok import tokenizers
-from almtok.latents import store as latents_lib
 from almtok.models import discrete_lm
 from almtok.models.continuous_lm import ContinuousLM
 from almtok.quantizers import rvq
-from almtok.text.minilm import TextEmbedding, TextEncoder
+from almtok.text.minilm import TextEmbedding
 
 Array = jax.Array
 
@@ -47,8 +39,8 @@ Array = jax.Array
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
   """Everything that shapes one compiled sampler (besides batch and length)."""
-  steps: int = 100                # K reverse-diffusion steps per token (respaced schedule).
-  sampler: str = "ddpm"           # 'ddpm' (ancestral, respaced) or 'ddim'.
+  solver_steps: int = 100         # K reverse-diffusion steps per token (respaced schedule).
+  solver: str = "ddpm"            # The head's reverse process: a name in diffusion.SOLVERS.
   eta: float = 0.0                # DDIM noise; 1 matches DDPM in distribution.
   cfg: bool = True                # Run unconditional rows beside the conditional ones.
   cfg_scale: float = 3.0          # Guidance scale (1: the conditional prediction exactly).
@@ -57,7 +49,7 @@ class SamplerSettings:
   # What the head predicts, 'eps' or 'v': fixed by training, so `generate` fills it in from the
   # run's config; a Sampler refuses to run without it.
   prediction: str | None = None
-  clip_x0: float | None = 5.0     # Bound on the x0 estimate (latents are normalised to unit std).
+  clip_x0: float | None = 5.0     # Bound on the x0 estimate (latents are normalized to unit std).
   # Dynamic thresholding (Imagen): the percentile of |x0| per token that is scaled down to
   # clip_x0; None clips at clip_x0 instead. Keeps strongly guided chains on the data's scale.
   threshold: float | None = None
@@ -66,10 +58,10 @@ class SamplerSettings:
   data_range: bool = True
 
   def __post_init__(self):
-    if self.steps < 1:
-      raise ValueError(f"steps={self.steps}: must be >= 1")
-    if self.sampler not in ("ddpm", "ddim"):
-      raise ValueError(f"sampler={self.sampler!r}: must be 'ddpm' or 'ddim'")
+    if self.solver_steps < 1:
+      raise ValueError(f"solver_steps={self.solver_steps}: must be >= 1")
+    if self.solver not in diffusion.SOLVERS:
+      raise ValueError(f"solver={self.solver!r}: must be one of {sorted(diffusion.SOLVERS)}")
     if self.cfg_schedule not in ("constant", "linear"):
       raise ValueError(f"cfg_schedule={self.cfg_schedule!r}: must be 'constant' or 'linear'")
     if self.temperature <= 0:
@@ -138,7 +130,7 @@ def _prefill(model, text: TextEmbedding, prompt_BxPx: Array, capacity: int, guid
     return cache, None
   prompt = jnp.concatenate([prompt_BxPx] * copies, axis=0)
   inputs = jnp.concatenate([jnp.full_like(prompt[:, :1], fill), prompt[:, :-1]], axis=1)
-  _, cache = model.extend(inputs, jnp.int32(0), cache)
+  _, cache = model.decode(inputs, jnp.int32(0), cache)
   return cache, prompt[:, -1]
 
 
@@ -153,14 +145,14 @@ def _sample_token(model: ContinuousLM, z_XxD: Array, schedule: diffusion.Schedul
     denoise = diffusion.with_cfg(model.head, z_XxD[:b], z_XxD[b:], scale)
   else:
     denoise = lambda x_t, t: model.head(x_t, t, z_XxD)
-  kw = dict(temperature=settings.temperature, prediction=settings.prediction,
-            clip_x0=settings.clip_x0, threshold=settings.threshold, x0_range=x0_range)
-  if settings.sampler == "ddpm":
-    return diffusion.ddpm_sample(denoise, schedule, (b, c), rng, **kw)
-  return diffusion.ddim_sample(denoise, schedule, (b, c), rng, eta=settings.eta, **kw)
+  solver = diffusion.SOLVERS[settings.solver]
+  options = {name: getattr(settings, name) for name in solver.options}
+  return solver.sample(denoise, schedule, (b, c), rng, temperature=settings.temperature,
+                       prediction=settings.prediction, clip_x0=settings.clip_x0,
+                       threshold=settings.threshold, x0_range=x0_range, **options)
 
 
-def extend(generate: Callable[[int, Array, np.ndarray | None], np.ndarray], window: int,
+def sliding_window(generate: Callable[[int, Array, np.ndarray | None], np.ndarray], window: int,
            total: int, rng: Array, prompt: np.ndarray | None, stride: int) -> np.ndarray:
   """`total` items [B, total, ...] from `generate(n, rng, prompt)`, which gives at most `window`
   (prompt included), by AudioGen's sliding window: the first window is generated (after
@@ -186,14 +178,14 @@ class Sampler:
   def __init__(self, model: ContinuousLM, train_schedule: diffusion.Schedule,
                settings: SamplerSettings,
                x0_range: tuple[np.ndarray, np.ndarray] | None = None):
-    """`x0_range` (lo_C, hi_C): the range of each channel of the (normalised) training latents;
+    """`x0_range` (lo_C, hi_C): the range of each channel of the (normalized) training latents;
     the head's x0 estimates are clipped to it at every reverse step (see `diffusion`)."""
     if settings.prediction is None:
       raise ValueError("SamplerSettings.prediction is unset: pass what the model was trained to "
                        "predict (config.diffusion.prediction)")
     self.graphdef, self.params = nnx.split(model)
     self.settings = settings
-    self.schedule = diffusion.respace(train_schedule, settings.steps)
+    self.schedule = diffusion.respace(train_schedule, settings.solver_steps)
     self.token_dim, self.max_len = model.token_dim, model.max_len
     self.x0_range = None if x0_range is None or not settings.data_range else tuple(
         jnp.asarray(a, jnp.float32).reshape(self.token_dim) for a in x0_range)
@@ -235,7 +227,7 @@ class Sampler:
                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Samples `num_tokens` tokens per caption, prompt included: float32 [B, L, C].
 
-    Beyond the model's context, windows of the context advance by `stride` tokens (`extend`;
+    Beyond the model's context, windows of the context advance by `stride` tokens (`sliding_window`;
     0: an error instead). With `return_z`, also the conditional decoder outputs that produced
     the generated tokens ([B, L - P, D] for a prompt of P tokens; within the context only).
     """
@@ -243,9 +235,9 @@ class Sampler:
     if num_tokens > self.max_len:
       if not stride or return_z:
         raise ValueError(f"{num_tokens} tokens exceed the model's context of {self.max_len}")
-      return extend(lambda n, r, p: self.generate(text, n, r, p, chunk, progress), self.max_len,
-                    num_tokens, rng, None if prompt_BxPxC is None else np.asarray(prompt_BxPxC),
-                    stride)
+      return sliding_window(lambda n, r, p: self.generate(text, n, r, p, chunk, progress),
+                            self.max_len, num_tokens, rng,
+                            None if prompt_BxPxC is None else np.asarray(prompt_BxPxC), stride)
     if prompt_BxPxC is None:
       prompt_BxPxC = jnp.zeros((b, 0, self.token_dim), jnp.float32)
     p = prompt_BxPxC.shape[1]
@@ -274,11 +266,6 @@ class Sampler:
 # ---------------------------------------------------------------------------------------------
 # The discrete baseline: codes from logits.
 # ---------------------------------------------------------------------------------------------
-
-
-def guide_logits(cond_XxQxK: Array, uncond_XxQxK: Array, scale: Array) -> Array:
-  """Classifier-free guidance on logits: uncond + scale * (cond - uncond)."""
-  return uncond_XxQxK + scale * (cond_XxQxK - uncond_XxQxK)
 
 
 def filter_logits(logits_XxK: Array, top_k: int = 0, top_p: float = 0.0) -> Array:
@@ -365,7 +352,7 @@ class CodeSampler:
       if settings.guided:
         scale = diffusion.cfg_scale_at(index.astype(jnp.float32) / total, settings.cfg_scale,
                                        settings.cfg_schedule)
-        logits_XxQxK = guide_logits(logits_XxQxK[:b], logits_XxQxK[b:], scale)
+        logits_XxQxK = diffusion.guided(logits_XxQxK[:b], logits_XxQxK[b:], scale)
       codes_BxQ = sample_codes(logits_XxQxK, jax.random.fold_in(rng, index), settings)
       codes_BxQ = jnp.where(known_BxLxQ[:, i], known_codes_BxLxQ[:, i], codes_BxQ)
       prev = jnp.concatenate([codes_BxQ] * (prev.shape[0] // b), axis=0)
@@ -379,12 +366,13 @@ class CodeSampler:
                prompt_BxPxQ: Array | None = None, chunk: int = 25,
                progress: bool = True, stride: int = 0) -> np.ndarray:
     """Samples `num_frames` frames of codes per caption, prompt included: int32 [B, F, Q].
-    Beyond the model's context, windows advance by `stride` frames (`extend`; 0: an error)."""
+    Beyond the model's context, windows advance by `stride` frames (`sliding_window`; 0: an
+    error)."""
     b = text.pooled_BxE.shape[0]
     if num_frames > self.max_frames:
       if not stride:
         raise ValueError(f"{num_frames} frames exceed the model's context of {self.max_frames}")
-      return extend(lambda n, r, p: self.generate(text, n, r, p, chunk, progress),
+      return sliding_window(lambda n, r, p: self.generate(text, n, r, p, chunk, progress),
                     self.max_frames, num_frames, rng,
                     None if prompt_BxPxQ is None else np.asarray(prompt_BxPxQ), stride)
     if prompt_BxPxQ is None:
@@ -418,8 +406,8 @@ class CodeSampler:
 
 
 class LatentCodeSampler:
-  """A `CodeSampler` that takes and gives normalised latents, like `Sampler`: a prompt is
-  quantised and the generated codes are decoded by the run's RVQ, so that the trainer, `generate`
+  """A `CodeSampler` that takes and gives normalized latents, like `Sampler`: a prompt is
+  quantized and the generated codes are decoded by the run's RVQ, so that the trainer, `generate`
   and the notebook treat both models alike."""
 
   def __init__(self, model, settings: CodeSamplerSettings, quantizer: rvq.RVQ):
@@ -439,7 +427,7 @@ class LatentCodeSampler:
   def generate(self, text: TextEmbedding, num_tokens: int, rng: Array,
                prompt_BxPxC: Array | None = None, chunk: int = 25,
                progress: bool = True, stride: int = 0) -> np.ndarray:
-    """Normalised latents [B, num_tokens, C] (the prompt's quantised at the start); windows
+    """Normalized latents [B, num_tokens, C] (the prompt's quantized at the start); windows
     slide over codes, not latents, beyond the context."""
     prompt = None
     if prompt_BxPxC is not None:
@@ -452,7 +440,7 @@ def make_sampler(model, settings: SamplerSettings | CodeSamplerSettings, *,
                  schedule: diffusion.Schedule | None = None,
                  x0_range: tuple[np.ndarray, np.ndarray] | None = None,
                  quantizer: rvq.RVQ | None = None) -> Sampler | LatentCodeSampler:
-  """The sampler for `settings`' kind of model, taking and giving normalised latents: the
+  """The sampler for `settings`' kind of model, taking and giving normalized latents: the
   continuous LM's (its head's training `schedule`, x0 within `x0_range`) or the discrete
   baseline's over `quantizer`'s codes."""
   if isinstance(settings, CodeSamplerSettings):
@@ -460,178 +448,3 @@ def make_sampler(model, settings: SamplerSettings | CodeSamplerSettings, *,
       raise ValueError("the discrete baseline samples codes: pass the run's quantizer")
     return LatentCodeSampler(model, settings, quantizer)
   return Sampler(model, schedule, settings, x0_range)
-
-
-# ---------------------------------------------------------------------------------------------
-# A trained run's sampler: its settings, checks and the captions -> waveforms path.
-# ---------------------------------------------------------------------------------------------
-
-
-def check_compatible(config: dict[str, Any], stats: latents_lib.Stats) -> None:
-  """The checkpoint, its latents' stats and this code must agree; names what does not."""
-  if config.get("model_name") not in models.NAMES:
-    raise configlib.ConfigError(f"checkpoint model_name={config.get('model_name')!r}: this "
-                                f"almtok generates from {list(models.NAMES)}")
-  if config["model_name"] == "discrete_lm":
-    return   # Its quantizer is checked against the latents when it is loaded.
-  token_dim = config["model"]["token_dim"]
-  latent_dim = stats.latent_dim
-  if latent_dim != token_dim:
-    raise configlib.ConfigError(f"checkpoint token_dim={token_dim} does not match the latents' "
-                                f"latent_dim={latent_dim}")
-
-
-def model_settings(settings: SamplerSettings | CodeSamplerSettings, config: Any,
-                   workdir: str) -> SamplerSettings | CodeSamplerSettings:
-  """`settings` with what the trained head fixes filled in from the run's config: its prediction
-  type. A caller's value that contradicts the run, or more head steps than the head was trained
-  on, is a one-line error. The discrete baseline's settings fix nothing of the kind."""
-  if isinstance(settings, CodeSamplerSettings):
-    if config["model_name"] != "discrete_lm":
-      raise configlib.ConfigError(f"the model in {workdir} is a {config['model_name']}: "
-                                  "sample it with its own config.sample keys")
-    return settings
-  if config["model_name"] == "discrete_lm":
-    raise configlib.ConfigError(f"the model in {workdir} is the discrete baseline: sample it "
-                                "with config.sample keys cfg_scale, cfg_schedule, temperature, "
-                                "top_k, top_p")
-  trained = config["diffusion"]["prediction"]
-  if settings.prediction is None:
-    settings = dataclasses.replace(settings, prediction=trained)
-  elif settings.prediction != trained:
-    raise configlib.ConfigError(
-        f"prediction={settings.prediction!r}: the model in {workdir} was trained to predict "
-        f"{trained!r} (leave prediction unset to take it from the run)")
-  num_steps = config["diffusion"]["num_steps"]
-  if settings.steps > num_steps:
-    raise configlib.ConfigError(f"config.sample.steps={settings.steps}: the head was trained "
-                                f"on {num_steps} diffusion steps; use at most that many")
-  return settings
-
-
-class Generator:
-  """A run's model, loaded once, that turns captions into waveforms: the sampler with the run's
-  settings (`model_settings`), its text encoder, and its tokenizer and vocoder.
-
-  With `settings.data_range` the continuous head's x0 estimates stay within the training latents'
-  per-channel range that stats.json records. The run and the settings are checked when it is
-  made; the model loads at the first call, after that call's arguments are checked.
-  """
-
-  def __init__(self, workdir: str,
-               settings: SamplerSettings | CodeSamplerSettings):
-    raw = state_lib.load_run_config(workdir)
-    self.stats = state_lib.run_stats(workdir)
-    check_compatible(raw, self.stats)
-    self.settings = model_settings(settings, raw, workdir)
-    self.config = config = ml_collections.ConfigDict(raw)
-    self.workdir = workdir
-    self.tokenizer = tokenizers.from_stats(self.stats)
-    self.sample_rate = self.tokenizer.sample_rate
-    x0_range = None
-    if isinstance(self.settings, SamplerSettings) and self.settings.data_range:
-      x0_range = latents_lib.data_range(self.stats)
-      if x0_range is None:
-        raise configlib.ConfigError(
-            f"{workdir}/{state_lib.STATS_FILE} records no per-channel range of the latents "
-            f"(prepared by an older almtok): prepare again, or sample without it "
-            f"(--config.sample.data_range=false)")
-    self._x0_range = x0_range
-    self._sampler = None
-
-  @property
-  def sampler(self) -> Sampler | LatentCodeSampler:
-    """The sampler over the run's EMA weights, loaded on first use (after the checks)."""
-    if self._sampler is None:
-      quantizer = (state_lib.run_quantizer(self.workdir)
-                   if self.config.model_name == "discrete_lm" else None)
-      model = state_lib.load_model(self.workdir, self.config, use_ema=True)
-      self._sampler = make_sampler(model, self.settings,
-                                   schedule=state_lib.make_schedule(self.config),
-                                   x0_range=self._x0_range, quantizer=quantizer)
-      self.text_encoder = TextEncoder(max_len=self.config.model.text_len)
-    return self._sampler
-
-  @property
-  def context_seconds(self) -> float:
-    return self.config.model.max_len / self.tokenizer.frame_rate
-
-  def num_tokens(self, seconds: float, extend: bool = True) -> int:
-    """Tokens of `seconds` of audio; a one-line error below one token, or beyond the trained
-    context when not `extend`ed."""
-    n = int(round(seconds * self.tokenizer.frame_rate))
-    if n < 1:
-      raise configlib.ConfigError(f"--seconds={seconds:g}: shorter than one token "
-                                  f"({1 / self.tokenizer.frame_rate:g} s)")
-    if n > self.config.model.max_len and not extend:
-      raise configlib.ConfigError(
-          f"--seconds={seconds:g}: longer than the trained context of "
-          f"{self.context_seconds:g} s (and --noextend asks for one window)")
-    return n
-
-  def stride_tokens(self, stride_seconds: float = 0.0) -> int:
-    """The sliding window's stride in tokens: `stride_seconds`, or half the context for 0."""
-    max_len = self.config.model.max_len
-    n = int(round(stride_seconds * self.tokenizer.frame_rate)) if stride_seconds else max_len // 2
-    if not 0 < n < max_len:
-      raise configlib.ConfigError(f"--extend_stride={stride_seconds:g}: must be more than 0 and "
-                                  f"less than the trained context of {self.context_seconds:g} s")
-    return n
-
-  def __call__(self, captions: list[str], seconds: float, seed: int = 0,
-               prompt_wav: np.ndarray | None = None, progress: bool = True,
-               extend: bool = True, extend_stride: float = 0.0
-               ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Waveforms [B, S] for the captions, and the settings used. Beyond the trained context
-    (with `extend`) the window slides by `extend_stride` seconds (0: half the context)."""
-    num_tokens = self.num_tokens(seconds, extend)
-    stride = self.stride_tokens(extend_stride) if num_tokens > self.config.model.max_len else 0
-    prompt = None
-    if prompt_wav is not None:
-      x = np.asarray(self.tokenizer.encode(prompt_wav[None].astype(np.float32)))
-      prompt = np.repeat(latents_lib.normalise(x, self.stats), len(captions), axis=0)
-      if prompt.shape[1] >= min(num_tokens, self.config.model.max_len):
-        raise configlib.ConfigError(
-            f"the prompt covers {prompt.shape[1]} tokens, of {num_tokens} to make in windows of "
-            f"{self.config.model.max_len}: nothing is left to generate")
-    sampler = self.sampler
-    text = self.text_encoder.encode_for_lm(captions)
-    x = sampler.generate(text, num_tokens, jax.random.PRNGKey(seed), prompt_BxPxC=prompt,
-                         progress=progress, stride=stride)
-    wav = np.asarray(self.tokenizer.decode(latents_lib.denormalise(x, self.stats)))
-    used = dict(dataclasses.asdict(self.settings), seed=seed, seconds=seconds,
-                captions=captions, workdir=os.path.abspath(self.workdir),
-                num_tokens=num_tokens, prompt_tokens=0 if prompt is None else prompt.shape[1],
-                window=self.config.model.max_len, stride=stride)
-    return wav, used
-
-
-def run_settings(run_config: dict[str, Any], overrides: dict[str, Any] | None, workdir: str
-                 ) -> SamplerSettings | CodeSamplerSettings:
-  """The run's own sampling settings with `--config.*` overrides on top; one line for a
-  key the run's model has not, or a value out of range."""
-  unknown = sorted(set(overrides or {}) - set(run_config["sample"]))
-  if unknown:
-    raise configlib.ConfigError(
-        f"config.sample.{unknown[0]}: the {run_config['model_name']} in {workdir} has no such "
-        f"sampling setting (it has {', '.join(run_config['sample'])})")
-  try:
-    return settings_from_config(run_config, **(overrides or {}))
-  except TypeError as e:
-    raise configlib.ConfigError(f"config.sample: {e}") from None
-  except ValueError as e:
-    raise configlib.ConfigError(f"config.sample.{e}") from None
-
-
-def sample_flag_defaults() -> ml_collections.ConfigDict:
-  """`--config.sample.*`'s keys for a command line that samples some run: every setting of
-  either sampler, with its default (a key the run's model has not is one error line once the
-  run is known: `run_settings`)."""
-  keys = {}
-  for cls in (SamplerSettings, CodeSamplerSettings):
-    for field in dataclasses.fields(cls):
-      if field.name in ("cfg", "prediction") or field.name in keys:
-        continue
-      keys[field.name] = (field.default if field.default is not None
-                          else ml_collections.config_dict.placeholder(float))
-  return ml_collections.ConfigDict({"sample": keys})

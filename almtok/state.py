@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,11 +39,33 @@ from almtok.quantizers import rvq
 # The layout of a run's checkpoints; a reader refuses any other in one line (no silent misload).
 # 1: the EMA inside the `state` item; 2: the EMA as its own item.
 FORMAT = "almtok-run-2"
+UNVERSIONED = "almtok-run-1"   # What a run that names no format was written as.
+
+# Config keys renamed since runs were first written: (old dotted key, new dotted key). A stored
+# config is read through `upgrade_config`, so that older runs still load and resume.
+RENAMED_KEYS = (
+    ("sample.steps", "sample.solver_steps"),
+    ("sample.sampler", "sample.solver"),
+    ("diffusion.num_steps", "diffusion.timesteps"),
+)
+
+
+def upgrade_config(raw: dict[str, Any]) -> dict[str, Any]:
+  """A stored config (its JSON dict) with `RENAMED_KEYS` under their current names."""
+  raw = json.loads(json.dumps(raw))
+  for old, new in RENAMED_KEYS:
+    *parents, old_leaf = old.split(".")
+    block = raw
+    for key in parents:
+      block = block.get(key) if isinstance(block, dict) else None
+    if isinstance(block, dict) and old_leaf in block:
+      block[new.rsplit(".", 1)[1]] = block.pop(old_leaf)
+  return raw
 
 
 def check_format(meta: dict, where: str) -> None:
   """Raises a one-line ConfigError unless the checkpoint metadata `meta` is of `FORMAT`."""
-  found = meta.get("format", "almtok-run-1")
+  found = meta.get("format", UNVERSIONED)
   if found != FORMAT:
     raise configlib.ConfigError(f"{where}: its checkpoints are in format {found}; this almtok "
                                 f"reads {FORMAT} (train it again with this almtok)")
@@ -66,7 +89,7 @@ def restore(ckpt: checkpoint.Checkpointer, step: int, target: dict,
 
 
 # What a workdir holds beside its checkpoints so that generation needs nothing else: the
-# prepared latents' stats.json (tokenizer spec, normaliser, per-channel range), a copy of the
+# prepared latents' stats.json (tokenizer spec, normalizer, per-channel range), a copy of the
 # tokenizer's weights when it has any, a copy of the discrete baseline's RVQ, and `RUN_FILE`
 # (format, text encoder, where the data was).
 STATS_FILE = "latents_stats.json"
@@ -121,7 +144,7 @@ def load_run_config(workdir: str) -> dict[str, Any]:
   if not os.path.exists(path) or not steps:
     raise configlib.ConfigError(f"--workdir={workdir}: no finished checkpoint (train first)")
   run_file = os.path.join(workdir, RUN_FILE)
-  found = "almtok-run-1"
+  found = UNVERSIONED
   if os.path.exists(run_file):
     with open(run_file, encoding="utf-8") as f:
       found = json.load(f).get("format", found)
@@ -129,7 +152,7 @@ def load_run_config(workdir: str) -> dict[str, Any]:
     raise configlib.ConfigError(f"--workdir={workdir}: a run in format {found}; this almtok "
                                 f"reads {FORMAT} (train it again with this almtok)")
   with open(path) as f:
-    return json.load(f)
+    return upgrade_config(json.load(f))
 
 
 def run_quantizer(workdir: str) -> rvq.RVQ:
@@ -158,7 +181,7 @@ def make_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule | Non
   if config.model_name == "discrete_lm":
     return None
   make = {"cosine": diffusion.cosine_schedule, "linear": diffusion.linear_schedule}
-  return make[config.diffusion.schedule](config.diffusion.num_steps)
+  return make[config.diffusion.schedule](config.diffusion.timesteps)
 
 
 def abstract_state(config, mesh, tx):

@@ -39,7 +39,7 @@ from almtok import plotting
 from almtok import sample
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import steps
+from almtok import objective
 from almtok import tokenizers
 from almtok.latents import pipeline
 from almtok.latents import store as latents_lib
@@ -124,6 +124,11 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise configlib.ConfigError(f"config.data.latents_dir={where}: {e}") from None
   if config.model_name == "discrete_lm":
     load_quantizer(config, stats)
+  elif config.model.token_dim != stats.latent_dim:
+    raise configlib.ConfigError(
+        f"config.model.token_dim={config.model.token_dim}: the latents in {where} have "
+        f"{stats.latent_dim} channels ({stats.tokenizer.name} tokens); train on them with "
+        f"--config.model.token_dim={stats.latent_dim} or a config for that tokenizer")
   n = jax.device_count()
   try:
     sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, n)
@@ -142,7 +147,7 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
       meta = ckpt.restore_meta(latest) if latest is not None else None
     if meta is not None:
       state_lib.check_format(meta, workdir)
-      check_resume(meta["config"], config, workdir)
+      check_resume(state_lib.upgrade_config(meta["config"]), config, workdir)
       kept = os.path.join(workdir, state_lib.QUANTIZER_DIR)
       if config.model_name == "discrete_lm" and os.path.isdir(kept):
         digest = lambda path: fileio.read_export(path, rvq.EXPORT_STEM)[1].get("weights_sha256")
@@ -155,7 +160,7 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 def load_quantizer(config: ml_collections.ConfigDict,
                    stats: latents_lib.Stats) -> rvq.RVQ:
   """The discrete run's RVQ (`config.quantizer.path`), checked against the model's codebook
-  shape and against the latents it will quantise; one line naming what does not match."""
+  shape and against the latents it will quantize; one line naming what does not match."""
   path = config.quantizer.path
   if not path:
     raise configlib.ConfigError("config.quantizer.path is empty: set it to the export directory "
@@ -228,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains until `train.num_steps` (or `train.max_minutes`, or SIGTERM); returns a summary."""
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
-  steps.check_config(config)
+  objective.check_config(config)
   check_run(config, workdir)
   is_main = jax.process_index() == 0
   lock = workdir_lock(workdir) if is_main else contextlib.nullcontext()
@@ -268,10 +273,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           {"x_BxLxC": batch["x_BxLxC"], "mask_BxL": batch["mask_BxL"], "text": text}, mesh)
 
     # --- Update --------------------------------------------------------------------------------
-    metric_weights = steps.make_objective(config, schedule, quantizer).metric_weights
-    train_step = jax.jit(steps.make_train_step(config, graphdef, tx, schedule, quantizer),
+    run_objective = objective.make_objective(config, schedule, quantizer)
+    train_step = jax.jit(objective.make_train_step(config, graphdef, tx, schedule, quantizer),
                          out_shardings=(state_sh, repl), donate_argnums=(0,))
-    eval_step = jax.jit(steps.make_eval_step(config, graphdef, schedule, quantizer),
+    eval_step = jax.jit(objective.make_eval_step(config, graphdef, schedule, quantizer),
                         out_shardings=repl)
 
     # --- Checkpoint ----------------------------------------------------------------------------
@@ -315,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # A split smaller than the batch still counts: its last batch is padded with rows that
       # hold no tokens. Each batch's means are weighted by what they average over, so the
       # result is the mean over all validation targets.
-      weight_of = metric_weights
+      weight_of = run_objective.metric_weights
       sums, totals = {}, {}
       for i, batch in enumerate(val_ds):
         if i >= config.train.eval_batches:
@@ -329,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             totals[k] = totals.get(k, 0.0) + w
       means = {k: sums[k] / totals[k] for k in sums if totals[k]}
       if "ntp_loss" in means:
-        means["loss"] = means["ntp_loss"] + config.loss.mntp_weight * means.get("mntp_loss", 0.0)
+        means["loss"] = run_objective.settings.total(means["ntp_loss"], means.get("mntp_loss", 0.0))
         writer.write_scalars(step, {f"val/{k}": v for k, v in means.items()})
 
     # --- Samples -------------------------------------------------------------------------------
@@ -352,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sampler.params = state["ema"]
       x = sampler.generate(sample_text, config.data.seq_len, jax.random.PRNGKey(config.seed),
                            progress=False)
-      wavs = np.asarray(audio_tokenizer.decode(latents_lib.denormalise(x, stats)))
+      wavs = np.asarray(audio_tokenizer.decode(latents_lib.denormalize(x, stats)))
       rate = audio_tokenizer.sample_rate
       writer.write_audios(step, {f"samples/audio_{i}": w[None, :, None]
                                  for i, w in enumerate(wavs)},
@@ -428,7 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def main(argv):
   del argv
   f = flags.FLAGS
-  steps.check_config(f.config)
+  objective.check_config(f.config)
   if not f.workdir:
     raise configlib.ConfigError("--workdir is required")
   if f.multihost:

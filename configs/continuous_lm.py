@@ -10,6 +10,7 @@ is the CPU demo size and `tiny` the test size. Parameter counts exclude the froz
 import ml_collections
 
 from almtok import sharding
+from almtok import tokenizers
 from configs import common
 
 # Decoder (width, layers, heads) and diffusion head (width, depth) per size.
@@ -21,24 +22,21 @@ MODELS = {
 }
 # Parameter counts the paper reports for its sizes (the text encoder not included).
 PAPER_PARAMS = {"base": 193e6, "large": 462e6}
-# Continuous tokens per tokenizer: channels and frames per second.
-TOKENIZERS = {"mel_vae": dict(token_dim=128, frame_rate=25), "mel": dict(token_dim=256,
-                                                                          frame_rate=25)}
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, presets=MODELS, preset="base", tokenizer="mel_vae", seconds=10.0,
                          mlp="gelu", seed=0)
   size = common.preset(MODELS, arg.preset)
-  tok = common.preset(TOKENIZERS, arg.tokenizer)
+  tok = tokenizers.spec(arg.tokenizer)
   config = ml_collections.ConfigDict()
   config.seed = arg.seed
   config.model_name = "continuous_lm"
   config.tokenizer = arg.tokenizer
   config.seconds = arg.seconds
   config.model = dict(
-      token_dim=tok["token_dim"],
-      max_len=int(round(arg.seconds * tok["frame_rate"])),
+      token_dim=tok.latent_dim,
+      max_len=int(round(arg.seconds * tok.frame_rate)),
       text_dim=384,    # MiniLM-L6 width.
       text_len=32,     # Text token slots; the prefix adds the pooled sentence vector.
       decoder=dict(width=size["width"], num_layers=size["num_layers"],
@@ -55,12 +53,13 @@ def get_config(arg=None):
   # almtok/sharding.py); an experiment may replace them, e.g. to shard embeddings differently.
   config.sharding_rules = sharding.PARAM_RULES
   # What the head is trained with; sampling takes the prediction type from here.
-  config.diffusion = dict(schedule="cosine", num_steps=1000, prediction="eps", batch_mul=4)
+  config.diffusion = dict(schedule="cosine", timesteps=1000, prediction="eps", batch_mul=4)
   # How to sample (`sample.SamplerSettings`): the trainer's periodic samples, `generate` (the
   # run's own block, with --config.sample.* on top) and the notebook all read this block.
   config.sample = dict(
-      steps=100, sampler="ddpm", eta=0.0, cfg_scale=3.0, cfg_schedule="linear", temperature=1.0,
-      clip_x0=5.0, threshold=ml_collections.config_dict.placeholder(float), data_range=True)
+      solver_steps=100, solver="ddpm", eta=0.0, cfg_scale=3.0, cfg_schedule="linear",
+      temperature=1.0, clip_x0=5.0, threshold=ml_collections.config_dict.placeholder(float),
+      data_range=True)
   config.loss = dict(
       cfg_dropout=0.1,
       mntp_weight=1.0,

@@ -19,8 +19,8 @@ Args: `n_q` and `k` (codebooks and codes per codebook: those of the fitted RVQ, 
 import ml_collections
 
 from almtok import sharding
+from almtok import tokenizers
 from configs import common
-from configs import continuous_lm
 
 # Decoder (width, layers, heads) per size.
 MODELS = {
@@ -37,7 +37,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, presets=MODELS, preset="base", tokenizer="mel_vae", seconds=10.0,
                          n_q=4, k=1024, pattern="delay", mlp="gelu", seed=0)
   size = common.preset(MODELS, arg.preset)
-  tok = common.preset(continuous_lm.TOKENIZERS, arg.tokenizer)
+  tok = tokenizers.spec(arg.tokenizer)
   config = ml_collections.ConfigDict()
   config.seed = arg.seed
   config.model_name = "discrete_lm"
@@ -46,7 +46,7 @@ def get_config(arg=None):
   config.model = dict(
       num_codebooks=arg.n_q,
       codebook_size=arg.k,
-      max_len=int(round(arg.seconds * tok["frame_rate"])),   # Frames; steps add n_q - 1 (delay).
+      max_len=int(round(arg.seconds * tok.frame_rate)),   # Frames; steps add n_q - 1 (delay).
       text_dim=384,    # MiniLM-L6 width.
       text_len=32,     # Text token slots; the prefix adds the pooled sentence vector.
       decoder=dict(width=size["width"], num_layers=size["num_layers"],
@@ -56,9 +56,9 @@ def get_config(arg=None):
       pattern=arg.pattern,
   )
   # The RVQ that makes the codes: an export directory of `almtok.quantizers.rvq` fitted on the
-  # training latents (its n_q and k must be the model's). Training encodes the normalised
+  # training latents (its n_q and k must be the model's). Training encodes the normalized
   # latents the continuous arm reads with it, on the device, inside the train step.
-  config.quantizer = dict(path="", dim=tok["token_dim"])   # dim: the latent channels it codes.
+  config.quantizer = dict(path="", dim=tok.latent_dim)   # dim: the latent channels it codes.
   config.paper_params = PAPER_PARAMS.get(arg.preset, 0.0)   # 0: no published figure.
   config.dtype = "float32"        # Compute dtype; parameters are always float32.
   config.sharding_rules = sharding.PARAM_RULES

@@ -1,6 +1,6 @@
 r"""The mel-VAE tokenizer (128-d tokens at 25 Hz), trained on synth_sounds + debian_sounds.
 
-  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py --workdir=/work/runs/mel_vae
+  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py --workdir=/tmp/mel_vae
   python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py:tiny \
       --workdir=/tmp/mel_vae_tiny
   python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py:gpu,kl_weight=1e-5 \

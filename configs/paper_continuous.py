@@ -51,11 +51,11 @@ def get_config(arg=None):
   add_training(config, arg, RUNS[arg.preset])
   # The head as in the paper: noise (eps) prediction, cosine schedule of 1000 steps, 4 noise
   # draws per token per step (MAR's diffusion batch multiplier); CFG dropout 0.1 and MNTP on.
-  config.diffusion.update(schedule="cosine", num_steps=1000, prediction="eps", batch_mul=4)
+  config.diffusion.update(schedule="cosine", timesteps=1000, prediction="eps", batch_mul=4)
   config.loss.update(cfg_dropout=0.1, mntp_weight=1.0)
   # Sampling: 100 DDPM steps, guidance 3 ramping up linearly over the clip (MAR's default
   # schedule; the summary says the scale "can ramp with progress"), temperature 1.
-  config.sample.update(steps=100, sampler="ddpm", cfg_scale=3.0, cfg_schedule="linear",
+  config.sample.update(solver_steps=100, solver="ddpm", cfg_scale=3.0, cfg_schedule="linear",
                        temperature=1.0)
   config.lock()
   return config

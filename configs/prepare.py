@@ -19,16 +19,13 @@ import os
 
 import ml_collections
 
+from almtok import tokenizers
 from configs import common
 from configs import debian_sounds as debian_config
 from configs import synth_sounds as synth_config
 
 DATASETS = {"synth_sounds": {}, "debian_sounds": {}, "audiocaps": {}}
 
-TOKENIZERS = {
-    "mel": dict(name="mel"),
-    "mel_vae": dict(name="mel_vae", path=""),
-}
 
 
 def _dataset(arg) -> dict:
@@ -50,7 +47,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.dataset = _dataset(arg)
   config.data_dir = ""  # TFDS datasets; empty: <workdir>/tfds.
-  config.tokenizer = common.preset(TOKENIZERS, arg.tokenizer)
+  config.tokenizer = dict(name=arg.tokenizer, **tokenizers.spec(arg.tokenizer).params)
   if "path" in config.tokenizer:
     config.tokenizer.path = arg.tokenizer_path
   config.prepare = dict(

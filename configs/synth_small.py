@@ -1,6 +1,7 @@
 r"""The CPU demo: the `small` continuous LM on the synthetic set's `mel` latents.
 
-  python -m almtok.prepare --config=configs/prepare.py:synth_sounds,tokenizer=mel --workdir=/tmp/prep
+  python -m almtok.prepare --config=configs/prepare.py:synth_sounds,tokenizer=mel \
+      --workdir=/tmp/prep
   python -m almtok.train --config=configs/synth_small.py --workdir=/tmp/lm \
       --config.data.latents_dir=/tmp/prep/latents
 

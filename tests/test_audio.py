@@ -243,7 +243,7 @@ def test_write_report_is_json_and_the_write_is_atomic(tmp_path):
   assert json.loads(json.dumps(dataclasses.asdict(report)))["strategy"] == "loudness"
   assert os.listdir(tmp_path / "sub") == ["r.wav"]   # No temporary left beside it.
   with pytest.raises(ValueError, match="strategy"):
-    audio.write(path, _tone(440.0), strategy="normalise")
+    audio.write(path, _tone(440.0), strategy="normalize")
   with pytest.raises(audio.AudioError, match="non-finite"):
     audio.write(path, np.array([np.inf], np.float32))
   assert os.listdir(tmp_path / "sub") == ["r.wav"]

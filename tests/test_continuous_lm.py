@@ -94,7 +94,7 @@ def test_kv_cache_decoding_equals_teacher_forcing(model):
   # A prompt of 5 tokens decoded in one call, then steps, gives the same z again.
   cache = model.prefill(text, no_null(), model.init_cache(B, L))
   prev = jnp.concatenate([jnp.zeros((B, 1, C)), x[:, :-1]], axis=1)
-  z_prompt, cache = model.extend(prev[:, :5], jnp.int32(0), cache)
+  z_prompt, cache = model.decode(prev[:, :5], jnp.int32(0), cache)
   z_next, _ = model.step(prev[:, 5], jnp.int32(5), cache)
   np.testing.assert_allclose(z_prompt, z_full[:, :5], atol=2e-5, rtol=2e-5)
   np.testing.assert_allclose(z_next, z_full[:, 5], atol=2e-5, rtol=2e-5)
@@ -122,7 +122,7 @@ def test_a_scanned_decoder_stack_is_the_same_model(model):
   np.testing.assert_allclose(z_got, z_want, atol=2e-5, rtol=2e-5)
   prev = jnp.concatenate([jnp.zeros((B, 1, C)), x[:, :-1]], axis=1)
   cache = scanned.prefill(text, no_null(), scanned.init_cache(B, L))
-  z_prompt, cache = scanned.extend(prev[:, :5], jnp.int32(0), cache)
+  z_prompt, cache = scanned.decode(prev[:, :5], jnp.int32(0), cache)
   z_next, _ = scanned.step(prev[:, 5], jnp.int32(5), cache)
   np.testing.assert_allclose(z_prompt, z_want[:, :5], atol=2e-5, rtol=2e-5)
   np.testing.assert_allclose(z_next, z_want[:, 5], atol=2e-5, rtol=2e-5)
@@ -207,7 +207,7 @@ def test_loss_parts_and_zero_head():
   config = tiny_config()
   model = models.build(config, nnx.Rngs(0))
   x = jax.random.normal(jax.random.PRNGKey(0), (B, L, C))
-  kw = {k: config.loss[k] for k in ("cfg_dropout", "mntp_weight", "drop_mixture")}
+  kw = dict(loss=audio_lm.LossConfig.from_config(config.loss))
   loss, metrics = continuous_lm.loss_fn(
       model, random_text(jax.random.PRNGKey(1)), x, jnp.ones((B, L), bool),
       jax.random.PRNGKey(2), schedule=diffusion.cosine_schedule(1000), batch_mul=4,
@@ -227,7 +227,7 @@ def test_tiny_model_overfits_one_batch():
   mask = jnp.ones((B, L), bool)
   schedule = diffusion.cosine_schedule(1000)
   optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
-  kw = {k: config.loss[k] for k in ("cfg_dropout", "mntp_weight", "drop_mixture")}
+  kw = dict(loss=audio_lm.LossConfig.from_config(config.loss))
 
   @nnx.jit
   def train_step(model, optimizer, rng):

@@ -18,11 +18,13 @@ import soundfile as sf
 from flax import nnx
 
 from almtok import configlib
+from almtok import diffusion
 from almtok import generate
 from almtok import models
 from almtok import sample
-from almtok import steps
+from almtok import objective
 from almtok import train
+from almtok.models import audio_lm
 from almtok.models import discrete_lm
 from almtok.models import mntp
 from almtok.quantizers import rvq
@@ -131,7 +133,7 @@ def test_top_k_1_is_greedy_and_top_p_keeps_the_smallest_nucleus():
 
 def test_cfg_scale_1_equals_the_conditional_logits():
   cond, uncond = jax.random.normal(jax.random.PRNGKey(6), (2, 4, Q, K))
-  np.testing.assert_allclose(sample.guide_logits(cond, uncond, jnp.float32(1.0)), cond,
+  np.testing.assert_allclose(diffusion.guided(cond, uncond, jnp.float32(1.0)), cond,
                              atol=1e-6)
   model, text = _model(), random_text(jax.random.PRNGKey(7))
   guided = sample.CodeSampler(model, sample.CodeSamplerSettings(cfg=True, cfg_scale=1.0,
@@ -154,8 +156,9 @@ def test_tiny_model_overfits_one_batch():
   def step(params, opt):
     def loss(p):
       return discrete_lm.loss_fn(nnx.merge(graphdef, p), text, codes, mask,
-                                 jax.random.PRNGKey(0), cfg_dropout=0.0, mntp_weight=0.0,
-                                 drop_mixture=((1.0, 2.0, 2.0),))
+                                 jax.random.PRNGKey(0), loss=audio_lm.LossConfig(
+                                     cfg_dropout=0.0, mntp_weight=0.0,
+                                     drop_mixture=((1.0, 2.0, 2.0),)))
     (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
     updates, opt = tx.update(grads, opt)
     return optax.apply_updates(params, updates), opt, metrics
@@ -172,7 +175,8 @@ def test_tiny_model_overfits_one_batch():
 def test_mntp_on_codes_drops_whole_frames():
   model = _model("parallel")
   codes, mask = _codes(10), jnp.arange(L)[None] < jnp.array([L, 9])[:, None]
-  kw = dict(cfg_dropout=0.0, mntp_weight=1.0, drop_mixture=((1.0, 4.0, 1.5),))
+  kw = dict(loss=audio_lm.LossConfig(cfg_dropout=0.0, mntp_weight=1.0,
+                                     drop_mixture=((1.0, 4.0, 1.5),)))
   rng = jax.random.PRNGKey(11)
   loss, metrics = discrete_lm.loss_fn(model, random_text(rng), codes, mask, rng, **kw)
   assert np.isfinite(float(loss)) and "mntp_loss" in metrics
@@ -220,10 +224,11 @@ def test_generate_writes_wav_and_png_from_a_discrete_run(tiny_dlm, tmp_path):
   assert os.path.getsize(tmp_path / "clip.png") > 5_000
   assert used["top_k"] == 4 and used["num_tokens"] == 25
   # A continuous-only setting is one line naming it.
-  with pytest.raises(configlib.ConfigError, match=r"^config.sample.steps: the discrete_lm in .* "
+  with pytest.raises(configlib.ConfigError,
+                     match=r"^config.sample.solver_steps: the discrete_lm in .* "
                      r"has no such sampling setting \(it has cfg_scale, "):
     generate.run(workdir=tiny_dlm, caption="a beep", seconds=1.0, out=str(tmp_path / "x.wav"),
-                 sample_overrides={"steps": 5})
+                 sample_overrides={"solver_steps": 5})
 
 
 def test_a_codebook_config_unlike_the_quantizer_is_one_line(tiny_latents, tiny_rvq, tmp_path):
@@ -235,7 +240,7 @@ def test_a_codebook_config_unlike_the_quantizer_is_one_line(tiny_latents, tiny_r
       train.check_run(config, str(tmp_path / "run"))
   config = tiny_dlm_config(tiny_latents, tiny_rvq, **{"loss.mntp_weight": 1.0})
   with pytest.raises(configlib.ConfigError, match="needs model.pattern='parallel'"):
-    steps.check_config(config)
+    objective.check_config(config)
   config = tiny_dlm_config(tiny_latents, "")
   with pytest.raises(configlib.ConfigError, match="config.quantizer.path is empty"):
     train.check_run(config, str(tmp_path / "run"))

@@ -35,14 +35,14 @@ def _run(*args):
 def test_writes_wav_png_settings_and_levels(tiny_lm, tmp_path):
   out = tmp_path / "clips"
   result = _run(f"--workdir={tiny_lm}", "--held_out=2", "--seconds=1", f"--out={out}",
-                "--config.sample.steps=5", "--seed=3")
+                "--config.sample.solver_steps=5", "--seed=3")
   assert result.returncode == 0, result.stderr[-2000:]
   for i in range(2):
     info = sf.info(out / f"{i:03d}.wav")
     assert info.samplerate == 16_000 and abs(info.duration - 1.0) < 0.05
     assert os.path.getsize(out / f"{i:03d}.png") > 5_000
   settings = json.loads((tmp_path / "clips.json").read_text())
-  assert settings["seed"] == 3 and settings["steps"] == 5 and len(settings["captions"]) == 2
+  assert settings["seed"] == 3 and settings["solver_steps"] == 5 and len(settings["captions"]) == 2
   # The head's prediction type is the run's, and each clip's levels are recorded and printed
   # beside those of its held-out clip through the same tokenizer.
   run_config = json.loads(open(os.path.join(tiny_lm, "config.json")).read())
@@ -56,13 +56,13 @@ def test_writes_wav_png_settings_and_levels(tiny_lm, tmp_path):
 
 
 def test_bad_argument_is_one_line_from_the_program(tiny_lm, tmp_path):
-  result = _run(f"--workdir={tiny_lm}", "--caption=a beep", "--config.sample.steps=2000",
+  result = _run(f"--workdir={tiny_lm}", "--caption=a beep", "--config.sample.solver_steps=2000",
                 f"--out={tmp_path}/x.wav")
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert lines[-1].startswith("error: config.sample.steps=2000: the head was trained on 1000"), (
-      lines)
+  assert lines[-1].startswith(
+      "error: config.sample.solver_steps=2000: the head was trained on 1000"), lines
   assert not os.listdir(tmp_path)
 
 
@@ -70,14 +70,15 @@ def test_bad_argument_is_one_line_from_the_program(tiny_lm, tmp_path):
 BAD = [
     (dict(caption=""), "caption 1 is empty"),
     (dict(caption="a beep", seconds=0), "--seconds=0: must be positive"),
-    (dict(caption="a beep", seconds=60, extend=False), "--seconds=60: longer than the trained"),
-    (dict(caption="a beep", seconds=60, extend_stride=30), "--extend_stride=30: must be more"),
+    (dict(caption="a beep", seconds=60, sliding_window=False),
+     "--seconds=60: longer than the trained"),
+    (dict(caption="a beep", seconds=60, window_stride=30), "--window_stride=30: must be more"),
     (dict(caption="a beep", seconds=0.02), "--seconds=0.02: shorter than one token"),
     (dict(caption="a beep", captions_file="x.txt"), "give exactly one of"),
     (dict(caption="a beep", sample_overrides=dict(temperature=0)),
      "config.sample.temperature=0: must be > 0"),
-    (dict(caption="a beep", sample_overrides=dict(steps=2000)),
-     "config.sample.steps=2000: the head was trained on 1000"),
+    (dict(caption="a beep", sample_overrides=dict(solver_steps=2000)),
+     "config.sample.solver_steps=2000: the head was trained on 1000"),
     (dict(caption="a beep", sample_overrides=dict(stepz=20)),
      "config.sample.stepz: the continuous_lm in "),
     (dict(held_out_count=5), "--held_out=5: the test split of"),
@@ -100,8 +101,8 @@ def test_bad_arguments_fail_before_any_work(tiny_lm, tmp_path, kwargs, expected)
 def test_clips_beyond_the_trained_context_slide_a_window(tiny_lm, tmp_path):
   # The tiny run's context is 4 s (100 tokens): 5 s is one window and one stride of 2 s.
   out = tmp_path / "long.wav"
-  used = generate.run(workdir=tiny_lm, caption="a beep", seconds=5.0, extend_stride=2.0,
-                      out=str(out), sample_overrides=dict(steps=2))
+  used = generate.run(workdir=tiny_lm, caption="a beep", seconds=5.0, window_stride=2.0,
+                      out=str(out), sample_overrides=dict(solver_steps=2))
   assert abs(sf.info(out).duration - 5.0) < 0.05
   assert (used["window"], used["stride"], used["num_tokens"]) == (100, 50, 125)
 
@@ -178,7 +179,7 @@ def test_the_workdir_stands_on_its_own(tiny_lm, tiny_latents, tmp_path):
   config = json.loads((workdir / "config.json").read_text())
   config["data"]["latents_dir"] = str(latents)
   (workdir / "config.json").write_text(json.dumps(config))
-  kw = dict(seconds=1.0, sample_overrides=dict(steps=2))
+  kw = dict(seconds=1.0, sample_overrides=dict(solver_steps=2))
   want = generate.run(workdir=str(workdir), held_out_count=1, out=str(tmp_path / "a"), **kw)
   # The data moved away: captions still generate the same clip; held-out captions cannot.
   shutil.move(str(latents), str(tmp_path / "moved"))
@@ -199,13 +200,21 @@ def test_the_workdir_stands_on_its_own(tiny_lm, tiny_latents, tmp_path):
     generate.run(workdir=str(workdir), held_out_count=1, out=str(tmp_path / "d"), **kw)
 
 
-def test_a_run_from_before_config_sharding_rules_loads(tiny_lm, tmp_path):
-  # Runs trained before the partition rules became config data were laid out by the defaults.
+def test_a_run_from_before_sharding_rules_and_key_renames_loads(tiny_lm, tmp_path):
+  # Runs trained before the partition rules became config data were laid out by the defaults;
+  # runs trained before keys were renamed (state.RENAMED_KEYS) name them the old way.
   workdir = tmp_path / "lm"
   shutil.copytree(tiny_lm, workdir)
   config = json.loads((workdir / "config.json").read_text())
   del config["sharding_rules"]
+  config["sample"]["steps"] = config["sample"].pop("solver_steps")
+  config["sample"]["sampler"] = config["sample"].pop("solver")
+  config["diffusion"]["num_steps"] = config["diffusion"].pop("timesteps")
   (workdir / "config.json").write_text(json.dumps(config))
+  loaded = state_lib.load_run_config(str(workdir))
+  assert (loaded["sample"]["solver_steps"], loaded["sample"]["solver"],
+          loaded["diffusion"]["timesteps"]) == (2, "ddpm", 1000)
+  assert "steps" not in loaded["sample"] and "num_steps" not in loaded["diffusion"]
   wav, rate, _ = generate.generate(str(workdir), ["a beep"], 0.2,
-                                   sample.settings_from_config(config, steps=2))
+                                   sample.settings_from_config(loaded, solver_steps=2))
   assert wav.shape[0] == 1 and rate == 16_000 and np.all(np.isfinite(wav))

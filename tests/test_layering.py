@@ -4,6 +4,7 @@ prepared latents, quantizers nothing of models). The layers and the forbidden pa
 
 import ast
 import os
+import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "almtok")
@@ -12,7 +13,7 @@ PACKAGE = os.path.join(ROOT, "almtok")
 LAYERS = (
     ("entry points", ("build_data", "prepare", "train", "generate", "evaluate", "param_count",
                       "plan")),
-    ("engines", ("sample", "state", "steps", "evaluation")),
+    ("engines", ("sample", "inference", "state", "objective", "evaluation")),
     ("blocks", ("models", "diffusion", "datasets", "tokenizers", "latents", "quantizers", "text")),
     ("foundation", ("audio", "configlib", "sharding", "checkpoint", "optim", "plotting",
                     "events", "fileio", "flops", "rng")),
@@ -84,3 +85,21 @@ def test_the_check_can_fail():
   tree = ast.parse("from almtok import train\nimport almtok.models.decoder\n"
                    "from almtok.latents import store")
   assert _imported_units(tree) == {"train", "models", "latents"}
+
+
+def _readme_layout() -> str:
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  start = text.index("\n## Layout\n")
+  return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_readme_layout_names_every_module():
+  layout = _readme_layout()
+  words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", layout))
+  missing = []
+  for folder, _, files in os.walk(PACKAGE):
+    for name in files:
+      if name.endswith(".py") and name != "__init__.py" and name[:-3] not in words:
+        missing.append(os.path.relpath(os.path.join(folder, name), ROOT))
+  assert not missing, f"README.md's layout does not name {sorted(missing)}"

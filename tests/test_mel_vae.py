@@ -197,7 +197,7 @@ def test_exported_tokenizer_encodes_and_decodes(exported):
 
 
 def test_encoding_is_local_in_time(exported):
-  """Per-frame normalisation: tokens far from a cut do not depend on what lies past it."""
+  """Per-frame normalization: tokens far from a cut do not depend on what lies past it."""
   mel_BxMxF = jnp.asarray(np.random.default_rng(0).uniform(-100, 0, (1, 64, 160)), jnp.float32)
   whole_BxTxC = exported.encode_mel(mel_BxMxF)
   first_half_BxTxC = exported.encode_mel(mel_BxMxF[:, :, :80])

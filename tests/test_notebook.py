@@ -42,7 +42,7 @@ def test_inference_notebook_runs(tiny_lm, tmp_path, monkeypatch):
                                  "a low saw note followed by a burst of white noise"]) + "\n")
   cli = subprocess.run(
       [sys.executable, "-m", "almtok.generate", f"--workdir={tiny_lm}",
-       f"--captions_file={captions}", "--seconds=1.0", "--config.sample.steps=5", "--seed=0",
+       f"--captions_file={captions}", "--seconds=1.0", "--config.sample.solver_steps=5", "--seed=0",
        f"--out={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert cli.returncode == 0, cli.stderr[-2000:]
   for i in range(3):

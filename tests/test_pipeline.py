@@ -65,7 +65,7 @@ def latents_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stored(latents_dir):
-  """id -> stored (unnormalised) latents T x C, and id -> caption."""
+  """id -> stored (unnormalized) latents T x C, and id -> caption."""
   out, captions = {}, {}
   for split in ("train", "validation"):
     for path in latents.shard_paths(latents_dir, split):
@@ -115,7 +115,7 @@ def test_batches_have_the_promised_keys_shapes_and_masks(latents_dir, stored):
 def test_crops_are_windows_of_the_stored_latents(latents_dir, stored):
   stored_latents, _ = stored
   starts = collections.Counter()
-  for batch in _take(iter(_make(latents_dir, normalise=False)), 12):
+  for batch in _take(iter(_make(latents_dir, normalize=False)), 12):
     for b, clip_id in enumerate(batch["id"]):
       x_TxC = stored_latents[clip_id]
       n = int(batch["mask_BxL"][b].sum())
@@ -127,7 +127,7 @@ def test_crops_are_windows_of_the_stored_latents(latents_dir, stored):
   assert starts[True] > 0  # Long clips are not always cut at their start.
 
 
-def test_normalised_with_train_stats_and_denormalise_inverts(latents_dir, stored):
+def test_normalized_with_train_stats_and_denormalize_inverts(latents_dir, stored):
   stored_latents, _ = stored
   stats = latents.read_stats(latents_dir)
   ds = _make(latents_dir, seq_len=64, shuffle=False, repeat=False, batch_size=6)
@@ -140,12 +140,12 @@ def test_normalised_with_train_stats_and_denormalise_inverts(latents_dir, stored
   np.testing.assert_allclose(x_NxC.std(0), 1.0, atol=1e-5)
   batch = batches[0]
   for x_BxLxC in (batch["x_BxLxC"], jnp.asarray(batch["x_BxLxC"])):  # numpy and JAX arrays.
-    raw_BxLxC = np.asarray(latents.denormalise(x_BxLxC, stats))
+    raw_BxLxC = np.asarray(latents.denormalize(x_BxLxC, stats))
     for b, clip_id in enumerate(batch["id"]):
       t = stored_latents[clip_id].shape[0]
       np.testing.assert_allclose(raw_BxLxC[b, :t], stored_latents[clip_id], rtol=1e-5,
                                  atol=1e-5)
-  np.testing.assert_allclose(latents.denormalise(np.zeros((2, C)), stats),
+  np.testing.assert_allclose(latents.denormalize(np.zeros((2, C)), stats),
                              np.broadcast_to(stats.mean_C, (2, C)), rtol=1e-6)
 
 

@@ -26,7 +26,7 @@ import pytest
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import steps
+from almtok import objective
 from configs import synth_small
 from tests.test_train import ROOT, TIMEOUT_S
 
@@ -126,10 +126,10 @@ def _compiled_step(remat: str):
   with jax.set_mesh(mesh):
     tx = optim.make_optimizer(config.train)
     graphdef, state, _ = state_lib.init_state(config, mesh, tx)
-    step = jax.jit(steps.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)))
+    step = jax.jit(objective.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)))
     batch = jax.tree.map(lambda s: jax.numpy.asarray(
         np.random.default_rng(0).standard_normal(s.shape).astype(s.dtype)
-        if s.dtype != bool else np.ones(s.shape, bool)), steps.abstract_batch(config, 8))
+        if s.dtype != bool else np.ones(s.shape, bool)), objective.abstract_batch(config, 8))
     compiled = step.lower(state, batch, jax.random.PRNGKey(0)).compile()
     _, metrics = compiled(state, batch, jax.random.PRNGKey(0))
   return (compiled.memory_analysis().temp_size_in_bytes, float(metrics["loss"]),

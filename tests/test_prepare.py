@@ -178,11 +178,11 @@ def test_stats_are_the_train_moments_of_the_stored_latents(prepared):
   np.testing.assert_allclose(stats.std_C, x_NxC.std(0), rtol=1e-9, atol=1e-9)
   assert stats.train_tokens == x_NxC.shape[0] == stats.splits["train"].tokens
   assert (stats.frame_rate, stats.latent_dim, stats.tokenizer.name) == (25.0, 8, "frame_rms")
-  # Each channel's extremes (the sampler's x0 range), and the same range normalised.
+  # Each channel's extremes (the sampler's x0 range), and the same range normalized.
   np.testing.assert_array_equal(stats.min_C, x_NxC.min(0))
   np.testing.assert_array_equal(stats.max_C, x_NxC.max(0))
   lo_C, hi_C = latents.data_range(stats)
-  mean_C, std_C = latents.normaliser(stats)
+  mean_C, std_C = latents.normalizer(stats)
   np.testing.assert_allclose(lo_C, (x_NxC.min(0) - mean_C) / std_C, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(hi_C, (x_NxC.max(0) - mean_C) / std_C, rtol=1e-5, atol=1e-5)
   assert latents.data_range(stats.replace(min_C=None, max_C=None)) is None
@@ -290,7 +290,7 @@ def test_an_interrupted_run_resumes_to_the_same_output(prepared, broken_folder, 
     prepare.prepare(config, str(tmp_path), tokenizer=FrameRms())
 
 
-def test_synth_sounds_with_the_mel_tokenizer_reads_back_normalised(tmp_path_factory):
+def test_synth_sounds_with_the_mel_tokenizer_reads_back_normalized(tmp_path_factory):
   from almtok.latents import pipeline  # pylint: disable=g-import-not-at-top
   from almtok.tokenizers import mel  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("synth"))

@@ -1,4 +1,4 @@
-"""Tests of the residual vector quantiser (almtok/quantizers/rvq.py)."""
+"""Tests of the residual vector quantizer (almtok/quantizers/rvq.py)."""
 
 import json
 import os
@@ -131,8 +131,8 @@ def test_exact_when_codes_cover_the_distinct_vectors():
   points_12x3 = rng.integers(-20, 20, size=(12, 3)).astype(np.float32)
   x_NxC = points_12x3[rng.integers(0, 12, size=240)]
   # More codes than points: the spare codes start as duplicates and are re-seeded.
-  quantiser = rvq_lib.fit(x_NxC, 2, 16, 3, jax.random.key(0))
-  x_hat = np.asarray(quantiser.quantise(jnp.asarray(x_NxC[None]))[0])
+  quantizer = rvq_lib.fit(x_NxC, 2, 16, 3, jax.random.key(0))
+  x_hat = np.asarray(quantizer.quantize(jnp.asarray(x_NxC[None]))[0])
   np.testing.assert_array_equal(x_hat, x_NxC)
 
 
@@ -181,7 +181,7 @@ def test_save_load_and_export_round_trip(fitted, tmp_path):
 def fake_stats(channels, splits=None):
   return latents_lib.Stats(
       tokenizer=latents_lib.TokenizerSpec("fake", {}, 16_000, 25.0, channels),
-      latent_dtype="float16", dataset={"name": "fake"}, normalised_from="train", train_tokens=0,
+      latent_dtype="float16", dataset={"name": "fake"}, normalized_from="train", train_tokens=0,
       mean_C=np.full(channels, 0.5), std_C=np.asarray([2.0] + [1.0] * (channels - 1)),
       min_C=None, max_C=None, splits=splits or {}, skipped_total=0, skipped_by_kind={})
 
@@ -214,7 +214,7 @@ def latents_dir(tmp_path_factory):
   return root, stats, clips
 
 
-def test_sample_vectors_are_normalised_train_rows(latents_dir):
+def test_sample_vectors_are_normalized_train_rows(latents_dir):
   root, stats, clips = latents_dir
   all_NxC = np.concatenate([r.latents.astype(np.float32) for r in clips["train"]])
   want_NxC = (all_NxC - 0.5) / np.asarray(stats.std_C, np.float32)[None, :]
@@ -226,7 +226,7 @@ def test_sample_vectors_are_normalised_train_rows(latents_dir):
   assert np.all(d2 < 1e-10) and len(set(index)) == 50
 
 
-def test_command_line_run_writes_a_loadable_quantiser(latents_dir, tmp_path):
+def test_command_line_run_writes_a_loadable_quantizer(latents_dir, tmp_path):
   root, stats, _ = latents_dir
   config = rvq_config.get_config(f"tiny,latents_dir={root}")
   report = rvq_lib.run(config, str(tmp_path))

@@ -26,7 +26,7 @@ def model():
 
 
 def make_sampler(model, **settings):
-  settings = dict(dict(steps=8, cfg_scale=2.0, prediction="eps"), **settings)
+  settings = dict(dict(solver_steps=8, cfg_scale=2.0, prediction="eps"), **settings)
   return sample.Sampler(model, diffusion.cosine_schedule(1000), sample.SamplerSettings(**settings))
 
 
@@ -102,10 +102,10 @@ def test_too_long_and_bad_settings_fail_clearly(model, text):
   sampler = make_sampler(model)
   with pytest.raises(ValueError, match="exceed the model's context of 12"):
     sampler.generate(text, L + 1, jax.random.PRNGKey(0), progress=False)
-  with pytest.raises(ValueError, match="sampler='euler'"):
-    sample.SamplerSettings(sampler="euler")
-  with pytest.raises(ValueError, match="steps=0"):
-    sample.SamplerSettings(steps=0)
+  with pytest.raises(ValueError, match="solver='euler'"):
+    sample.SamplerSettings(solver="euler")
+  with pytest.raises(ValueError, match="solver_steps=0"):
+    sample.SamplerSettings(solver_steps=0)
 
 
 def test_dynamic_threshold_bounds_rows_and_keeps_their_shape():
@@ -138,11 +138,11 @@ def test_data_range_keeps_each_channel_within_its_training_range(model, text):
   lo_C = -np.linspace(0.5, 2.0, C).astype(np.float32)
   hi_C = np.linspace(0.2, 1.5, C).astype(np.float32)
   bounded = sample.Sampler(model, diffusion.cosine_schedule(1000), sample.SamplerSettings(
-      steps=8, cfg_scale=50.0, cfg_schedule="constant", prediction="eps"), (lo_C, hi_C))
+      solver_steps=8, cfg_scale=50.0, cfg_schedule="constant", prediction="eps"), (lo_C, hi_C))
   x = bounded.generate(text, L, jax.random.PRNGKey(2), chunk=5, progress=False)
   assert np.all(x >= lo_C - 1e-4) and np.all(x <= hi_C + 1e-4)
   assert np.any(x <= lo_C + 1e-4) and np.any(x >= hi_C - 1e-4)  # The guidance pushes to both.
   off = sample.Sampler(model, diffusion.cosine_schedule(1000), sample.SamplerSettings(
-      steps=8, cfg_scale=50.0, cfg_schedule="constant", prediction="eps", data_range=False),
+      solver_steps=8, cfg_scale=50.0, cfg_schedule="constant", prediction="eps", data_range=False),
       (lo_C, hi_C))
   assert off.x0_range is None

@@ -71,7 +71,7 @@ def test_adherence_of_a_tiny_tagger_is_clearly_above_its_floor():
 
   for _ in range(150):
     params, opt = step(params, opt)
-  _, post = train_tagger.predict(nnx.merge(graphdef, params), mels.mel_NxMxF, mels.frames_N)
+  _, post = tagger.predict(nnx.merge(graphdef, params), mels.mel_NxMxF, mels.frames_N)
   labels = [json.dumps(c.labels) for c in clips]
   ceiling = np.nanmean(evaluate.adherence(post, labels)["overall"])
   shuffled = list(np.random.default_rng(0).permutation(labels))
@@ -94,7 +94,7 @@ def test_trainer_reports_exports_and_resumes(tiny_tagger):
   assert set(scores) == {"test_synth", "test_resynth"}
   assert 0.0 <= scores["test_synth"]["kinds_macro_f1"] <= 1.0
   assert os.path.exists(os.path.join(workdir, "report", "test_synth_first_kind.png"))
-  model, meta = train_tagger.load(workdir)
+  model, meta = tagger.load(workdir)
   assert meta["trained_steps"] == 6 and meta["heads"]["kinds"]["kind"] == "multi"
   # A rerun with more steps resumes from the checkpoint.
   config = tagger_config.get_config("tiny,seconds=1.0")
@@ -107,7 +107,7 @@ def test_trainer_reports_exports_and_resumes(tiny_tagger):
 def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
   out = tmp_path / "eval"
   results = evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
-                         resamples=50, sample_overrides={"steps": 2},
+                         resamples=50, sample_overrides={"solver_steps": 2},
                          embedding="tests.tiny:band_energy_embedding", embedding_name="bands")
   assert results["clips"] == 4 and results["paired"]
   rows = results["rows"]
@@ -125,12 +125,12 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
   # A rerun keeps the clips already written.
   before = os.path.getmtime(out / "generated" / "00000.wav")
   evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
-               resamples=20, sample_overrides={"steps": 2})
+               resamples=20, sample_overrides={"solver_steps": 2})
   assert os.path.getmtime(out / "generated" / "00000.wav") == before
   # Clips made with other settings are never mixed in.
   with pytest.raises(configlib.ConfigError, match=r"holds clips generated with another \['seed'\]"):
     evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
-                 resamples=20, seed=5, sample_overrides={"steps": 2})
+                 resamples=20, seed=5, sample_overrides={"solver_steps": 2})
 
 
 def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
@@ -164,7 +164,7 @@ def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
 
 def test_compare_two_evaluations_with_a_paired_bootstrap(tiny_lm, tiny_tagger, tmp_path):
   kw = dict(workdir=tiny_lm, tagger=tiny_tagger[0], num=4, batch=4, resamples=30,
-            sample_overrides={"steps": 2})
+            sample_overrides={"solver_steps": 2})
   evaluate.run(out=str(tmp_path / "a"), seed=0, **kw)
   evaluate.run(out=str(tmp_path / "b"), seed=1, **kw)
   same = evaluate.compare(str(tmp_path / "a"), str(tmp_path / "a"), resamples=30)

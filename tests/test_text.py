@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from almtok.text import (MiniLMConfig, MiniLMTokenizer, TextEncoder, load_minilm,
-                         mean_pool_normalised)
+                         mean_pool_normalized)
 from almtok.text import minilm as minilm_lib
 from almtok.text import tokenizer as tokenizer_lib
 
@@ -184,6 +184,6 @@ def test_bfloat16_compute_keeps_float32_params_and_agrees(encoder):
 def test_mean_pool_of_all_padding_is_zero_not_nan():
   h_BxNxE = jnp.ones((2, 3, 4))
   mask_BxN = jnp.array([[True, True, False], [False, False, False]])
-  pooled_BxE = mean_pool_normalised(h_BxNxE, mask_BxN)
+  pooled_BxE = mean_pool_normalized(h_BxNxE, mask_BxN)
   np.testing.assert_allclose(pooled_BxE[0], np.full(4, 0.5), atol=1e-6)
   np.testing.assert_array_equal(pooled_BxE[1], np.zeros(4))

@@ -37,7 +37,6 @@ from almtok import events
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import train
 from almtok.latents import store as latents_lib
 from almtok.latents import pipeline
 from configs import synth_small
@@ -179,7 +178,8 @@ def event_file(workdir: str, pid: int) -> str | None:
 
 
 def read_events(path: str) -> dict[str, dict[int, object]]:
-  """{tag: {step: value}} of one event file (scalars as floats), plus {"_plugins": {tag: plugin}}."""
+  """{tag: {step: value}} of one event file (scalars as floats), plus {"_plugins": {tag: plugin}}.
+  """
   ev = events.read_events(path)
   out = {tag: {step: float(v) if v.dtype.kind == "f" and v.ndim == 0 else v for step, v in pairs}
          for tag, pairs in ev.values.items()}
@@ -235,7 +235,7 @@ def reference(tiny_latents, jax_cache, tmp_path_factory):
   """The uninterrupted run (which also writes audio samples at its last step), started together
   with a second trainer on the same workdir: the one that reaches the lock second is refused."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  args = cli_args(tiny_latents, workdir, train__sample_every=STEPS, sample__steps=2)
+  args = cli_args(tiny_latents, workdir, train__sample_every=STEPS, sample__solver_steps=2)
   env = subprocess_env(jax_cache)
   first, second = Trainer(args, env), Trainer(args, env)
   codes = first.wait(), second.wait()

@@ -37,7 +37,7 @@ _FSDP_SCRIPT = r"""
 import json
 import jax
 import numpy as np
-from almtok import optim, sharding, steps
+from almtok import objective, optim, sharding
 from almtok import state as state_lib
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
@@ -60,7 +60,7 @@ schedule = state_lib.make_schedule(config)
 # (initial state, the jitted train step, the global batch) of `config` on `mesh`.
 def setup(config, mesh, host):
   graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
-  step = jax.jit(steps.make_train_step(config, graphdef, tx, schedule),
+  step = jax.jit(objective.make_train_step(config, graphdef, tx, schedule),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
   a = sharding.global_batch(host, mesh)
   return state, step, {"x_BxLxC": a["x_BxLxC"], "mask_BxL": a["mask_BxL"],

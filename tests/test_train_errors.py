@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from almtok import configlib
+from almtok import objective
 from almtok import state as state_lib
-from almtok import steps
 from almtok import train
 from tests.tiny import tiny_lm_config
 
@@ -30,9 +30,9 @@ ROWS = [
     ({"train.grad_accum": 0}, "config.train.grad_accum=0: must be an integer >= 1", False),
     ({"train.grad_accum": 3}, "config.train.grad_accum=3: must divide data.batch_size=8", False),
     ({"mesh.data": 3}, "config.mesh: mesh data=3 x fsdp=1 does not match the 1 devices", False),
-    ({"sample.steps": 0}, "config.sample.steps=0: must be an integer >= 1", False),
+    ({"sample.solver_steps": 0}, "config.sample.solver_steps=0: must be an integer >= 1", False),
     ({"train.num_steps": 0}, "config.train.num_steps=0: must be an integer >= 1", False),
-    ({"diffusion.num_steps": 0}, "config.diffusion.num_steps=0: must be an integer >= 1", False),
+    ({"diffusion.timesteps": 0}, "config.diffusion.timesteps=0: must be an integer >= 1", False),
     ({"diffusion.batch_mul": 0}, "config.diffusion.batch_mul=0: must be an integer >= 1", False),
     ({"loss.mntp_weight": 0.5}, "config.loss.mntp_weight=0.5: the checkpoint in", True),
     ({"model.decoder.num_layers": 3}, "config.model.decoder.num_layers=3: the checkpoint in",
@@ -40,6 +40,7 @@ ROWS = [
     ({"diffusion.prediction": "eps"}, "config.diffusion.prediction='eps': the checkpoint in",
      True),
     ({"data.latents_dir": "NO_VALIDATION"}, "config.data.latents_dir=", False),
+    ({"model.token_dim": 64}, "config.model.token_dim=64: the latents in", False),
 ]
 
 
@@ -126,7 +127,7 @@ def test_a_split_smaller_than_the_batch_is_evaluated_and_sampled(tiny_lm, tiny_l
   assert np.all(batch["valid_B"])
   text = TextEmbeddingCache(TextEncoder(max_len=config.model.text_len), 8).embed(
       batch["text_ids_BxN"], batch["text_mask_BxN"], batch["id"])
-  step = jax.jit(steps.make_eval_step(config, graphdef, state_lib.make_schedule(config)))
+  step = jax.jit(objective.make_eval_step(config, graphdef, state_lib.make_schedule(config)))
   want, _ = jax.device_get(step(ema, {"x_BxLxC": batch["x_BxLxC"],
                                       "mask_BxL": batch["mask_BxL"], "text": text},
                                 jax.random.PRNGKey(0)))

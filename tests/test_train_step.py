@@ -17,7 +17,7 @@ import pytest
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import steps
+from almtok import objective
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
 
@@ -53,7 +53,7 @@ def _run(config, num_steps: int = 1):
   with jax.set_mesh(mesh):
     tx = optim.make_optimizer(config.train)
     graphdef, state, _ = state_lib.init_state(config, mesh, tx)
-    step = jax.jit(steps.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)))
+    step = jax.jit(objective.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)))
     batch = _batch(config)
     states, metrics = [], []
     for _ in range(num_steps):

@@ -34,7 +34,7 @@ def random_text(rng, b=B, n=5, e=384):
 # what there is.
 TINY_LM_ARG = "size=tiny,steps=20,batch=8"
 TINY_LM_OVERRIDES = {"data.seq_len": 25, "train.log_every": 10, "train.checkpoint_every": 20,
-                     "train.eval_every": 20, "train.sample_every": 20, "sample.steps": 2,
+                     "train.eval_every": 20, "train.sample_every": 20, "sample.solver_steps": 2,
                      "train.sample_captions": 6}
 
 
@@ -53,7 +53,7 @@ def tiny_dlm_config(latents_dir: str, quantizer: str, **overrides):
   from configs import synth_small_discrete  # pylint: disable=g-import-not-at-top
   config = synth_small_discrete.get_config(f"{TINY_LM_ARG},n_q=2,k=16,quantizer={quantizer}")
   config.update_from_flattened_dict({k: v for k, v in TINY_LM_OVERRIDES.items()
-                                     if k != "sample.steps"})
+                                     if k != "sample.solver_steps"})
   config.update_from_flattened_dict({"data.latents_dir": latents_dir, **overrides})
   return config
 

@@ -1,1 +1,2 @@
-"""1. Captioned raw audio: the synthetic generator, the Debian sound catalog, their TFDS builders."""
+"""1. Captioned raw audio: the synthetic generator, the Debian sound catalog, their TFDS
+builders."""

@@ -38,15 +38,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import functools
+import hashlib
 import json
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from flax import nnx
+from safetensors import numpy as st_numpy
 
+from almtok import audio
+from almtok import checkpoint
+from almtok import fileio
+from almtok import tokenizers
 from almtok.datasets import debian_captions
 from almtok.datasets import synth_scenes
 
@@ -221,3 +230,92 @@ def loss_fn(model: Tagger, mel_BxMxF: Array, frames_B: Array, batch: Mapping[str
     total = total + loss
   metrics["loss"] = total
   return total, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Using a trained tagger: loading its export, predicting, resynthesised references.
+# ---------------------------------------------------------------------------------------------
+
+EXPORT_STEM = "tagger"
+FORMAT = "almtok-tagger-1"
+
+
+def load(path: str) -> tuple[Tagger, dict[str, Any]]:
+  """The exported tagger at `path` (its folder or files) and its JSON."""
+  weights, meta, where = fileio.read_export(path, EXPORT_STEM)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{where}: not an almtok tagger (format {meta.get('format')!r})")
+  m = meta["model"]
+  abstract = nnx.eval_shape(lambda: Tagger(tuple(m["channels"]), m["embed_dim"],
+                                                      m["num_groups"], m["width"],
+                                                      rngs=nnx.Rngs(0)))
+  return checkpoint.with_flat_params(abstract, st_numpy.load(weights), where), meta
+
+
+def predict(model: Tagger, mel_NxMxF: np.ndarray, frames_N: np.ndarray,
+            batch: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(embeddings [N, E], posteriors per head) of log-mels, in batches of clips of one length,
+  each cut to that length: a clip's result never depends on the padding other clips need
+  (GroupNorm's statistics would include it)."""
+  graphdef, params = nnx.split(model)
+  run = _predict_fn(graphdef)
+  n = len(frames_N)
+  embs, posts = [None] * n, [None] * n
+  for length in np.unique(frames_N):
+    index = np.flatnonzero(frames_N == length)
+    for start in range(0, index.size, batch):
+      rows = index[start:start + batch]
+      e, p = run(params, jnp.asarray(mel_NxMxF[rows, :, :length]),
+                 jnp.asarray(frames_N[rows]))
+      e, p = np.asarray(e), jax.tree.map(np.asarray, p)
+      for j, i in enumerate(rows):
+        embs[i] = e[j]
+        posts[i] = {k: v[j] for k, v in p.items()}
+  return np.stack(embs), {k: np.stack([p[k] for p in posts]) for k in posts[0]}
+
+
+@functools.lru_cache(maxsize=4)
+def _predict_fn(graphdef):
+
+  @jax.jit
+  def run(params, mel, frames):
+    emb, logits = nnx.merge(graphdef, params)(mel, frames)
+    return emb, posteriors(logits)
+
+  return run
+
+
+def resynthesise(wavs: Sequence[np.ndarray], tok: tokenizers.AudioTokenizer, cache: str,
+                 tokenizer_key: str, batch: int = 16) -> list[np.ndarray]:
+  """Log-mels of `wavs` after tok.encode and tok.decode (the tokenizer's vocoder), computed
+  once and cached in `cache` (.npz of the padded mels, their frame counts, and a hash of the
+  waveforms and of `tokenizer_key`, which says what the tokenizer is: other clips or another
+  tokenizer recompute it)."""
+  digest = hashlib.sha256(tokenizer_key.encode())
+  for w in wavs:
+    digest.update(np.ascontiguousarray(w, np.float32).tobytes())
+  key = digest.hexdigest()
+  if os.path.exists(cache):
+    with np.load(cache, allow_pickle=False) as f:
+      if "key" in f and str(f["key"]) == key:
+        return [m[:, :t] for m, t in zip(f["mel"], f["frames"])]
+  encode = jax.jit(tok.encode)
+  mels = []
+  for start in tqdm.trange(0, len(wavs), batch, desc=f"resynth {os.path.basename(cache)}",
+                           unit="batch", disable=None):
+    group = wavs[start:start + batch]
+    length = max(w.size for w in group)
+    wav_BxS = np.zeros((len(group), length), np.float32)
+    for b, w in enumerate(group):
+      wav_BxS[b, :w.size] = w
+    back_BxS = np.asarray(tok.decode(np.asarray(encode(wav_BxS))))
+    mels += [audio.log_mel(back_BxS[b, :w.size]) for b, w in enumerate(group)]
+  frames = max(m.shape[1] for m in mels)
+  padded = np.full((len(mels), audio.N_MELS, frames), FLOOR_DB, np.float32)
+  for i, m in enumerate(mels):
+    padded[i, :, :m.shape[1]] = m
+  with fileio.atomic_path(cache) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, mel=padded, frames=np.asarray([m.shape[1] for m in mels], np.int32),
+               key=np.asarray(key))
+  return mels

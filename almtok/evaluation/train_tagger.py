@@ -1,6 +1,6 @@
 r"""Trains almtok's audio tagger (`evaluation/tagger.py`) and exports it for the metrics.
 
-  python -m almtok.evaluation.train_tagger --config=configs/tagger.py --workdir=/work/tagger
+  python -m almtok.evaluation.train_tagger --config=configs/tagger.py --workdir=runs/tagger
   python -m almtok.evaluation.train_tagger --config=configs/tagger.py:tiny --workdir=/tmp/tagger
 
 Builds synth_sounds (and debian_sounds, unless its name is empty) into `data_dir`, holds every
@@ -24,7 +24,6 @@ Shape letters: B batch, M mel bins, F frames, N clips.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
@@ -39,7 +38,6 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 import optax
-import tqdm
 from flax import nnx
 from safetensors import numpy as st_numpy
 
@@ -52,8 +50,6 @@ from almtok import plotting
 from almtok import tokenizers
 from almtok.evaluation import tagger as tagger_lib
 
-EXPORT_STEM = "tagger"
-FORMAT = "almtok-tagger-1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,42 +91,6 @@ def _source_clips(source: Any, limit: int | None = None) -> tuple[list[np.ndarra
   return wavs, [l.decode() if isinstance(l, bytes) else str(l) for l in labels]
 
 
-def resynthesise(wavs: Sequence[np.ndarray], tok: tokenizers.AudioTokenizer, cache: str,
-                 tokenizer_key: str, batch: int = 16) -> list[np.ndarray]:
-  """Log-mels of `wavs` after tok.encode and tok.decode (the tokenizer's vocoder), computed
-  once and cached in `cache` (.npz of the padded mels, their frame counts, and a hash of the
-  waveforms and of `tokenizer_key`, which says what the tokenizer is: other clips or another
-  tokenizer recompute it)."""
-  digest = hashlib.sha256(tokenizer_key.encode())
-  for w in wavs:
-    digest.update(np.ascontiguousarray(w, np.float32).tobytes())
-  key = digest.hexdigest()
-  if os.path.exists(cache):
-    with np.load(cache, allow_pickle=False) as f:
-      if "key" in f and str(f["key"]) == key:
-        return [m[:, :t] for m, t in zip(f["mel"], f["frames"])]
-  encode = jax.jit(tok.encode)
-  mels = []
-  for start in tqdm.trange(0, len(wavs), batch, desc=f"resynth {os.path.basename(cache)}",
-                           unit="batch", disable=None):
-    group = wavs[start:start + batch]
-    length = max(w.size for w in group)
-    wav_BxS = np.zeros((len(group), length), np.float32)
-    for b, w in enumerate(group):
-      wav_BxS[b, :w.size] = w
-    back_BxS = np.asarray(tok.decode(np.asarray(encode(wav_BxS))))
-    mels += [audio.log_mel(back_BxS[b, :w.size]) for b, w in enumerate(group)]
-  frames = max(m.shape[1] for m in mels)
-  padded = np.full((len(mels), audio.N_MELS, frames), tagger_lib.FLOOR_DB, np.float32)
-  for i, m in enumerate(mels):
-    padded[i, :, :m.shape[1]] = m
-  with fileio.atomic_path(cache) as tmp:
-    with open(tmp, "wb") as f:
-      np.savez(f, mel=padded, frames=np.asarray([m.shape[1] for m in mels], np.int32),
-               key=np.asarray(key))
-  return mels
-
-
 def load_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Clips]:
   """{"train", "test_synth", "test_resynth", "test_debian"?}: every clip's log-mel and targets."""
   # Imports TensorFlow, so only here.
@@ -148,13 +108,15 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Clip
   parts = [Clips(mel(train_wavs), train_labels, frames)]
   k = config.resynth.train
   if k:
-    parts.append(Clips(resynthesise(train_wavs[:k], tok, os.path.join(cache, f"{name}_train.npz"),
-                                    name), train_labels[:k], frames))
+    resynth = tagger_lib.resynthesise(train_wavs[:k], tok,
+                                      os.path.join(cache, f"{name}_train.npz"), name)
+    parts.append(Clips(resynth, train_labels[:k], frames))
   data = {"test_synth": Clips(mel(test_wavs), test_labels, frames)}
   k = config.resynth.test
   if k:
     data["test_resynth"] = Clips(
-        resynthesise(test_wavs[:k], tok, os.path.join(cache, f"{name}_test.npz"), name),
+        tagger_lib.resynthesise(test_wavs[:k], tok, os.path.join(cache, f"{name}_test.npz"),
+                                name),
         test_labels[:k], frames)
   if config.debian.name:
     debian = registry.build(config.debian, data_dir).as_data_source()
@@ -170,7 +132,6 @@ def sample_batch(clips: Clips, step: int, *, seed: int, batch_size: int, gain_db
                  shift_frames: int, mix_prob: float) -> dict[str, np.ndarray]:
   """The training batch of `step`, a pure function of (seed, step), augmented."""
   rng = np.random.default_rng([seed, step])
-  f = clips.mel_NxMxF.shape[2]
   mels, frames, targets = [], [], []
 
   def one(i):
@@ -234,39 +195,6 @@ def _train_step(graphdef, tx, train: ml_collections.FrozenConfigDict):
   return jax.jit(train_step, donate_argnums=0)
 
 
-def predict(model: tagger_lib.Tagger, mel_NxMxF: np.ndarray, frames_N: np.ndarray,
-            batch: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """(embeddings [N, E], posteriors per head) of log-mels, in batches of clips of one length,
-  each cut to that length: a clip's result never depends on the padding other clips need
-  (GroupNorm's statistics would include it)."""
-  graphdef, params = nnx.split(model)
-  run = _predict_fn(graphdef)
-  n = len(frames_N)
-  embs, posts = [None] * n, [None] * n
-  for length in np.unique(frames_N):
-    index = np.flatnonzero(frames_N == length)
-    for start in range(0, index.size, batch):
-      rows = index[start:start + batch]
-      e, p = run(params, jnp.asarray(mel_NxMxF[rows, :, :length]),
-                 jnp.asarray(frames_N[rows]))
-      e, p = np.asarray(e), jax.tree.map(np.asarray, p)
-      for j, i in enumerate(rows):
-        embs[i] = e[j]
-        posts[i] = {k: v[j] for k, v in p.items()}
-  return np.stack(embs), {k: np.stack([p[k] for p in posts]) for k in posts[0]}
-
-
-@functools.lru_cache(maxsize=4)
-def _predict_fn(graphdef):
-
-  @jax.jit
-  def run(params, mel, frames):
-    emb, logits = nnx.merge(graphdef, params)(mel, frames)
-    return emb, tagger_lib.posteriors(logits)
-
-  return run
-
-
 def f1_scores(p_NxK: np.ndarray, y_NxK: np.ndarray) -> np.ndarray:
   """Per-class F1 of thresholded (0.5) multi-label posteriors; 1 for a class absent in both."""
   pred, true = p_NxK >= 0.5, y_NxK >= 0.5
@@ -283,7 +211,7 @@ def report(model: tagger_lib.Tagger, data: dict[str, Clips], out_dir: str | None
   for name, clips in data.items():
     if not name.startswith("test"):
       continue
-    _, post = predict(model, clips.mel_NxMxF, clips.frames_N)
+    _, post = tagger_lib.predict(model, clips.mel_NxMxF, clips.frames_N)
     batch = tagger_lib.stack_targets(clips.targets)
     scores = {"clips": len(clips)}
     for head in tagger_lib.HEADS:
@@ -323,24 +251,12 @@ def report(model: tagger_lib.Tagger, data: dict[str, Clips], out_dir: str | None
 def export(model: tagger_lib.Tagger, config: ml_collections.ConfigDict, directory: str,
            extra: dict[str, Any]) -> str:
   """<directory>/tagger.safetensors + tagger.json (the JSON names the weights by hash)."""
-  weights = st_numpy.save(checkpoint.flat_params(model), metadata={"format": FORMAT})
-  meta = dict(format=FORMAT, model=config.model.to_dict(),
+  weights = st_numpy.save(checkpoint.flat_params(model), metadata={"format": tagger_lib.FORMAT})
+  meta = dict(format=tagger_lib.FORMAT, model=config.model.to_dict(),
               heads={h.name: dict(kind=h.kind, classes=list(h.classes))
                      for h in tagger_lib.HEADS}, **extra)
-  path, _ = fileio.write_export(directory, EXPORT_STEM, weights, meta, indent=1)
+  path, _ = fileio.write_export(directory, tagger_lib.EXPORT_STEM, weights, meta, indent=1)
   return path
-
-
-def load(path: str) -> tuple[tagger_lib.Tagger, dict[str, Any]]:
-  """The exported tagger at `path` (its folder or files) and its JSON."""
-  weights, meta, where = fileio.read_export(path, EXPORT_STEM)
-  if meta.get("format") != FORMAT:
-    raise ValueError(f"{where}: not an almtok tagger (format {meta.get('format')!r})")
-  m = meta["model"]
-  abstract = nnx.eval_shape(lambda: tagger_lib.Tagger(tuple(m["channels"]), m["embed_dim"],
-                                                      m["num_groups"], m["width"],
-                                                      rngs=nnx.Rngs(0)))
-  return checkpoint.with_flat_params(abstract, st_numpy.load(weights), where), meta
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 `make_dataset` reads one split's ArrayRecord shards and yields batches:
 
-  x_BxLxC        float32  latents normalised with stats.json (train mean and std), zero padded
+  x_BxLxC        float32  latents normalized with stats.json (train mean and std), zero padded
   mask_BxL       bool     True at real tokens
   text_ids_BxN   int32    MiniLM word pieces of the caption (`tokenize_captions`)
   text_mask_BxN  bool     True at real word pieces
@@ -11,7 +11,7 @@
   valid_B        bool     False in rows that only pad a finite split to whole batches
 
 Order of operations: each JAX process takes its own records (`records[index::count]`), which
-are shuffled (a new order per epoch, from `seed`), repeated, decoded and normalised, cropped to
+are shuffled (a new order per epoch, from `seed`), repeated, decoded and normalized, cropped to
 L tokens at a random start or padded to L (the crop start depends only on `seed` and the
 element's position in the stream, so that a restored iterator continues identically), captioned
 and batched. Batching happens before the iterator (and before worker processes), so the batches
@@ -59,13 +59,13 @@ class ProcessShard:
     return self._source[j] if j < len(self._source) else b""
 
 
-class DecodeAndNormalise(grain.transforms.Map):
-  """Serialised record -> {"x_TxC" normalised float32, "id", "caption", "valid"}."""
+class DecodeAndNormalize(grain.transforms.Map):
+  """Serialised record -> {"x_TxC" normalized float32, "id", "caption", "valid"}."""
 
-  def __init__(self, stats: latents.Stats, normalise: bool):
+  def __init__(self, stats: latents.Stats, normalize: bool):
     self._stats = stats
     self._channels = stats.latent_dim
-    self._normalise = normalise
+    self._normalize = normalize
 
   def map(self, element: bytes) -> dict[str, Any]:
     if not element:  # Padding row of a finite split.
@@ -73,8 +73,8 @@ class DecodeAndNormalise(grain.transforms.Map):
               "valid": False}
     record = latents.decode_record(element)
     x_TxC = record.latents.astype(np.float32)
-    if self._normalise:
-      x_TxC = latents.normalise(x_TxC, self._stats)
+    if self._normalize:
+      x_TxC = latents.normalize(x_TxC, self._stats)
     return {"x_TxC": x_TxC, "id": record.id, "caption": record.caption, "valid": True}
 
 
@@ -150,7 +150,7 @@ def make_dataset(latents_dir: str, split: str, *, seq_len: int, batch_size: int,
                  shuffle: bool = True, repeat: bool = True, random_crop: bool | None = None,
                  drop_remainder: bool | None = None, text_max_len: int = 32,
                  tokenize_captions: bool = True, keep_captions: bool = False,
-                 normalise: bool = True, worker_count: int = 0, worker_buffer_size: int = 2,
+                 normalize: bool = True, worker_count: int = 0, worker_buffer_size: int = 2,
                  read_threads: int = 4, process_index: int | None = None,
                  process_count: int | None = None) -> grain.IterDataset:
   """Batches of one split of prepared latents (keys in the module docstring).
@@ -170,7 +170,7 @@ def make_dataset(latents_dir: str, split: str, *, seq_len: int, batch_size: int,
     text_max_len: N for caption word pieces.
     tokenize_captions: add text_ids_BxN and text_mask_BxN.
     keep_captions: add the caption strings.
-    normalise: subtract the train mean and divide by the train std (stats.json).
+    normalize: subtract the train mean and divide by the train std (stats.json).
     worker_count: processes that prepare batches (0: threads of this process).
     worker_buffer_size: batches each worker keeps ready.
     read_threads: threads reading and decoding when `worker_count` is 0.
@@ -202,7 +202,7 @@ def make_dataset(latents_dir: str, split: str, *, seq_len: int, batch_size: int,
     ds = ds.shuffle(seed=seed)
   if repeat:
     ds = ds.repeat(None)
-  ds = ds.map(DecodeAndNormalise(stats, normalise))
+  ds = ds.map(DecodeAndNormalize(stats, normalize))
   if random_crop:
     # Seeded apart from the shuffle; grain seeds each element's generator with the seed and
     # the element's index, so crops do not depend on how far an iterator has run.

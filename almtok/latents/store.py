@@ -51,7 +51,7 @@ WRITER_OPTIONS = "group_size:1"
 
 @dataclasses.dataclass(frozen=True)
 class LatentRecord:
-  """One clip's latents (T x C, unnormalised) and what describes it."""
+  """One clip's latents (T x C, unnormalized) and what describes it."""
   id: str
   caption: str
   labels: str
@@ -302,12 +302,12 @@ class SplitStats:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Stats:
   """stats.json: what the latents are, the train split's per-channel moments and extremes
-  (unnormalised; the extremes are None for latents prepared before they were recorded), each
+  (unnormalized; the extremes are None for latents prepared before they were recorded), each
   split's counts and shards, and the skips by kind."""
   tokenizer: TokenizerSpec
   latent_dtype: str
   dataset: dict[str, Any]
-  normalised_from: str | None
+  normalized_from: str | None
   train_tokens: int
   mean_C: np.ndarray
   std_C: np.ndarray
@@ -339,7 +339,7 @@ class Stats:
         "format": STATS_FORMAT, "tokenizer": dataclasses.asdict(self.tokenizer),
         "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
         "latent_dim": self.latent_dim, "latent_dtype": self.latent_dtype,
-        "dataset": self.dataset, "normalised_from": self.normalised_from,
+        "dataset": self.dataset, "normalized_from": self.normalized_from,
         "train_tokens": self.train_tokens, "mean": self.mean_C.tolist(),
         "std": self.std_C.tolist(), **extremes,
         "splits": {name: dict(dataclasses.asdict(s), shards=[dataclasses.asdict(e)
@@ -363,7 +363,9 @@ class Stats:
         raise ValueError(f"{where}: no {key!r}")
     return cls(
         tokenizer=TokenizerSpec(**value["tokenizer"]), latent_dtype=value["latent_dtype"],
-        dataset=value["dataset"], normalised_from=value["normalised_from"],
+        dataset=value["dataset"],
+        # Latents prepared before the key's spelling changed spell it "normalised_from".
+        normalized_from=value.get("normalized_from", value.get("normalised_from")),
         train_tokens=int(value["train_tokens"]), mean_C=floats("mean"), std_C=floats("std"),
         min_C=floats("min"), max_C=floats("max"),
         splits={name: SplitStats(**dict(s, shards=tuple(ShardEntry(**e) for e in s["shards"])))
@@ -402,7 +404,7 @@ class Stats:
     rank = {k: i for i, k in enumerate(kind_order)}
     order = sorted(by_kind, key=lambda k: (rank.get(k, len(rank)), k))
     return cls(tokenizer=tokenizer, latent_dtype=latent_dtype, dataset=dataset,
-               normalised_from=source, train_tokens=train.count, mean_C=mean_C, std_C=std_C,
+               normalized_from=source, train_tokens=train.count, mean_C=mean_C, std_C=std_C,
                min_C=train.min_C if known else None, max_C=train.max_C if known else None,
                splits=splits, skipped_total=sum(by_kind.values()),
                skipped_by_kind={k: by_kind[k] for k in order})
@@ -434,11 +436,11 @@ def read_stats_file(path: str) -> Stats:
 
 
 # ---------------------------------------------------------------------------------------------
-# Normalisation.
+# Normalization.
 # ---------------------------------------------------------------------------------------------
 
 
-def normaliser(stats: Stats) -> tuple[np.ndarray, np.ndarray]:
+def normalizer(stats: Stats) -> tuple[np.ndarray, np.ndarray]:
   """(mean_C, std_C) as float32; std is already floored (`STD_FLOOR`)."""
   return np.asarray(stats.mean_C, np.float32), np.asarray(stats.std_C, np.float32)
 
@@ -447,26 +449,26 @@ def _over_last_axis(a_C: np.ndarray, ndim: int) -> np.ndarray:
   return a_C.reshape((1,) * (ndim - 1) + (a_C.size,))
 
 
-def normalise(x_xC: Any, stats: Stats) -> Any:
-  """The one normalisation of latents: (x - mean) * (1 / std) per channel over the last axis,
+def normalize(x_xC: Any, stats: Stats) -> Any:
+  """The one normalization of latents: (x - mean) * (1 / std) per channel over the last axis,
   float32 (1 / std taken in float64), on numpy or JAX arrays of any rank. The training
-  pipeline, prompts, quantisers and bounds all go through it, so they agree to the bit."""
-  mean_C, std_C = normaliser(stats)
+  pipeline, prompts, quantizers and bounds all go through it, so they agree to the bit."""
+  mean_C, std_C = normalizer(stats)
   inv_std_C = np.asarray(1.0 / np.asarray(std_C, np.float64), np.float32)
   x_xC = x_xC.astype(np.float32) if hasattr(x_xC, "astype") else np.asarray(x_xC, np.float32)
   return (x_xC - _over_last_axis(mean_C, x_xC.ndim)) * _over_last_axis(inv_std_C, x_xC.ndim)
 
 
-def denormalise(x_xC: Any, stats: Stats) -> Any:
-  """The inverse of `normalise`: x * std + mean over the last axis (numpy or JAX, any rank)."""
-  mean_C, std_C = normaliser(stats)
+def denormalize(x_xC: Any, stats: Stats) -> Any:
+  """The inverse of `normalize`: x * std + mean over the last axis (numpy or JAX, any rank)."""
+  mean_C, std_C = normalizer(stats)
   return x_xC * _over_last_axis(std_C, x_xC.ndim) + _over_last_axis(mean_C, x_xC.ndim)
 
 
 def data_range(stats: Stats) -> tuple[np.ndarray, np.ndarray] | None:
-  """(lo_C, hi_C): the range of each channel of the normalised train latents, float32, or None
+  """(lo_C, hi_C): the range of each channel of the normalized train latents, float32, or None
   for a dataset prepared before almtok recorded it."""
   if stats.min_C is None or stats.max_C is None:
     return None
-  return (normalise(np.asarray(stats.min_C, np.float32), stats),
-          normalise(np.asarray(stats.max_C, np.float32), stats))
+  return (normalize(np.asarray(stats.min_C, np.float32), stats),
+          normalize(np.asarray(stats.max_C, np.float32), stats))

@@ -23,6 +23,8 @@ Shape letters: B batch, L audio slots, P prefix slots, N text tokens, E text wid
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -136,7 +138,7 @@ class AudioLM(nnx.Module):
                             cache)
     return cache
 
-  def extend(self, inputs_BxSx: Array, first_index: Array, cache: KVCache
+  def decode(self, inputs_BxSx: Array, first_index: Array, cache: KVCache
              ) -> tuple[Array, KVCache]:
     """Decodes audio slots first_index .. first_index + S - 1 on top of the cache.
 
@@ -151,13 +153,37 @@ class AudioLM(nnx.Module):
 
   def step(self, prev_Bx: Array, index: Array, cache: KVCache) -> tuple[Array, KVCache]:
     """One decoding step: slot `index` reads token index - 1; returns (z_BxD, cache)."""
-    z_Bx1xD, cache = self.extend(prev_Bx[:, None], index, cache)
+    z_Bx1xD, cache = self.decode(prev_Bx[:, None], index, cache)
     return z_Bx1xD[:, 0], cache
 
 
 # ---------------------------------------------------------------------------------------------
 # Each example's random draws.
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The objective's settings that both models share (`config.loss`): the CFG drop probability,
+  the MNTP weight, and the drop-ratio mixture of MNTP (rows of (weight, alpha, beta); see
+  `mntp.sample_drop_ratio`). The loss is `total(ntp, mntp)`."""
+  cfg_dropout: float = 0.1
+  mntp_weight: float = 1.0
+  drop_mixture: tuple[tuple[float, float, float], ...] = ((0.5, 4.0, 1.5), (0.5, 1.5, 6.0))
+
+  @classmethod
+  def from_config(cls, loss: Mapping[str, Any]) -> LossConfig:
+    """From a run's `config.loss` block (a ConfigDict or its JSON dict)."""
+    return cls(cfg_dropout=float(loss["cfg_dropout"]), mntp_weight=float(loss["mntp_weight"]),
+               drop_mixture=tuple(tuple(float(v) for v in row) for row in loss["drop_mixture"]))
+
+  @property
+  def mntp(self) -> bool:
+    return self.mntp_weight > 0
+
+  def total(self, ntp_loss: Array | float, mntp_loss: Array | float = 0.0) -> Array | float:
+    """The training loss from its parts: ntp + mntp_weight * mntp."""
+    return ntp_loss + self.mntp_weight * mntp_loss if self.mntp else ntp_loss
 
 
 def cfg_drop_mask(rng: Array, batch: int, cfg_dropout: float) -> Array:
@@ -178,17 +204,18 @@ class Draws(NamedTuple):
   mntp_keys_B: Array         # Keys of the MNTP part's own draws.
 
 
-def draw(rng: Array, mask_BxL: Array, example_index_B: Array | None, *, cfg_dropout: float,
-         mntp_weight: float, drop_mixture) -> Draws:
+def draw(rng: Array, mask_BxL: Array, example_index_B: Array | None, loss: LossConfig
+         ) -> Draws:
   """Example b draws everything from `fold_in(rng, example_index_B[b])` (default index b)."""
   b = mask_BxL.shape[0]
   index_B = jnp.arange(b) if example_index_B is None else example_index_B
   cfg_k, ratio_k, drop_k, ntp_k, mntp_k = rng_lib.split_rows(
       rng_lib.example_keys(rng, index_B), 5)
   masked = None
-  if mntp_weight > 0:
-    masked = mntp.mntp_slots(drop_k, mask_BxL, mntp.sample_drop_ratio(ratio_k, b, drop_mixture))
-  return Draws(cfg_drop_mask(cfg_k, b, cfg_dropout), mntp.ntp_slots(mask_BxL), masked,
+  if loss.mntp:
+    masked = mntp.mntp_slots(drop_k, mask_BxL,
+                             mntp.sample_drop_ratio(ratio_k, b, loss.drop_mixture))
+  return Draws(cfg_drop_mask(cfg_k, b, loss.cfg_dropout), mntp.ntp_slots(mask_BxL), masked,
                ntp_k, mntp_k)
 
 

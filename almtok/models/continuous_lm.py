@@ -60,14 +60,13 @@ class ContinuousLM(AudioLM):
 
 
 def target_counts(mask_BxL: Array, rng: Array, example_index_B: Array | None = None, *,
-                  cfg_dropout: float, mntp_weight: float, drop_mixture) -> dict[str, Array]:
-  """The batch's counts that normalise the loss: valid NTP and MNTP targets, and examples.
+                  loss: audio_lm.LossConfig) -> dict[str, Array]:
+  """The batch's counts that normalize the loss: valid NTP and MNTP targets, and examples.
 
   A trainer that splits a batch into micro-batches passes the whole batch's counts to each
   part's `loss_fn`, so that the parts' losses (and gradients) add up to the whole batch's.
   """
-  d = audio_lm.draw(rng, mask_BxL, example_index_B, cfg_dropout=cfg_dropout,
-                    mntp_weight=mntp_weight, drop_mixture=drop_mixture)
+  d = audio_lm.draw(rng, mask_BxL, example_index_B, loss)
   counts = {"ntp": jnp.sum(d.ntp.valid_BxL.astype(jnp.float32)),
             "examples": jnp.float32(mask_BxL.shape[0])}
   if d.masked is not None:
@@ -76,26 +75,25 @@ def target_counts(mask_BxL: Array, rng: Array, example_index_B: Array | None = N
 
 
 def loss_fn(model: ContinuousLM, text: TextEmbedding, x_BxLxC: Array, mask_BxL: Array,
-            rng: Array, *, schedule: diffusion.Schedule, cfg_dropout: float,
-            mntp_weight: float, drop_mixture, batch_mul: int, prediction: str,
+            rng: Array, *, loss: audio_lm.LossConfig, schedule: diffusion.Schedule,
+            batch_mul: int, prediction: str,
             example_index_B: Array | None = None, counts: dict[str, Array] | None = None,
             head_remat: bool = False) -> tuple[Array, dict[str, Array]]:
-  """Training loss `ntp + mntp_weight * mntp` and its parts (float32).
+  """Training loss `loss.total(ntp, mntp)` and its parts (float32).
 
   Each part is the mean of the head's loss over its valid targets. One decoder call runs the NTP
-  sequences and, when `mntp_weight > 0`, their MNTP versions stacked on the batch axis; both
-  share each example's prefix (and its CFG drop).
+  sequences and, with MNTP (`loss.mntp_weight > 0`), their MNTP versions stacked on the batch
+  axis; both share each example's prefix (and its CFG drop).
 
   Randomness is per example (see `draw`): `rng` is the step's key and `example_index_B` the
   examples' places in the whole batch. With `counts` (the whole batch's `target_counts`) this
   batch is one part of it: each part then divides by the whole batch's counts, so the parts'
   losses, metrics and gradients sum to the whole batch's exactly (up to float rounding).
   """
-  kw = dict(cfg_dropout=cfg_dropout, mntp_weight=mntp_weight, drop_mixture=drop_mixture)
   b, l, c = x_BxLxC.shape
-  d = audio_lm.draw(rng, mask_BxL, example_index_B, **kw)
+  d = audio_lm.draw(rng, mask_BxL, example_index_B, loss)
   if counts is None:
-    counts = target_counts(mask_BxL, rng, example_index_B, **kw)
+    counts = target_counts(mask_BxL, rng, example_index_B, loss=loss)
   slots = audio_lm.stack_slots(d)
   copies = 1 if d.masked is None else 2
   repeat = lambda a: jnp.concatenate([a] * copies, axis=0)
@@ -116,11 +114,9 @@ def loss_fn(model: ContinuousLM, text: TextEmbedding, x_BxLxC: Array, mask_BxL: 
   ntp_loss = part(slice(0, b), d.ntp_keys_B, "ntp")
   metrics = {"ntp_loss": ntp_loss,
              "cfg_drop_frac": jnp.sum(d.use_null_B.astype(jnp.float32)) / counts["examples"]}
-  loss = ntp_loss
   if d.masked is not None:
     mntp_loss = part(slice(b, 2 * b), d.mntp_keys_B, "mntp")
     kept = jnp.sum(d.masked.valid_BxL.astype(jnp.float32)) / jnp.maximum(counts["ntp"], 1.0)
     metrics.update(mntp_loss=mntp_loss, mntp_kept_frac=kept)
-    loss = loss + mntp_weight * mntp_loss
-  metrics["loss"] = loss
-  return loss, metrics
+  metrics["loss"] = total = loss.total(ntp_loss, metrics.get("mntp_loss", 0.0))
+  return total, metrics

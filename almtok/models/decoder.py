@@ -41,16 +41,6 @@ REMAT_POLICIES = {
 }
 
 
-def remat_name(remat: str | bool) -> str:
-  """The policy name of a `remat` setting (True and False, from older configs, are "full" and
-  "none"); ValueError for an unknown name."""
-  if isinstance(remat, bool):
-    return "full" if remat else "none"
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"remat={remat!r}: choose one of {sorted(REMAT_POLICIES)}")
-  return remat
-
-
 class KVCache(NamedTuple):
   """Keys and values per layer, with a validity mask and the number of slots written."""
   k: tuple[Array, ...] | Array   # per layer [B, T, H, K]; a scanned stack's: one [N, B, T, H, K]
@@ -163,11 +153,13 @@ class Decoder(nnx.Module):
   """
 
   def __init__(self, width: int, num_layers: int, num_heads: int, mlp_ratio: float = 4.0,
-               mlp: str = "gelu", rope_base: float = 10_000.0, remat: str | bool = "none",
+               mlp: str = "gelu", rope_base: float = 10_000.0, remat: str = "none",
                scan_layers: bool = False, *, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     self.width, self.num_layers, self.num_heads = width, num_layers, num_heads
-    self.dtype, self.remat, self.scan_layers = dtype, remat_name(remat), scan_layers
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={remat!r}: choose one of {sorted(REMAT_POLICIES)}")
+    self.dtype, self.remat, self.scan_layers = dtype, remat, scan_layers
     mlp_dim = int(round(width * mlp_ratio))
 
     def block(r: nnx.Rngs) -> Block:

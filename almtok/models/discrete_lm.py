@@ -150,9 +150,9 @@ def to_frames(steps_BxSxQ: Array, num_frames: int, pattern: str) -> Array:
 
 
 def _targets(valid_BxSxQ: Array, rng: Array, example_index_B: Array | None,
-             kw: dict) -> tuple[audio_lm.Draws, Array]:
+             loss: audio_lm.LossConfig) -> tuple[audio_lm.Draws, Array]:
   """The draws over steps, and which (slot, codebook) pairs of NTP then MNTP have a target."""
-  d = audio_lm.draw(rng, jnp.any(valid_BxSxQ, axis=2), example_index_B, **kw)
+  d = audio_lm.draw(rng, jnp.any(valid_BxSxQ, axis=2), example_index_B, loss)
   slots = audio_lm.stack_slots(d)
   copies = 1 if d.masked is None else 2
   valid_XxSxQ = jnp.concatenate([valid_BxSxQ] * copies, axis=0)
@@ -161,13 +161,12 @@ def _targets(valid_BxSxQ: Array, rng: Array, example_index_B: Array | None,
 
 
 def target_counts(mask_BxL: Array, rng: Array, example_index_B: Array | None = None, *,
-                  num_codebooks: int, pattern: str, cfg_dropout: float, mntp_weight: float,
-                  drop_mixture) -> dict[str, Array]:
-  """The batch's counts that normalise the loss: valid (slot, codebook) targets of NTP and MNTP,
+                  num_codebooks: int, pattern: str, loss: audio_lm.LossConfig
+                  ) -> dict[str, Array]:
+  """The batch's counts that normalize the loss: valid (slot, codebook) targets of NTP and MNTP,
   examples, and NTP slots (see `continuous_lm.target_counts` for why a trainer needs them)."""
-  kw = dict(cfg_dropout=cfg_dropout, mntp_weight=mntp_weight, drop_mixture=drop_mixture)
   d, target_valid_XxSxQ = _targets(step_valid(mask_BxL, num_codebooks, pattern), rng,
-                                   example_index_B, kw)
+                                   example_index_B, loss)
   b = mask_BxL.shape[0]
   count = lambda rows: jnp.sum(target_valid_XxSxQ[rows].astype(jnp.float32))
   counts = {"ntp": count(slice(0, b)), "examples": jnp.float32(b),
@@ -178,20 +177,18 @@ def target_counts(mask_BxL: Array, rng: Array, example_index_B: Array | None = N
 
 
 def loss_fn(model: DiscreteLM, text: TextEmbedding, codes_BxLxQ: Array, mask_BxL: Array,
-            rng: Array, *, cfg_dropout: float, mntp_weight: float, drop_mixture,
-            example_index_B: Array | None = None, counts: dict[str, Array] | None = None
-            ) -> tuple[Array, dict[str, Array]]:
-  """Training loss `ntp + mntp_weight * mntp` (cross-entropies in nats) and its parts.
+            rng: Array, *, loss: audio_lm.LossConfig, example_index_B: Array | None = None,
+            counts: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
+  """Training loss `loss.total(ntp, mntp)` (cross-entropies in nats) and its parts.
 
   Randomness, the MNTP stacking and `counts` work as in `continuous_lm.loss_fn`; each part is the
   mean over its valid (slot, codebook) targets.
   """
-  kw = dict(cfg_dropout=cfg_dropout, mntp_weight=mntp_weight, drop_mixture=drop_mixture)
   steps_BxSxQ, valid_BxSxQ = to_steps(codes_BxLxQ, mask_BxL, model.pattern, model.pad)
-  d, target_valid_XxSxQ = _targets(valid_BxSxQ, rng, example_index_B, kw)
+  d, target_valid_XxSxQ = _targets(valid_BxSxQ, rng, example_index_B, loss)
   if counts is None:
     counts = target_counts(mask_BxL, rng, example_index_B, num_codebooks=model.num_codebooks,
-                           pattern=model.pattern, **kw)
+                           pattern=model.pattern, loss=loss)
   copies = 1 if d.masked is None else 2
   repeat = lambda a: jnp.concatenate([a] * copies, axis=0)
   logits_XxSxQxK, targets_XxSxQ = model(jax.tree.map(repeat, text), repeat(d.use_null_B),
@@ -210,12 +207,10 @@ def loss_fn(model: DiscreteLM, text: TextEmbedding, codes_BxLxQ: Array, mask_BxL
   ntp = slice(0, b)
   metrics = {"ntp_loss": mean(ce_XxSxQ, ntp, "ntp"), "ntp_accuracy": mean(hit_XxSxQ, ntp, "ntp"),
              "cfg_drop_frac": jnp.sum(d.use_null_B.astype(jnp.float32)) / counts["examples"]}
-  loss = metrics["ntp_loss"]
   if d.masked is not None:
     masked = slice(b, 2 * b)
     metrics["mntp_loss"] = mean(ce_XxSxQ, masked, "mntp")
     metrics["mntp_kept_frac"] = (jnp.sum(d.masked.valid_BxL.astype(jnp.float32))
                                  / jnp.maximum(counts["slots"], 1.0))
-    loss = loss + mntp_weight * metrics["mntp_loss"]
-  metrics["loss"] = loss
-  return loss, metrics
+  metrics["loss"] = total = loss.total(metrics["ntp_loss"], metrics.get("mntp_loss", 0.0))
+  return total, metrics

@@ -1,9 +1,9 @@
-r"""Residual vector quantisation of normalised latents: the discrete baseline's tokens.
+r"""Residual vector quantization of normalized latents: the discrete baseline's tokens.
 
-An `RVQ` holds Q codebooks of K codes each. Stage q quantises what stages 0..q-1 left over (the
+An `RVQ` holds Q codebooks of K codes each. Stage q quantizes what stages 0..q-1 left over (the
 residual) to its nearest code, so `decode` sums one code per stage and any prefix of the stages
-is a coarser quantiser. It works on the latents exactly as the data pipeline yields them
-(normalised with the train split's stats.json), so that the discrete and the continuous models
+is a coarser quantizer. It works on the latents exactly as the data pipeline yields them
+(normalized with the train split's stats.json), so that the discrete and the continuous models
 see the same inputs. Codebooks are fitted stage by stage with k-means (k-means++ or random-sample
 initialisation, then Lloyd iterations) on a sample of train-split vectors.
 
@@ -185,13 +185,13 @@ def kmeans(x_NxC: Array, k: int, iters: int, rng: Array, *, init: str = "kmeans+
 
 
 # ---------------------------------------------------------------------------------------------
-# The quantiser.
+# The quantizer.
 # ---------------------------------------------------------------------------------------------
 
 
 def residual_stages(codebooks_QxKxC: Array, x_NxC: Array,
                     chunk: int = DEFAULT_CHUNK) -> tuple[Array, Array, Array]:
-  """Greedy residual quantisation: (final residual, codes_QxN int32, err_Q).
+  """Greedy residual quantization: (final residual, codes_QxN int32, err_Q).
 
   err_Q[q] = Σ||residual after stage q||², from the residual itself (not the distance
   expansion). Jittable.
@@ -236,16 +236,16 @@ class RVQ(NamedTuple):
   def decode(self, codes_BxTxQ: Array) -> Array:
     """Latents [B, T, C] float32: the sum of one code per stage. Jittable.
 
-    Codes of the first Q' <= Q stages decode with those stages alone (a coarser quantiser).
+    Codes of the first Q' <= Q stages decode with those stages alone (a coarser quantizer).
     """
     q = codes_BxTxQ.shape[-1]
     if q > self.n_q:
-      raise ValueError(f"codes have {q} stages, the quantiser {self.n_q}")
+      raise ValueError(f"codes have {q} stages, the quantizer {self.n_q}")
     codebooks_QxKxC = jnp.asarray(self.codebooks_QxKxC, jnp.float32)[:q]
     stage_1x1xQ = jnp.arange(q).reshape(1, 1, q)
     return jnp.sum(codebooks_QxKxC[stage_1x1xQ, codes_BxTxQ], axis=-2)
 
-  def quantise(self, x_BxTxC: Array, chunk: int = DEFAULT_CHUNK) -> Array:
+  def quantize(self, x_BxTxC: Array, chunk: int = DEFAULT_CHUNK) -> Array:
     """decode(encode(x)). Jittable."""
     return self.decode(self.encode(x_BxTxC, chunk))
 
@@ -307,11 +307,11 @@ def load_with_meta(directory: str | os.PathLike) -> tuple[RVQ, dict[str, Any]]:
   """(codebooks, JSON meta) of the checkpoint that `RVQ.save` wrote."""
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no quantiser checkpoint in {directory}: not a folder")
+    raise FileNotFoundError(f"no quantizer checkpoint in {directory}: not a folder")
   with checkpoint.Checkpointer(directory, max_to_keep=None, async_save=False) as ckpt:
     step = ckpt.latest_step()
     if step is None:
-      raise FileNotFoundError(f"no quantiser checkpoint in {directory}")
+      raise FileNotFoundError(f"no quantizer checkpoint in {directory}")
     # Restored as saved (host arrays): a few MiB that every device needs whole.
     state, meta, _ = ckpt.restore(step, None)
   rvq = RVQ(jnp.asarray(state["codebooks_QxKxC"], jnp.float32))
@@ -321,28 +321,28 @@ def load_with_meta(directory: str | os.PathLike) -> tuple[RVQ, dict[str, Any]]:
 
 def _check_meta(rvq: RVQ, meta: Mapping[str, Any], where: str) -> None:
   if meta.get("format") != FORMAT:
-    raise ValueError(f"{where}: not a quantiser (format {meta.get('format')!r})")
+    raise ValueError(f"{where}: not a quantizer (format {meta.get('format')!r})")
   if (meta["n_q"], meta["k"], meta["dim"]) != (rvq.n_q, rvq.k, rvq.dim):
     raise ValueError(f"{where}: meta says n_q, k, dim = {meta['n_q']}, {meta['k']}, "
                      f"{meta['dim']} but the codebooks are {rvq.codebooks_QxKxC.shape}")
 
 
 def latents_source(stats: latents_lib.Stats) -> dict[str, Any]:
-  """What identifies the latents a quantiser was fitted on: their tokenizer, their dataset and
-  a hash of the normalisation (codebooks only fit latents normalised the same way)."""
-  mean_C, std_C = latents_lib.normaliser(stats)
+  """What identifies the latents a quantizer was fitted on: their tokenizer, their dataset and
+  a hash of the normalization (codebooks only fit latents normalized the same way)."""
+  mean_C, std_C = latents_lib.normalizer(stats)
   digest = hashlib.sha256(mean_C.astype("<f4").tobytes() + std_C.astype("<f4").tobytes())
   return {"tokenizer": dataclasses.asdict(stats.tokenizer), "dataset": stats.dataset,
-          "normalised_from": stats.normalised_from, "train_tokens": stats.train_tokens,
+          "normalized_from": stats.normalized_from, "train_tokens": stats.train_tokens,
           "stats_sha256": digest.hexdigest()}
 
 
 def check_source(meta: Mapping[str, Any], stats: latents_lib.Stats) -> None:
-  """Raises ValueError unless the quantiser in `meta` was fitted on latents like `stats`'."""
+  """Raises ValueError unless the quantizer in `meta` was fitted on latents like `stats`'."""
   fitted, given = meta.get("source") or {}, latents_source(stats)
   differ = [key for key in ("tokenizer", "stats_sha256") if fitted.get(key) != given[key]]
   if differ:
-    raise ValueError(f"the quantiser was fitted on other latents (they differ in {differ}): "
+    raise ValueError(f"the quantizer was fitted on other latents (they differ in {differ}): "
                      f"fitted on {fitted.get('tokenizer')}, given {given['tokenizer']}")
 
 
@@ -356,7 +356,7 @@ def fit(x_NxC: Array | np.ndarray, n_q: int, k: int, iters: int, rng: Array, *,
   """Fits Q = `n_q` codebooks stage by stage: k-means of the residual the earlier stages leave.
 
   Args:
-    x_NxC: training vectors (normalised latents), N >= k.
+    x_NxC: training vectors (normalized latents), N >= k.
     n_q: Q, the number of stages.
     k: K, codes per codebook.
     iters: Lloyd iterations per stage.
@@ -386,16 +386,16 @@ def stage_errors(rvq: RVQ, x_NxC: Array, chunk: int = DEFAULT_CHUNK) -> Array:
   return err_Q / jnp.maximum(jnp.sum(jnp.square(x_NxC)), 1e-30)
 
 
-def read_clips(latents_dir: str, split: str, *, normalised: bool = True,
+def read_clips(latents_dir: str, split: str, *, normalized: bool = True,
                max_clips: int | None = None) -> list[latents_lib.LatentRecord]:
-  """The records of a split in order (latents float32, normalised unless told otherwise)."""
+  """The records of a split in order (latents float32, normalized unless told otherwise)."""
   stats = latents_lib.read_stats(latents_dir)
   out = []
   for path in latents_lib.shard_paths(latents_dir, split, stats):
     for record in latents_lib.read_shard(path):
       x_TxC = record.latents.astype(np.float32)
       out.append(dataclasses.replace(record,
-                                     latents=(latents_lib.normalise(x_TxC, stats) if normalised
+                                     latents=(latents_lib.normalize(x_TxC, stats) if normalized
                                               else x_TxC)))
       if max_clips is not None and len(out) >= max_clips:
         return out
@@ -404,7 +404,7 @@ def read_clips(latents_dir: str, split: str, *, normalised: bool = True,
 
 def sample_vectors(latents_dir: str, num_vectors: int, *, split: str = "train",
                    seed: int = 0) -> np.ndarray:
-  """Up to `num_vectors` normalised latent vectors [N, C] of a split, drawn uniformly without
+  """Up to `num_vectors` normalized latent vectors [N, C] of a split, drawn uniformly without
   replacement over all its tokens (all of them when it has fewer), one shard in memory at a time.
   """
   stats = latents_lib.read_stats(latents_dir)
@@ -417,7 +417,7 @@ def sample_vectors(latents_dir: str, num_vectors: int, *, split: str = "train",
       t = record.num_tokens
       lo, hi = np.searchsorted(chosen, [offset, offset + t])
       if hi > lo:
-        out.append(latents_lib.normalise(record.latents[chosen[lo:hi] - offset], stats))
+        out.append(latents_lib.normalize(record.latents[chosen[lo:hi] - offset], stats))
       offset += t
   if not out:
     raise ValueError(f"split {split!r} of {latents_dir} has no tokens")
@@ -427,9 +427,9 @@ def sample_vectors(latents_dir: str, num_vectors: int, *, split: str = "train",
 def fit_from_latents(latents_dir: str, *, n_q: int, k: int, iters: int, num_vectors: int,
                      seed: int = 0, init: str = "kmeans++", chunk: int = DEFAULT_CHUNK,
                      eval_split: str | None = "validation") -> tuple[RVQ, dict[str, Any]]:
-  """Fits a quantiser on a train-split sample of a prepared dataset.
+  """Fits a quantizer on a train-split sample of a prepared dataset.
 
-  Returns the quantiser and a report: `source` (for `save`/`export`), vectors used, seconds
+  Returns the quantizer and a report: `source` (for `save`/`export`), vectors used, seconds
   taken, and the relative MSE per stage on the sample and on `eval_split` (when it exists).
   """
   stats = latents_lib.read_stats(latents_dir)
@@ -454,14 +454,14 @@ def fit_from_latents(latents_dir: str, *, n_q: int, k: int, iters: int, num_vect
 
 def define_flags() -> None:
   """The command line (defined only when run as a program, so that tests can import this)."""
-  config_flags.DEFINE_config_file("config", None, "Quantiser config (configs/rvq.py).",
+  config_flags.DEFINE_config_file("config", None, "Quantizer config (configs/rvq.py).",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "The checkpoint, export and report go here.")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
-  """Fits the quantiser `config` describes and writes it to `workdir`; returns the report."""
+  """Fits the quantizer `config` describes and writes it to `workdir`; returns the report."""
   configlib.validate(config, choices={"init": INITS})
   if not config.latents_dir:
     raise configlib.ConfigError("config.latents_dir is required (<prepare workdir>/latents)")
@@ -497,7 +497,7 @@ def main(argv: Sequence[str]) -> None:
   for key, errors in report.items():
     if key.endswith("_rel_mse"):
       print(f"  {key} by stage: {_format_errors(errors)}")
-  print(f"quantiser: {flags.FLAGS.workdir}/checkpoint and {EXPORT_STEM}.safetensors")
+  print(f"quantizer: {flags.FLAGS.workdir}/checkpoint and {EXPORT_STEM}.safetensors")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from almtok.text.minilm import (
     TextEmbedding,
     TextEncoder,
     load_minilm,
-    mean_pool_normalised,
+    mean_pool_normalized,
 )
 from almtok.text.tokenizer import MiniLMTokenizer
 
@@ -17,5 +17,5 @@ __all__ = [
     "TextEmbedding",
     "TextEncoder",
     "load_minilm",
-    "mean_pool_normalised",
+    "mean_pool_normalized",
 ]

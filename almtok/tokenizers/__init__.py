@@ -2,13 +2,14 @@
 
 Every tokenizer has `sample_rate`, `frame_rate` (tokens per second), `latent_dim` (C), and
 `encode(wav_BxS) -> x_BxTxC`, `decode(x_BxTxC) -> wav_BxS`, batched and jittable where the math
-allows. Latents leave `encode` unnormalised; per-channel normalisation over the training set is
+allows. Latents leave `encode` unnormalized; per-channel normalization over the training set is
 stored with the prepared data (stats.json) and applied by the data pipeline.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from typing import Any, Protocol
 
 import jax
 
@@ -25,7 +26,32 @@ class AudioTokenizer(Protocol):
     ...
 
 
-NAMES = ("mel", "mel_vae")
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What configs know of a tokenizer before one is built: its token geometry and the keyword
+  arguments `get` builds it from. A trained mel_vae's export records its own geometry, and the
+  prepared latents' stats.json what was used; training checks its model against the latter."""
+  latent_dim: int              # C: channels of one token.
+  frame_rate: float            # Tokens per second.
+  params: dict[str, Any]       # `get`'s keyword arguments (a prepare config's tokenizer block).
+
+
+# The registry: every tokenizer by name. Configs read token widths and frame rates from here.
+REGISTRY = {
+    # 64 mel bins of 4 frames at hop 160 and 16 kHz (`mel.MelTokenizer` defaults).
+    "mel": Spec(latent_dim=256, frame_rate=25.0, params={}),
+    # The paper's latent geometry: 8 channels x 16 frequency bins at 4x time down-sampling
+    # (`mel_vae.MelVAE` defaults); `path` names the trained export.
+    "mel_vae": Spec(latent_dim=128, frame_rate=25.0, params={"path": ""}),
+}
+NAMES = tuple(REGISTRY)
+
+
+def spec(name: str) -> Spec:
+  """The registry's entry for `name`; ValueError naming the known ones otherwise."""
+  if name not in REGISTRY:
+    raise ValueError(f"unknown tokenizer {name!r}; choose one of {list(NAMES)}")
+  return REGISTRY[name]
 
 
 def get(name: str, **kwargs) -> AudioTokenizer:

@@ -9,7 +9,7 @@ Input scaling: the model sees (dB - db_offset) / db_scale, by default (dB + 50) 
 maps the -100 dB floor to -1.67 and loud bins (around 0 dB) to about +1.7; outputs are mapped
 back with the same constants and floored at -100 dB.
 
-Normalisation: GroupNorm statistics are taken separately for every time frame (over frequency
+Normalization: GroupNorm statistics are taken separately for every time frame (over frequency
 and the group's channels), never across time, so a frame's code depends only on the frames
 within the convolutions' receptive field: away from their edges, crops, whole clips and padded
 clips encode alike.
@@ -18,7 +18,7 @@ Token layout: the latent [B, T, K, L] is flattened frequency-major, so channel `
 a token holds latent channel l of latent frequency bin k. `encode` returns the posterior mean;
 the training loss samples the posterior (reparameterised).
 
-KL term: with the loss normalised per mel element, loss = mean |M̂ - M| (scaled units) +
+KL term: with the loss normalized per mel element, loss = mean |M̂ - M| (scaled units) +
 kl_weight · Σ KL / (number of mel elements), i.e. the usual "sum of L1 + weight · sum of KL"
 divided by a constant.
 

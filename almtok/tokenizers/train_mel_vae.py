@@ -1,6 +1,6 @@
 r"""Trains the mel-VAE tokenizer and exports it for `tokenizers.get("mel_vae", path=...)`.
 
-  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py --workdir=/work/runs/mel_vae
+  python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py --workdir=/tmp/mel_vae
   python -m almtok.tokenizers.train_mel_vae --config=configs/mel_vae.py:tiny \
       --workdir=/tmp/mel_vae_tiny
 

@@ -19,7 +19,7 @@ Training: one jitted train step of `almtok.train` (the same step function for bo
 synthetic batch of 4 s clips (100 tokens), median of the timed steps after a compiling one; MFU
 against the float32 matmul peak measured in the same process (`flops.measure_matmul_peak`). The
 continuous LM trains with MNTP (as the paper) and without; the discrete one without (as
-AudioGen). The discrete step includes quantising the latents (RVQ, on the device).
+AudioGen). The discrete step includes quantizing the latents (RVQ, on the device).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from almtok import optim
 from almtok import sample
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import steps
+from almtok import objective
 from almtok.quantizers import rvq
 from almtok.text.minilm import TextEmbedding
 from configs import continuous_lm
@@ -71,7 +71,7 @@ def time_sampling(kind: str, size: str, batch: int, cfg: bool, frames: int) -> f
   config = sampling_config(kind, size)
   model = models.build(config, nnx.Rngs(0))
   if kind == "continuous":
-    settings = sample.SamplerSettings(steps=100, cfg=cfg, cfg_scale=3.0 if cfg else 1.0,
+    settings = sample.SamplerSettings(solver_steps=100, cfg=cfg, cfg_scale=3.0 if cfg else 1.0,
                                       prediction="eps", data_range=False)
     sampler = sample.make_sampler(model, settings,
                                   schedule=state_lib.make_schedule(config))
@@ -104,7 +104,7 @@ def time_training(kind: str, size: str, batch: int, num_steps: int, mntp: bool,
                                                                            dtype=np.float32))}
   with jax.set_mesh(mesh):
     graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
-    step = jax.jit(steps.make_train_step(config, graphdef, tx, state_lib.make_schedule(config),
+    step = jax.jit(objective.make_train_step(config, graphdef, tx, state_lib.make_schedule(config),
                                          quantizer),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     batch_arrays = sharding.global_batch(host, mesh)
@@ -136,8 +136,8 @@ def main():
   results = {"machine": machine, "sampling": [], "training": []}
 
   print("\nSampling 10 s (250 frames at 25 Hz); continuous: K = 100 head steps per token")
-  print(f"| size | batch | CFG | timed frames | continuous frames/s | discrete frames/s | "
-        f"discrete / continuous |")
+  print("| size | batch | CFG | timed frames | continuous frames/s | discrete frames/s | "
+        "discrete / continuous |")
   print("|---|---:|---|---:|---:|---:|---:|")
   for size in filter(None, args.sizes.split(",")):
     frames = FRAMES if size in ("tiny", "small") else args.base_frames

@@ -51,9 +51,9 @@ def text_for(config, batch: int) -> TextEmbedding:
 
 def time_sampler(model, config, batch: int, k: int, cfg: bool, tokens: int) -> float:
   """Seconds to sample `tokens` tokens for `batch` captions (compiled beforehand)."""
-  settings = sample.SamplerSettings(steps=k, cfg=cfg, cfg_scale=3.0 if cfg else 1.0,
+  settings = sample.SamplerSettings(solver_steps=k, cfg=cfg, cfg_scale=3.0 if cfg else 1.0,
                                     prediction=config.diffusion.prediction)
-  sampler = sample.Sampler(model, diffusion.cosine_schedule(config.diffusion.num_steps),
+  sampler = sample.Sampler(model, diffusion.cosine_schedule(config.diffusion.timesteps),
                            settings)
   return time_generate(sampler, text_for(config, batch), tokens)
 
@@ -70,7 +70,7 @@ def time_generate(sampler, text, tokens: int) -> float:
 def time_naive(model, config, tokens: int, k: int) -> float:
   """Seconds per token of a cache-free, step-by-step sampler (batch 1, no guidance)."""
   length = config.model.max_len
-  schedule = diffusion.respace(diffusion.cosine_schedule(config.diffusion.num_steps), k)
+  schedule = diffusion.respace(diffusion.cosine_schedule(config.diffusion.timesteps), k)
   text = text_for(config, 1)
   c = model.token_dim
 
@@ -108,8 +108,9 @@ def time_naive(model, config, tokens: int, k: int) -> float:
 
 def split_token_time(model, config, k: int, repeats: int = 5) -> tuple[float, float]:
   """(decoder step, K head steps) seconds for one token at batch 1 with guidance."""
-  settings = sample.SamplerSettings(steps=k, cfg=True, prediction=config.diffusion.prediction)
-  schedule = diffusion.respace(diffusion.cosine_schedule(config.diffusion.num_steps), k)
+  settings = sample.SamplerSettings(solver_steps=k, cfg=True,
+                                    prediction=config.diffusion.prediction)
+  schedule = diffusion.respace(diffusion.cosine_schedule(config.diffusion.timesteps), k)
   cache = model.init_cache(2, config.model.max_len)
   prev = jnp.zeros((2, model.token_dim))
 

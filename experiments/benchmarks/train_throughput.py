@@ -6,7 +6,7 @@ r"""Training throughput of the continuous LM on this machine: tokens/s, step tim
       --decoders=unrolled,scanned,scanned+dots,scanned+full \
       --out=experiments/benchmarks/train_decoders.json
 
-Each size runs the trainer's own jitted step (`state.init_state` + `steps.make_train_step`, with
+Each size runs the trainer's own jitted step (`state.init_state` + `objective.make_train_step`, with
 the same donation and out-shardings as `train.py`) on one device, on a synthetic batch of the CPU
 demo's shapes (configs/synth_small.py at that size: mel tokens, L = 100 tokens = 4 s, MNTP on,
 the demo's diffusion batch_mul). The first step compiles and is timed apart; the table reports
@@ -46,7 +46,7 @@ from almtok import flops
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import steps
+from almtok import objective
 from almtok.models import mntp
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
@@ -130,7 +130,7 @@ def benchmark_size(size: str, batch: int, num_steps: int, matmul_n: int,
   tx = optim.make_optimizer(config.train)
   with jax.set_mesh(mesh):
     graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
-    step = jax.jit(steps.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)),
+    step = jax.jit(objective.make_train_step(config, graphdef, tx, state_lib.make_schedule(config)),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     batch_arrays = sharding.global_batch(synthetic_batch(config), mesh)
     rng = jax.random.PRNGKey(0)
@@ -156,7 +156,8 @@ def profile_size(size: str, batch: int, num_steps: int, matmul_n: int) -> dict:
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx = optim.make_optimizer(config.train)
   schedule = state_lib.make_schedule(config)
-  kw = steps.loss_kwargs(config)
+  kw = objective.head_kwargs(config)
+  drop_mixture = objective.make_objective(config, None, None).settings.drop_mixture
   b, l, d = config.data.batch_size, config.data.seq_len, config.model.decoder.width
   with jax.set_mesh(mesh):
     graphdef, state, _ = state_lib.init_state(config, mesh, tx)
@@ -171,7 +172,7 @@ def profile_size(size: str, batch: int, num_steps: int, matmul_n: int) -> dict:
     # The decoder as loss_fn runs it: NTP and MNTP sequences stacked on the batch axis (X = 2B).
     def decoder_loss(params, probe_XxLxD, x_BxLxC, mask_BxL, text):
       model = nnx.merge(graphdef, params)
-      ratio_B = mntp.sample_drop_ratio(rng, b, kw["drop_mixture"])
+      ratio_B = mntp.sample_drop_ratio(rng, b, drop_mixture)
       slots = jax.tree.map(lambda a, c: jnp.concatenate([a, c], axis=0),
                            mntp.ntp_slots(mask_BxL), mntp.mntp_slots(rng, mask_BxL, ratio_B))
       twice = lambda a: jnp.concatenate([a, a], axis=0)

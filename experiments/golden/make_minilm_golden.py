@@ -11,7 +11,7 @@ in a scratch environment outside the repository, because almtok itself never imp
 
 Each sentence is encoded alone (no padding) with the package's tokenizer.json, padding off and
 truncation at --max_len, as almtok's tokenizer does. The pooled vector is the sentence-transformers
-one: mean of the last hidden state over tokens, L2-normalised. --dump also saves the full hidden
+one: mean of the last hidden state over tokens, L2-normalized. --dump also saves the full hidden
 states, so the maximum difference over every entry can be measured.
 """
 

@@ -7,7 +7,7 @@ For the first `--held_out` test captions of the run's data, generates one clip p
 `SETTINGS` (same seed), and prints per setting the mean and range over clips of peak and rms
 (dBFS) and the fraction of samples beyond full scale, beside the same captions' held-out clips
 through the run's tokenizer and vocoder (the path generated audio takes). It also prints how far
-the data's normalised latents reach (quantiles over tokens of each token's 99th-percentile |x|),
+the data's normalized latents reach (quantiles over tokens of each token's 99th-percentile |x|),
 the scale that an x0 bound must respect. Writes `<out>.json` and `<out>.md`.
 """
 
@@ -28,7 +28,7 @@ from almtok.latents import store as latents_lib
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out/lm", "a training workdir")
 _HELD_OUT = flags.DEFINE_integer("held_out", 8, "test captions to generate")
 _SECONDS = flags.DEFINE_float("seconds", 4.0, "seconds per clip")
-_STEPS = flags.DEFINE_integer("steps", 100, "head steps per token")
+_STEPS = flags.DEFINE_integer("solver_steps", 100, "head steps per token")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _OUT = flags.DEFINE_string("out", "experiments/sampling/levels", "output path, no extension")
 
@@ -75,17 +75,18 @@ def main(argv):
   rows = {"data (held-out clips through the tokenizer)":
           _summary(generate.reference_audio(_WORKDIR.value, ref_x, ref_mask))}
 
-  # How far the normalised training latents reach: each token's 99th-percentile |x|.
+  # How far the normalized training latents reach: each token's 99th-percentile |x|.
   train = np.concatenate([r.latents for p in latents_lib.shard_paths(latents_dir, "train")
                           for r in latents_lib.read_shard(p)])
   stats = latents_lib.read_stats(latents_dir)
-  q99 = np.quantile(np.abs(latents_lib.normalise(train, stats)), 0.99, axis=-1)
+  q99 = np.quantile(np.abs(latents_lib.normalize(train, stats)), 0.99, axis=-1)
   reach = {f"p{p}": float(np.quantile(q99, p / 100)) for p in (50, 90, 99, 100)}
   print("data: per-token 99th-percentile |x| over training tokens: "
         + ", ".join(f"{k} {v:.2f}" for k, v in reach.items()))
 
   for name, fields in SETTINGS:
-    settings = sample.SamplerSettings(steps=_STEPS.value, **dict(dict(cfg_scale=3.0), **fields))
+    settings = sample.SamplerSettings(solver_steps=_STEPS.value,
+                                      **dict(dict(cfg_scale=3.0), **fields))
     wavs, _, _ = generate.generate(_WORKDIR.value, captions, _SECONDS.value, settings,
                                    seed=_SEED.value, progress=False)
     rows[name] = _summary(wavs)
@@ -100,7 +101,7 @@ def main(argv):
                  f"{r['peak_db_max']:+.1f}) | {r['rms_db_mean']:+.1f} ({r['rms_db_min']:+.1f}.."
                  f"{r['rms_db_max']:+.1f}) | {r['clips_clipped']}/{len(captions)} | "
                  f"{100 * r['clipped_mean']:.1f}%, {100 * r['clipped_max']:.1f}% |")
-  lines += ["", "Normalised training latents, each token's 99th-percentile |x|, quantiles over "
+  lines += ["", "Normalized training latents, each token's 99th-percentile |x|, quantiles over "
             "tokens: " + ", ".join(f"{k} {v:.2f}" for k, v in reach.items())]
   table = "\n".join(lines) + "\n"
   print(table)

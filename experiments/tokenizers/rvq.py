@@ -1,4 +1,4 @@
-r"""Quantisation error of residual VQ over prepared latents: relative MSE and mel SNR.
+r"""Quantization error of residual VQ over prepared latents: relative MSE and mel SNR.
 
   .venv/bin/python -m almtok.prepare --config=configs/prepare.py:synth_sounds,size=small \
       --workdir=/work/runs/prep_synth_small_mel
@@ -9,16 +9,16 @@ r"""Quantisation error of residual VQ over prepared latents: relative MSE and me
 Each `QxK` in --fits is one fit (`almtok.quantizers.rvq.fit`) of Q stages of K codes on
 --num_vectors train-split vectors (all of them when the split has fewer), --iters Lloyd
 iterations per stage. Fitting is greedy, stage by stage, so the first q < Q stages of a fit are
-the q-stage quantiser that a fit with the same draws would give: every prefix is reported.
+the q-stage quantizer that a fit with the same draws would give: every prefix is reported.
 
-On the --split clips (held out), with x the normalised latents and x̂ = decode(encode(x)):
+On the --split clips (held out), with x the normalized latents and x̂ = decode(encode(x)):
 
   relative MSE  Σ||x − x̂||² / Σ||x||² over all tokens;
   mel SNR       10·log10(Σ(M − m̄)² / Σ(M − M̂)²) per clip, with
-                M = decode_mel(denormalise(x)) (for `mel`, the stored frames unstacked: the
-                clip's log-mel in dB), M̂ = decode_mel(denormalise(x̂)), m̄ the mean of M;
+                M = decode_mel(denormalize(x)) (for `mel`, the stored frames unstacked: the
+                clip's log-mel in dB), M̂ = decode_mel(denormalize(x̂)), m̄ the mean of M;
                 mean and median over clips. For `mel_vae` both go through the VAE decoder,
-                so the SNR measures what quantising adds to the VAE's own reconstruction;
+                so the SNR measures what quantizing adds to the VAE's own reconstruction;
   code use      per stage, the perplexity exp(H) of the codes and the share of codes used.
 
 Writes results.json to --out and prints a markdown table.
@@ -83,31 +83,31 @@ def make_tokenizer(stats: latents_lib.Stats) -> tokenizers.AudioTokenizer:
   return tokenizers.get(name, **params)
 
 
-def evaluate(quantiser: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
+def evaluate(quantizer: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
              raw: list[latents_lib.LatentRecord], stats: latents_lib.Stats,
              tokenizer: tokenizers.AudioTokenizer) -> list[dict]:
   """One row per stage prefix q = 1..Q: relative MSE, mel SNR and code use on `clips`."""
   encode = jax.jit(rvq_lib.RVQ.encode)
   decode = jax.jit(rvq_lib.RVQ.decode)
-  codes = [np.asarray(encode(quantiser, jnp.asarray(c.latents[None]))[0]) for c in clips]
-  perplexity, used = code_use(np.concatenate(codes), quantiser.k)
+  codes = [np.asarray(encode(quantizer, jnp.asarray(c.latents[None]))[0]) for c in clips]
+  perplexity, used = code_use(np.concatenate(codes), quantizer.k)
   # For `mel` the reference is the stored frames themselves; other tokenizers decode them.
   identity = stats.tokenizer.name == "mel"
   refs = [np.asarray(tokenizer.decode_mel(jnp.asarray(
-      r.latents if identity else latents_lib.denormalise(c.latents, stats))[None]))[0]
+      r.latents if identity else latents_lib.denormalize(c.latents, stats))[None]))[0]
           for c, r in zip(clips, raw)]
   rows = []
-  for q in range(1, quantiser.n_q + 1):
+  for q in range(1, quantizer.n_q + 1):
     err = norm = 0.0
     snrs = []
     for c, codes_TxQ, ref_MxF in zip(clips, codes, refs):
-      x_hat_TxC = np.asarray(decode(quantiser, jnp.asarray(codes_TxQ[None, :, :q]))[0])
+      x_hat_TxC = np.asarray(decode(quantizer, jnp.asarray(codes_TxQ[None, :, :q]))[0])
       err += float(np.sum(np.square(c.latents.astype(np.float64) - x_hat_TxC)))
       norm += float(np.sum(np.square(c.latents.astype(np.float64))))
       mel_hat_MxF = np.asarray(tokenizer.decode_mel(
-          jnp.asarray(latents_lib.denormalise(x_hat_TxC, stats))[None]))[0]
+          jnp.asarray(latents_lib.denormalize(x_hat_TxC, stats))[None]))[0]
       snrs.append(snr_db(ref_MxF, mel_hat_MxF))
-    rows.append({"n_q": q, "k": quantiser.k, "rel_mse": err / norm,
+    rows.append({"n_q": q, "k": quantizer.k, "rel_mse": err / norm,
                  "mel_snr_db_mean": float(np.mean(snrs)),
                  "mel_snr_db_median": float(np.median(snrs)),
                  "perplexity": perplexity[q - 1], "codes_used": used[q - 1]})
@@ -120,7 +120,7 @@ def main(argv) -> None:
   stats = latents_lib.read_stats(latents_dir)
   tokenizer = make_tokenizer(stats)
   clips = rvq_lib.read_clips(latents_dir, _SPLIT.value)
-  raw = rvq_lib.read_clips(latents_dir, _SPLIT.value, normalised=False)
+  raw = rvq_lib.read_clips(latents_dir, _SPLIT.value, normalized=False)
   t0 = time.perf_counter()
   x_NxC = rvq_lib.sample_vectors(latents_dir, _NUM_VECTORS.value, seed=_SEED.value)
   read_s = time.perf_counter() - t0
@@ -133,12 +133,12 @@ def main(argv) -> None:
   for fit_spec in _FITS.value:
     n_q, k = (int(v) for v in fit_spec.lower().split("x"))
     t0 = time.perf_counter()
-    quantiser = rvq_lib.fit(x_NxC, n_q, k, _ITERS.value, jax.random.key(_SEED.value),
+    quantizer = rvq_lib.fit(x_NxC, n_q, k, _ITERS.value, jax.random.key(_SEED.value),
                             init=_INIT.value)
-    jax.block_until_ready(quantiser)
+    jax.block_until_ready(quantizer)
     fit_s = time.perf_counter() - t0
-    train_err = np.asarray(rvq_lib.stage_errors(quantiser, x_NxC)).tolist()
-    rows = evaluate(quantiser, clips, raw, stats, tokenizer)
+    train_err = np.asarray(rvq_lib.stage_errors(quantizer, x_NxC)).tolist()
+    rows = evaluate(quantizer, clips, raw, stats, tokenizer)
     for row, e in zip(rows, train_err):
       row["train_rel_mse"] = e
       row["bits_per_s"] = row["n_q"] * np.log2(k) * stats.frame_rate

@@ -13,7 +13,6 @@ import glob
 import json
 import os
 
-from absl import app
 from absl import flags
 
 from almtok import configlib

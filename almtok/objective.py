@@ -3,13 +3,14 @@ benchmarks share: `make_objective` (the model's loss and whole-batch target coun
 `make_train_step` (one optimizer update, with gradient accumulation and EMA), `make_eval_step`,
 and `abstract_batch` (the shapes of what the trainer feeds a step).
 
-A batch holds `x_BxLxC` (normalised latents), `mask_BxL` and `text` (a `TextEmbedding`); the steps
+A batch holds `x_BxLxC` (normalized latents), `mask_BxL` and `text` (a `TextEmbedding`); the steps
 add `index_B`, each example's row in the global batch, from which its random draws derive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +23,7 @@ from almtok import diffusion
 from almtok import models
 from almtok import optim
 from almtok import sharding
+from almtok.models import audio_lm
 from almtok.models import continuous_lm
 from almtok.models import decoder
 from almtok.models import discrete_lm
@@ -53,54 +55,56 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise configlib.ConfigError(f"config.train.ema_decay={t.ema_decay}: must be in [0, 1)")
 
 
-def loss_kwargs(config) -> dict[str, Any]:
-  kwargs = dict(cfg_dropout=config.loss.cfg_dropout, mntp_weight=config.loss.mntp_weight,
-                drop_mixture=config.loss.drop_mixture)
-  if config.model_name == "continuous_lm":
-    # A decoder remat policy also makes the head run its noise draws one at a time, each
-    # recomputed in the backward pass (`diffusion.diffusion_loss_terms`).
-    kwargs.update(batch_mul=config.diffusion.batch_mul, prediction=config.diffusion.prediction,
-                  head_remat=decoder.remat_name(config.model.decoder.remat) != "none")
-  return kwargs
+def head_kwargs(config) -> dict[str, Any]:
+  """The continuous LM's head-loss settings (`config.diffusion`, and the remat policy)."""
+  # A decoder remat policy also makes the head run its noise draws one at a time, each
+  # recomputed in the backward pass (`diffusion.diffusion_loss_terms`).
+  return dict(batch_mul=config.diffusion.batch_mul, prediction=config.diffusion.prediction,
+              head_remat=config.model.decoder.remat != "none")
 
 
 class Objective(NamedTuple):
   """The run's model objective: `loss(model, batch, rng, counts) -> (loss, metrics)` and
-  `counts(batch, rng)`, the whole batch's target counts (see `continuous_lm.target_counts`).
-  `batch` holds `x_BxLxC` (normalised latents), `mask_BxL`, `text` and `index_B`."""
+  `counts(batch, rng)`, the whole batch's target counts (see `continuous_lm.target_counts`);
+  `settings` say how the loss's parts add up (`settings.total`). `batch` holds `x_BxLxC`
+  (normalized latents), `mask_BxL`, `text` and `index_B`."""
   loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
   counts: Callable[..., dict[str, jax.Array]]
   metric_weights: dict[str, str]
+  settings: audio_lm.LossConfig
 
 
 def make_objective(config, schedule: diffusion.Schedule | None, quantizer: rvq.RVQ | None,
-                   **overrides) -> Objective:
+                   settings: audio_lm.LossConfig | None = None) -> Objective:
   """The continuous LM's diffusion loss, or the discrete baseline's cross-entropy on the codes
-  that `quantizer` gives the same latents (encoded on the device, inside the step)."""
-  kwargs = dict(loss_kwargs(config), **overrides)
-  draws = {k: kwargs[k] for k in ("cfg_dropout", "mntp_weight", "drop_mixture")}
+  that `quantizer` gives the same latents (encoded on the device, inside the step), with the
+  loss settings of `config.loss` (or `settings`)."""
+  settings = settings or audio_lm.LossConfig.from_config(config.loss)
   if config.model_name == "discrete_lm":
     shape = dict(num_codebooks=config.model.num_codebooks, pattern=config.model.pattern)
 
     def loss(model, batch, rng, counts):
       codes_BxLxQ = quantizer.encode(batch["x_BxLxC"])
       return discrete_lm.loss_fn(model, batch["text"], codes_BxLxQ, batch["mask_BxL"], rng,
-                                 example_index_B=batch["index_B"], counts=counts, **draws)
+                                 loss=settings, example_index_B=batch["index_B"], counts=counts)
 
     def counts(batch, rng):
-      return discrete_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"], **shape, **draws)
+      return discrete_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"], **shape,
+                                       loss=settings)
 
-    return Objective(loss, counts, discrete_lm.METRIC_WEIGHTS)
+    return Objective(loss, counts, discrete_lm.METRIC_WEIGHTS, settings)
+
+  head = head_kwargs(config)
 
   def loss(model, batch, rng, counts):
     return continuous_lm.loss_fn(model, batch["text"], batch["x_BxLxC"], batch["mask_BxL"], rng,
-                                 schedule=schedule, example_index_B=batch["index_B"],
-                                 counts=counts, **kwargs)
+                                 loss=settings, schedule=schedule,
+                                 example_index_B=batch["index_B"], counts=counts, **head)
 
   def counts(batch, rng):
-    return continuous_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"], **draws)
+    return continuous_lm.target_counts(batch["mask_BxL"], rng, batch["index_B"], loss=settings)
 
-  return Objective(loss, counts, continuous_lm.METRIC_WEIGHTS)
+  return Objective(loss, counts, continuous_lm.METRIC_WEIGHTS, settings)
 
 
 def make_train_step(config, graphdef, tx, schedule, quantizer=None):
@@ -108,7 +112,7 @@ def make_train_step(config, graphdef, tx, schedule, quantizer=None):
 
   `batch` holds `x_BxLxC`, `mask_BxL` and `text` (a TextEmbedding). Every example draws its
   randomness from `fold_in(fold_in(rng, step), its index in the batch)`, and each loss part is
-  normalised by its count over the whole batch, so with grad_accum > 1 (micro-batches whose
+  normalized by its count over the whole batch, so with grad_accum > 1 (micro-batches whose
   gradients are summed in a scan) the update is the whole batch's up to float rounding.
   Micro-batch i takes rows i, i + accum, i + 2 accum, ...: each device's block of rows holds a
   share of every micro-batch. A step whose loss or gradient norm is not finite leaves the state
@@ -166,7 +170,8 @@ def make_eval_step(config, graphdef, schedule, quantizer=None):
   """Validation loss of the EMA parameters (no CFG dropout, fixed noise per batch), and the
   batch's counts to weight it by: NTP and MNTP targets, and examples with tokens (padding rows
   of a last partial batch have none)."""
-  objective = make_objective(config, schedule, quantizer, cfg_dropout=0.0)
+  settings = dataclasses.replace(audio_lm.LossConfig.from_config(config.loss), cfg_dropout=0.0)
+  objective = make_objective(config, schedule, quantizer, settings)
 
   def eval_step(params, batch, rng):
     b = batch["mask_BxL"].shape[0]
