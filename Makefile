@@ -37,11 +37,13 @@ demo: install
 	@echo "demo_out: prep/latents (mel latents), lm/ (checkpoints, TensorBoard: tensorboard --logdir $(DEMO_DIR)/lm),"
 	@echo "          samples/*.wav and *.png (generated clips and their spectrograms), samples.json (settings)"
 
-# Two pytest-xdist workers, each test file on one worker (its module fixtures are built once);
+# Two pytest-xdist workers, each test file on one worker (its module fixtures are built once),
+# handed out longest first (tests/conftest.py's SLOW_FILES; xdist's own reordering is off);
 # tests/conftest.py shares the tiny dataset, the tiny trained run and the compilation cache.
 PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS) tests
 
 # The linter (ruff.toml: pyflakes' checks, syntax errors, 100 columns); `make test` runs it first.
 # `make fix` applies its safe fixes (unused imports and the like); layout is by hand (STYLE.md).
@@ -53,7 +55,7 @@ fix: install
 
 # The suite with the 25 slowest tests and set-ups (the session fixtures' set-up times included).
 test-durations: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q $(XDIST) --durations=25 $(PYTEST_ARGS) tests
 
 # The newest versions that setup.py's ranges allow, installed without the lock in a scratch venv
 # (pip, setuptools and wheel included: tensorboard and astunparse depend on the last two). The

@@ -98,10 +98,11 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing that reports a bad flag or config override in one line."""
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl flag parsing that reports a bad flag or config override in one line (on stderr, then
+  exit status 2)."""
   try:
-    remaining = flags.FLAGS(argv)
+    remaining = flag_values(argv)
   except (AttributeError, KeyError) as e:
     # A locked ConfigDict refuses an unknown `--config.a.b=...` key; its message quotes the key
     # first (sometimes escaped, sometimes followed by a suggestion).
@@ -116,8 +117,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     _fail(lines[-1] if lines else type(e).__name__)
   # A config file that fails to load leaves a placeholder that raises on first use: use it now.
-  for name in list(flags.FLAGS):
-    flag = flags.FLAGS[name]
+  for name in list(flag_values):
+    flag = flag_values[name]
     if hasattr(flag, "config_filename") and flag.value is not None:
       try:
         flag.value.keys()
@@ -139,4 +140,4 @@ def run(main: Callable[[list[str]], Any]) -> None:
     except FatalError as e:
       _fail(str(e))
 
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(guarded, flags_parser=parse_flags)

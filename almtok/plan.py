@@ -37,10 +37,10 @@ from ml_collections import config_flags
 import numpy as np
 
 from almtok import configlib
+from almtok import objective
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import objective
 from almtok.quantizers import rvq
 
 GIB = 2 ** 30
@@ -130,7 +130,7 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
                                  np.float32))
   repl = sharding.replicated(mesh)
   step_fn = jax.jit(objective.make_train_step(config, graphdef, tx, state_lib.make_schedule(config),
-                                          quantizer),
+                                              quantizer),
                     out_shardings=(state_sh, repl), donate_argnums=(0,))
   state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           state, state_sh)

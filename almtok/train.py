@@ -34,12 +34,12 @@ from almtok import checkpoint
 from almtok import configlib
 from almtok import fileio
 from almtok import flops
+from almtok import objective
 from almtok import optim
 from almtok import plotting
 from almtok import sample
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import objective
 from almtok import tokenizers
 from almtok.latents import pipeline
 from almtok.latents import store as latents_lib

@@ -40,6 +40,21 @@ def _z_of_x(model, text, slots):
   return f
 
 
+# The model's passes as programs (one compile each, where eager calls compile every operation).
+@nnx.jit
+def _forward(model, text, x, slots):
+  return model(text, no_null(), x, slots)
+
+
+@nnx.jit
+def _prompt_then_step(model, text, prev):
+  """z of the first 5 tokens decoded in one call on the prefix's cache, then z of token 5."""
+  cache = model.prefill(text, no_null(), model.init_cache(B, L))
+  z_prompt, cache = model.decode(prev[:, :5], jnp.int32(0), cache)
+  z_next, _ = model.step(prev[:, 5], jnp.int32(5), cache)
+  return z_prompt, z_next
+
+
 @pytest.mark.parametrize("use_mntp", [False, True])
 def test_causality_by_gradient(model, use_mntp):
   rng = jax.random.PRNGKey(1)
@@ -76,7 +91,7 @@ def test_kv_cache_decoding_equals_teacher_forcing(model):
   rng = jax.random.PRNGKey(3)
   x = jax.random.normal(rng, (B, L, C))
   text = random_text(rng)
-  z_full, _ = model(text, no_null(), x, mntp.ntp_slots(jnp.ones((B, L), bool)))
+  z_full, _ = _forward(model, text, x, mntp.ntp_slots(jnp.ones((B, L), bool)))
 
   @nnx.jit
   def decode_one_by_one(model, text, x):
@@ -92,10 +107,8 @@ def test_kv_cache_decoding_equals_teacher_forcing(model):
   z_steps = decode_one_by_one(model, text, x)
   np.testing.assert_allclose(z_steps, z_full, atol=2e-5, rtol=2e-5)
   # A prompt of 5 tokens decoded in one call, then steps, gives the same z again.
-  cache = model.prefill(text, no_null(), model.init_cache(B, L))
   prev = jnp.concatenate([jnp.zeros((B, 1, C)), x[:, :-1]], axis=1)
-  z_prompt, cache = model.decode(prev[:, :5], jnp.int32(0), cache)
-  z_next, _ = model.step(prev[:, 5], jnp.int32(5), cache)
+  z_prompt, z_next = _prompt_then_step(model, text, prev)
   np.testing.assert_allclose(z_prompt, z_full[:, :5], atol=2e-5, rtol=2e-5)
   np.testing.assert_allclose(z_next, z_full[:, 5], atol=2e-5, rtol=2e-5)
 
@@ -117,13 +130,11 @@ def test_a_scanned_decoder_stack_is_the_same_model(model):
   rng = jax.random.PRNGKey(4)
   x, text = jax.random.normal(rng, (B, L, C)), random_text(rng)
   slots = mntp.ntp_slots(jnp.ones((B, L), bool))
-  z_want, _ = model(text, no_null(), x, slots)
-  z_got, _ = scanned(text, no_null(), x, slots)
+  z_want, _ = _forward(model, text, x, slots)
+  z_got, _ = _forward(scanned, text, x, slots)
   np.testing.assert_allclose(z_got, z_want, atol=2e-5, rtol=2e-5)
   prev = jnp.concatenate([jnp.zeros((B, 1, C)), x[:, :-1]], axis=1)
-  cache = scanned.prefill(text, no_null(), scanned.init_cache(B, L))
-  z_prompt, cache = scanned.decode(prev[:, :5], jnp.int32(0), cache)
-  z_next, _ = scanned.step(prev[:, 5], jnp.int32(5), cache)
+  z_prompt, z_next = _prompt_then_step(scanned, text, prev)
   np.testing.assert_allclose(z_prompt, z_want[:, :5], atol=2e-5, rtol=2e-5)
   np.testing.assert_allclose(z_next, z_want[:, 5], atol=2e-5, rtol=2e-5)
 
@@ -208,10 +219,11 @@ def test_loss_parts_and_zero_head():
   model = models.build(config, nnx.Rngs(0))
   x = jax.random.normal(jax.random.PRNGKey(0), (B, L, C))
   kw = dict(loss=audio_lm.LossConfig.from_config(config.loss))
-  loss, metrics = continuous_lm.loss_fn(
+  # Jitted: one compile instead of many eager ones.
+  loss, metrics = nnx.jit(lambda model, x: continuous_lm.loss_fn(
       model, random_text(jax.random.PRNGKey(1)), x, jnp.ones((B, L), bool),
       jax.random.PRNGKey(2), schedule=diffusion.cosine_schedule(1000), batch_mul=4,
-      prediction="eps", **kw)
+      prediction="eps", **kw))(model, x)
   # The zero-initialised head predicts eps = 0, so each part is E[eps^2] = 1 up to sampling.
   assert set(metrics) >= {"loss", "ntp_loss", "mntp_loss", "mntp_kept_frac", "cfg_drop_frac"}
   assert abs(float(metrics["ntp_loss"]) - 1) < 0.15 and abs(float(metrics["mntp_loss"]) - 1) < 0.15

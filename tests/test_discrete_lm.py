@@ -21,8 +21,8 @@ from almtok import configlib
 from almtok import diffusion
 from almtok import generate
 from almtok import models
-from almtok import sample
 from almtok import objective
+from almtok import sample
 from almtok import train
 from almtok.models import audio_lm
 from almtok.models import discrete_lm
@@ -89,10 +89,11 @@ def test_causality_by_gradient(pattern):
 
   def logits_at(delta, j):
     z = model.forward_slots(text, jnp.zeros(B, bool), h + delta, slots)
-    return jnp.sum(model.logits(z)[:, j])
+    return jnp.sum(jax.lax.dynamic_index_in_dim(model.logits(z), j, axis=1, keepdims=False))
 
+  grad_at = jax.jit(lambda j: jax.grad(logits_at)(jnp.zeros_like(h), j))  # One compile.
   for j in (0, s // 2, s - 1):
-    g = np.asarray(jax.grad(logits_at)(jnp.zeros_like(h), j))
+    g = np.asarray(grad_at(j))
     assert np.all(g[:, j + 1:] == 0), j                      # Nothing later is seen...
     assert np.all(np.abs(g[:, :j + 1]).sum(axis=-1) > 0), j  # ...and everything before is.
 
@@ -104,12 +105,16 @@ def test_kv_cache_decoding_equals_teacher_forced_logits(pattern):
   use_null = jnp.array([False, True])
   steps, valid = discrete_lm.to_steps(_codes(4), jnp.ones((B, L), bool), pattern, K)
   slots = mntp.ntp_slots(jnp.any(valid, axis=2))
-  forced, _ = model(text, use_null, steps, slots)
-  cache = model.prefill(text, use_null, model.init_cache(B, steps.shape[1]))
+  # Each pass as one program (eager calls would compile every operation).
+  forced, _ = nnx.jit(lambda model: model(text, use_null, steps, slots))(model)
+  cache = nnx.jit(lambda model: model.prefill(text, use_null,
+                                              model.init_cache(B, steps.shape[1])))(model)
+  step = nnx.jit(lambda model, prev, j, cache: (lambda z, c: (model.logits(z), c))(
+      *model.step(prev, j, cache)))
   prev = jnp.full((B, Q), K, jnp.int32)
   for j in range(steps.shape[1]):
-    z, cache = model.step(prev, jnp.int32(j), cache)
-    np.testing.assert_allclose(model.logits(z), forced[:, j], atol=2e-4, rtol=2e-4)
+    logits, cache = step(model, prev, jnp.int32(j), cache)
+    np.testing.assert_allclose(logits, forced[:, j], atol=2e-4, rtol=2e-4)
     prev = steps[:, j]
 
 
@@ -178,9 +183,11 @@ def test_mntp_on_codes_drops_whole_frames():
   kw = dict(loss=audio_lm.LossConfig(cfg_dropout=0.0, mntp_weight=1.0,
                                      drop_mixture=((1.0, 4.0, 1.5),)))
   rng = jax.random.PRNGKey(11)
-  loss, metrics = discrete_lm.loss_fn(model, random_text(rng), codes, mask, rng, **kw)
+  loss, metrics = nnx.jit(lambda model: discrete_lm.loss_fn(model, random_text(rng), codes, mask,
+                                                           rng, **kw))(model)
   assert np.isfinite(float(loss)) and "mntp_loss" in metrics
-  counts = discrete_lm.target_counts(mask, rng, num_codebooks=Q, pattern="parallel", **kw)
+  counts = jax.jit(lambda: discrete_lm.target_counts(mask, rng, num_codebooks=Q,
+                                                     pattern="parallel", **kw))()
   # Every valid slot predicts all Q codebooks of its target frame.
   assert float(counts["ntp"]) == Q * (L + 9)
   assert float(counts["mntp"]) % Q == 0 and 0 < float(counts["mntp"]) < float(counts["ntp"])

@@ -23,10 +23,10 @@ import jax
 import numpy as np
 import pytest
 
+from almtok import objective
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import objective
 from configs import synth_small
 from tests.test_train import ROOT, TIMEOUT_S
 

@@ -7,8 +7,9 @@
 * 2 processes x 2 forced host devices joined by `jax.distributed` (gloo collectives): the CLI's
   `--multihost` run gives the losses of a single-process run that reads the same examples.
 
-The subprocesses compile with LLVM at -O0 (`FAST_COMPILE`), which halves the compile time that
-dominates these tests; every pair of runs compared shares the flag.
+The subprocesses compile with LLVM at -O0 (`test_train.FAST_COMPILE`, as every trainer
+subprocess of the tests does), which cuts the compile time that dominates these tests; every pair
+of runs compared shares the flag.
 
 Float tolerances, and why they are not zero: a sharded step sums the batch mean and the
 gradients in a different order (per-device partial sums, then an all-reduce), so each float32
@@ -158,15 +159,6 @@ if __name__ == "__main__":
 """
 
 
-FAST_COMPILE = "--xla_backend_optimization_level=0"
-
-
-def _env(cache_dir: str, devices: int | None = None) -> dict[str, str]:
-  env = subprocess_env(cache_dir, devices)
-  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
-  return env
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -175,7 +167,7 @@ def _free_port() -> int:
 
 def test_fsdp_over_8_devices_splits_the_matrices_and_matches_one_device(jax_cache):
   proc = subprocess.run([sys.executable, "-c", _FSDP_SCRIPT], cwd=ROOT, capture_output=True,
-                        text=True, env=_env(jax_cache, devices=8), timeout=TIMEOUT_S)
+                        text=True, env=subprocess_env(jax_cache, devices=8), timeout=TIMEOUT_S)
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   leaves = out["leaves"]
@@ -213,14 +205,14 @@ def test_fsdp_over_8_devices_splits_the_matrices_and_matches_one_device(jax_cach
 
 def test_two_processes_match_one_process_reading_the_same_examples(tiny_latents, jax_cache,
                                                                    tmp_path):
-  overrides = dict(train__checkpoint_every=0, train__eval_every=0)
+  overrides = dict(train__checkpoint_every=0, train__eval_every=0, train__sample_every=0)
   port = _free_port()
   workers = []
   for i in range(2):
     args = cli_args(tiny_latents, str(tmp_path / "two"), **overrides) + [
         "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
         f"--process_id={i}"]
-    workers.append(Trainer(args, _env(jax_cache, devices=2)))
+    workers.append(Trainer(args, subprocess_env(jax_cache, devices=2)))
   try:
     codes = [w.wait() for w in workers]
   finally:
@@ -238,7 +230,7 @@ def test_two_processes_match_one_process_reading_the_same_examples(tiny_latents,
 
   one = Trainer(["-c", _TWO_SHARDS_SCRIPT] + cli_args(tiny_latents, str(tmp_path / "one"),
                                                        **overrides)[2:],
-                _env(jax_cache))
+                subprocess_env(jax_cache))
   assert one.wait() == 0, one.tail()
   want = read_events(event_file(str(tmp_path / "one"), one.pid))["loss"]
   got = read_events(event_file(two, workers[0].pid))["loss"]

@@ -36,11 +36,11 @@ from flax import nnx
 
 from almtok import flops
 from almtok import models
+from almtok import objective
 from almtok import optim
 from almtok import sample
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import objective
 from almtok.quantizers import rvq
 from almtok.text.minilm import TextEmbedding
 from configs import continuous_lm
@@ -105,7 +105,7 @@ def time_training(kind: str, size: str, batch: int, num_steps: int, mntp: bool,
   with jax.set_mesh(mesh):
     graphdef, state, state_sh = state_lib.init_state(config, mesh, tx)
     step = jax.jit(objective.make_train_step(config, graphdef, tx, state_lib.make_schedule(config),
-                                         quantizer),
+                                             quantizer),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     batch_arrays = sharding.global_batch(host, mesh)
     step_flops = flops.train_flops_per_step(config, graphdef, state["params"])

@@ -43,10 +43,10 @@ from flax import nnx
 
 from almtok import diffusion
 from almtok import flops
+from almtok import objective
 from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
-from almtok import objective
 from almtok.models import mntp
 from almtok.text.minilm import TextEmbedding
 from configs import synth_small
