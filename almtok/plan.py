@@ -1,7 +1,7 @@
 r"""Dry run of a training config: what the job would do on its mesh, and whether it fits.
 
-  python -m almtok.plan --config=configs/paper_continuous.py:base --num_devices=32
-  python -m almtok.plan --config=configs/paper_discrete.py:large --num_devices=64 \
+  python -m almtok.plan --config=configs/paper.py:base --num_devices=32
+  python -m almtok.plan --config=configs/paper.py:large,arm=discrete --num_devices=64 \
       --config.mesh.data=2 --config.mesh.fsdp=32 --config.model.decoder.remat=dots
 
 Reads no data and allocates no weights: the train step that `almtok.train` would run (same

@@ -49,15 +49,21 @@ from almtok.text.minilm import TextEncoder
 
 
 
-def define_flags() -> None:
-  """The command line (defined only when run as a program, so that tests can import this)."""
-  config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
-  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-  flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-  flags.DEFINE_integer("process_id", None, "This process's index.")
-  flags.mark_flags_as_required(["config"])
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                 argv: list[str] | None = None) -> None:
+  """The command line (defined only when run as a program, so that tests can import this);
+  `argv` (default sys.argv) is where the config flag reads its `--config.*` overrides."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True,
+                                  flag_values=flag_values, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.",
+                      flag_values=flag_values)
+  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.",
+                    flag_values=flag_values)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("num_processes", None, "Processes in the job.", flag_values=flag_values)
+  flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=flag_values)
+  flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 
 class WorkdirLockedError(configlib.FatalError):

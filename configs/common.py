@@ -69,3 +69,17 @@ def preset(table: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, Any]:
   if name not in table:
     raise ValueError(f"unknown preset {name!r}; choose one of {sorted(table)}")
   return dict(table[name])
+
+
+def choice(key: str, value: str, allowed) -> str:
+  """`value` if it is one of `allowed`; a ValueError naming the config arg `key` otherwise."""
+  if value not in allowed:
+    raise ValueError(f"config arg {key}={value!r}: choose one of {list(allowed)}")
+  return value
+
+
+def switch(key: str, value: str, auto: bool) -> bool:
+  """A switch whose default depends on the rest of the config: `auto` for 'auto', else 'true'
+  or 'false'."""
+  value = choice(key, value.lower(), ("auto", "true", "false"))
+  return auto if value == "auto" else value == "true"

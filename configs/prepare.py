@@ -21,8 +21,7 @@ import ml_collections
 
 from almtok import tokenizers
 from configs import common
-from configs import debian_sounds as debian_config
-from configs import synth_sounds as synth_config
+from configs import synth_sounds
 
 DATASETS = {"synth_sounds": {}, "debian_sounds": {}, "audiocaps": {}}
 
@@ -30,9 +29,11 @@ DATASETS = {"synth_sounds": {}, "debian_sounds": {}, "audiocaps": {}}
 
 def _dataset(arg) -> dict:
   if arg.preset == "synth_sounds":
-    return synth_config.get_config(f"{arg.size},seconds={arg.seconds},seed={arg.seed}").dataset
+    # The split sizes of configs/synth_sounds.py's size table (its `build_data` run).
+    return dict(name="synth_sounds", seconds=arg.seconds, sample_rate=16_000, seed=arg.seed,
+                **common.preset(synth_sounds.SIZES, arg.size))
   if arg.preset == "debian_sounds":
-    return debian_config.get_config(f"max_seconds={arg.max_seconds}").dataset
+    return dict(name="debian_sounds", sample_rate=16_000, max_seconds=arg.max_seconds)
   csvs = {}
   for key, stem in (("train_csv", "train"), ("validation_csv", "val"), ("test_csv", "test")):
     path = os.path.join(arg.csv_dir, f"{stem}.csv") if arg.csv_dir else ""

@@ -1,6 +1,6 @@
 r"""almtok's audio tagger, the evaluation suite's embedding and classifier.
 
-  python -m almtok.evaluation.train_tagger --config=configs/tagger.py --workdir=/work/tagger
+  python -m almtok.evaluation.train_tagger --config=configs/tagger.py --workdir=/tmp/tagger_full
   python -m almtok.evaluation.train_tagger --config=configs/tagger.py:tiny --workdir=/tmp/tagger
 
 Presets: `default` trains on synth_sounds (4000 train clips of 4 s), the train split of

@@ -3,15 +3,27 @@
 import glob
 import importlib.util
 import os
+import re
+import shlex
 import subprocess
 import sys
 
 from absl import flags
+import jax
 import ml_collections
 from ml_collections import config_flags
+from flax import nnx
 import pytest
 
 from almtok import configlib
+from almtok import models
+from almtok import objective
+from almtok import optim
+from almtok import sample
+from almtok import state as state_lib
+from almtok import tokenizers
+from almtok import train
+from almtok.models import audio_lm
 from configs import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,3 +122,51 @@ def test_cli_bad_config_fails_in_one_line(tmp_path, args, expected):
   assert lines[-1].startswith(expected), result.stderr
   assert "Traceback" not in result.stderr
   assert not os.listdir(tmp_path)  # Nothing was started.
+
+
+def _docstring_commands(path: str, module: str) -> list[list[str]]:
+  """The `python -m <module> ...` commands of a config file's docstring, as argv lists
+  (continuation lines joined)."""
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  config_module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config_module)
+  text = re.sub(r"\\\n\s*", " ", config_module.__doc__ or "")
+  return [shlex.split(line.strip())[2:] for line in text.splitlines()
+          if line.strip().startswith(f"python -m {module} ")]
+
+
+EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                     if _docstring_commands(p, "almtok.train"))
+
+
+def test_the_lm_experiment_configs_are_known():
+  assert [os.path.basename(p) for p in EXPERIMENTS] == ["paper.py", "synth_small.py"]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
+def test_every_train_command_parses_and_builds_every_block(path):
+  # Each `python -m almtok.train` command of the docstring, parsed by the trainer's own flags
+  # from the repository root; the config it gives passes the trainer's checks and builds its
+  # model (shapes only), optimizer, noise schedule, loss settings and sampler settings.
+  for argv in _docstring_commands(path, "almtok.train"):
+    flag_values = flags.FlagValues()
+    train.define_flags(flag_values, argv=["train", *argv])
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+      configlib.parse_flags(["train", *argv], flag_values)
+    finally:
+      os.chdir(cwd)
+    config = flag_values.config
+    assert flag_values.workdir and config.data.latents_dir, argv
+    objective.check_config(config)
+    configlib.validate(config)
+    model = models.abstract(config)
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    if config.paper_params:
+      assert abs(params / config.paper_params - 1) < 0.03, (argv, params)
+    optim.make_optimizer(config.train)
+    state_lib.make_schedule(config)
+    audio_lm.LossConfig.from_config(config.loss)
+    sample.settings_from_config(config)
+    assert tokenizers.spec(config.tokenizer).latent_dim == objective.token_dim(config)

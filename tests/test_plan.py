@@ -28,7 +28,7 @@ from almtok import optim
 from almtok import sharding
 from almtok import state as state_lib
 from configs import synth_small
-from tests.test_train import ROOT, TIMEOUT_S
+from tests.test_train import FAST_COMPILE, ROOT, TIMEOUT_S
 
 # The tiny and Base plans on 8 devices, and the shardings of every leaf of the Base train state.
 _PLAN_SCRIPT = r"""
@@ -37,12 +37,12 @@ import jax
 import numpy as np
 from almtok import optim, plan, sharding
 from almtok import state as state_lib
-from configs import paper_continuous, synth_small
+from configs import paper, synth_small
 
 assert jax.device_count() == 8, jax.devices()
 tiny = synth_small.get_config("size=tiny,batch=16")
 tiny.update_from_flattened_dict({"mesh.fsdp": 8, "data.seq_len": 20})
-base = paper_continuous.get_config("base")
+base = paper.get_config("base")
 base.update_from_flattened_dict({"mesh.fsdp": 8, "data.batch_size": BASE_BATCH,
                                  "train.grad_accum": 1, "model.decoder.remat": "full"})
 out = {}
@@ -70,7 +70,8 @@ def _env(jax_cache: str, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def plans(jax_cache):
-  env = _env(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  # LLVM at -O0 compiles faster; what the plan reads (buffer sizes) is decided before LLVM.
+  env = _env(jax_cache, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
   proc = subprocess.run(
       [sys.executable, "-c", _PLAN_SCRIPT.replace("BASE_BATCH", str(BASE_BATCH))], cwd=ROOT,
       capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
@@ -157,7 +158,7 @@ print(json.dumps(out))
 
 
 def test_bfloat16_training_tracks_float32(jax_cache):
-  env = _env(jax_cache, XLA_FLAGS="--xla_allow_excess_precision=false")
+  env = _env(jax_cache, XLA_FLAGS=f"--xla_allow_excess_precision=false {FAST_COMPILE}")
   proc = subprocess.run([sys.executable, "-c", _BF16_SCRIPT], cwd=ROOT, capture_output=True,
                         text=True, env=env, timeout=TIMEOUT_S)
   assert proc.returncode == 0, proc.stderr[-4000:]

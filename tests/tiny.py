@@ -48,10 +48,10 @@ def tiny_lm_config(latents_dir: str, **overrides):
 
 
 def tiny_dlm_config(latents_dir: str, quantizer: str, **overrides):
-  """The tiny discrete run (`tiny_dlm` in conftest.py): `configs/synth_small_discrete.py` at the
+  """The tiny discrete run (`tiny_dlm` in conftest.py): `configs/synth_small.py:arm=discrete` at the
   tiny run's sizes and schedule, on `quantizer`'s codes (2 codebooks of 16)."""
-  from configs import synth_small_discrete  # pylint: disable=g-import-not-at-top
-  config = synth_small_discrete.get_config(f"{TINY_LM_ARG},n_q=2,k=16,quantizer={quantizer}")
+  from configs import synth_small  # pylint: disable=g-import-not-at-top
+  config = synth_small.get_config(f"arm=discrete,{TINY_LM_ARG},n_q=2,k=16,quantizer={quantizer}")
   config.update_from_flattened_dict({k: v for k, v in TINY_LM_OVERRIDES.items()
                                      if k != "sample.solver_steps"})
   config.update_from_flattened_dict({"data.latents_dir": latents_dir, **overrides})

@@ -46,7 +46,6 @@ from almtok.text.minilm import TextEmbedding
 from configs import continuous_lm
 from configs import discrete_lm
 from configs import synth_small
-from configs import synth_small_discrete
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_throughput  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -85,7 +84,7 @@ def training_config(kind: str, size: str, batch: int, mntp: bool):
   common = f"size={size},tokenizer=mel_vae,batch={batch},steps=1000,mntp={mntp}"
   if kind == "continuous":
     return synth_small.get_config(common)
-  return synth_small_discrete.get_config(f"{common},n_q={N_Q},k={K}")
+  return synth_small.get_config(f"arm=discrete,{common},n_q={N_Q},k={K}")
 
 
 def time_training(kind: str, size: str, batch: int, num_steps: int, mntp: bool,

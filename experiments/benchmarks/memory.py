@@ -34,15 +34,14 @@ import jax  # noqa: E402
 
 from almtok import plan as plan_lib  # noqa: E402
 from almtok import sharding  # noqa: E402
-from configs import paper_continuous  # noqa: E402
-from configs import paper_discrete  # noqa: E402
+from configs import paper  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = {
-    "continuous_base": (paper_continuous, "base"),
-    "continuous_large": (paper_continuous, "large"),
-    "discrete_base": (paper_discrete, "base"),
-    "discrete_large": (paper_discrete, "large"),
+    "continuous_base": (paper, "base"),
+    "continuous_large": (paper, "large"),
+    "discrete_base": (paper, "base,arm=discrete"),
+    "discrete_large": (paper, "large,arm=discrete"),
 }
 MESHES = ("1x8", "1x32", "2x32")
 DTYPES = ("float32", "bfloat16")

@@ -2,7 +2,7 @@
 # Trains one almtok config on a Cloud TPU pod slice, and keeps it going through preemptions.
 #
 #   export TPU_NAME=almtok-base ZONE=us-east5-a ACCELERATOR=v5p-32 RUNTIME=v2-alpha-tpuv5 \
-#          CONFIG=configs/paper_continuous.py:base \
+#          CONFIG=configs/paper.py:base \
 #          WORKDIR=/mnt/almtok/runs/cont_base LATENTS=/mnt/almtok/prep/latents
 #   experiments/launch/tpu_pod.sh create    # queue the slice (SPOT=1: spot capacity)
 #   experiments/launch/tpu_pod.sh install   # this checkout (git HEAD) on every worker, pip install
@@ -19,7 +19,7 @@
 set -euo pipefail
 
 : "${TPU_NAME:?}" "${ZONE:?}" "${ACCELERATOR:?e.g. v5p-32}" "${RUNTIME:?e.g. v2-alpha-tpuv5}"
-: "${CONFIG:?e.g. configs/paper_continuous.py:base}" "${WORKDIR:?}" "${LATENTS:?}"
+: "${CONFIG:?e.g. configs/paper.py:base}" "${WORKDIR:?}" "${LATENTS:?}"
 : "${MOUNT:=}"          # Shell command that mounts the shared filesystem on a worker.
 : "${SPOT:=0}"
 : "${EXTRA_FLAGS:=}"    # More --config.* overrides for the trainer.
