@@ -22,15 +22,19 @@ is what the vocoder alone costs.
 Metrics (`evaluation/metrics.py`; each names its embedding or classifier; 95% bootstrap
 intervals over clips):
   fd_tagger     Fréchet distance of the tagger's embeddings
+  fd_inf_tagger the same extrapolated to infinitely many clips (FD against 1/N; 8 or more clips)
   fd_melstats   Fréchet distance of per-band log-mel mean and std (an embedding nobody trained)
-  kid_tagger    kernel inception distance of the tagger's embeddings
+  kid_tagger    kernel inception distance of the tagger's embeddings (for sets paired by
+                caption, without the pairs' own kernel terms)
   kl_tagger     per clip, KL(reference || generated) of the tagger's posteriors for the same
                 caption: the sum over multi-label heads of per-class Bernoulli KLs plus the
                 softmax KL of num_events and first_kind; the mean over clips
+  kl_tagger_rev the same, KL(generated || reference)
   is_tagger     inception score of the `first_kind` head (the earliest event's kind)
-  adherence     the fraction of a caption's (attribute, value) pairs that the tagger finds in
-                the clip, per attribute and overall; beside it the ceiling (reference clips) and
-                the floor (generated clips against shuffled captions)
+  adherence     per clip, the set of (attribute, value) pairs the tagger finds (posterior >= 0.5)
+                against the set its caption asks: adherence_{precision,recall,f1}_overall and
+                adherence_f1_<attribute>; beside it the ceiling (reference clips) and the floor
+                (each generated clip against every other clip's caption)
 Paired metrics (kl_tagger, adherence) need the split's captions: with --generated_dir they apply
 only when the captions file matches the split's.
 
@@ -206,24 +210,42 @@ def paired_kl(ref: Scored, gen: Scored) -> np.ndarray:
   return np.asarray(total)
 
 
-def adherence(posteriors: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str, np.ndarray]:
-  """Per clip, the found fraction of its caption's pairs, per attribute head and `overall`
-  (NaN where a clip's caption names none of that attribute)."""
-  heads = [h.name for h in tagger_lib.HEADS if h.kind == "multi"]
-  found = {h: np.full(len(labels), np.nan) for h in heads + ["overall"]}
+def attribute_sets(posteriors: dict[str, np.ndarray], labels: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(detected, asked) [N, A], boolean over every (attribute, value) pair of the multi-label
+  heads: what the tagger finds in each clip (posterior >= 0.5), and what its caption asks."""
+  heads = [h for h in tagger_lib.HEADS if h.kind == "multi"]
+  detected = np.concatenate([posteriors[h.name] >= 0.5 for h in heads], axis=1)
+  offset = dict(zip([h.name for h in heads],
+                    np.cumsum([0] + [len(h.classes) for h in heads])[:-1]))
+  asked = np.zeros_like(detected)
   for i, text in enumerate(labels):
-    pairs = tagger_lib.attributes(json.loads(text))
-    hits = {h: [] for h in heads}
-    for head, value in pairs:
-      k = tagger_lib.HEAD_BY_NAME[head].classes.index(value)
-      hits[head].append(posteriors[head][i, k] >= 0.5)
-    for h in heads:
-      if hits[h]:
-        found[h][i] = np.mean(hits[h])
-    every = [x for h in heads for x in hits[h]]
-    if every:
-      found["overall"][i] = np.mean(every)
-  return found
+    for head, value in tagger_lib.attributes(json.loads(text)):
+      asked[i, offset[head] + tagger_lib.HEAD_BY_NAME[head].classes.index(value)] = True
+  return detected, asked
+
+
+def _head_columns() -> dict[str, slice]:
+  heads = [h for h in tagger_lib.HEADS if h.kind == "multi"]
+  ends = np.cumsum([len(h.classes) for h in heads])
+  return {h.name: slice(int(e) - len(h.classes), int(e)) for h, e in zip(heads, ends)}
+
+
+def adherence(posteriors: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str, np.ndarray]:
+  """Per clip, precision, recall and F1 of the detected pairs against the asked ones over all
+  attributes (`precision_overall`, `recall_overall`, `f1_overall`) and per attribute head
+  (`f1_<head>`); NaN where a clip's caption asks nothing of it."""
+  detected, asked = attribute_sets(posteriors, labels)
+  precision, recall, f1 = metrics_lib.set_scores(detected, asked)
+  out = {"precision_overall": precision, "recall_overall": recall, "f1_overall": f1}
+  for head, columns in _head_columns().items():
+    out[f"f1_{head}"] = metrics_lib.set_scores(detected[:, columns], asked[:, columns])[2]
+  return out
+
+
+def adherence_floor(posteriors: dict[str, np.ndarray], labels: Sequence[str]) -> np.ndarray:
+  """Per clip, its F1 against every other clip's caption (see `metrics.mismatched_f1`)."""
+  return metrics_lib.mismatched_f1(*attribute_sets(posteriors, labels))
 
 
 def distribution_metrics(gen: Scored, ref: Scored, resamples: int, paired: bool = True
@@ -237,21 +259,29 @@ def distribution_metrics(gen: Scored, ref: Scored, resamples: int, paired: bool 
       return metrics_lib.bootstrap(lambda i: metric(i, i), n, resamples=resamples)
     return metrics_lib.unpaired_bootstrap(metric, n, m, resamples=resamples)
 
-  return {
+  out = {
       "fd_tagger": ci(lambda i, j: metrics_lib.frechet_distance(gen.embedding_NxE[i],
                                                                 ref.embedding_NxE[j])),
       "fd_melstats": ci(lambda i, j: metrics_lib.frechet_distance(gen.melstats_NxE[i],
                                                                   ref.melstats_NxE[j])),
-      "kid_tagger": ci(lambda i, j: metrics_lib.kernel_distance(gen.embedding_NxE[i],
-                                                                ref.embedding_NxE[j])),
+      "kid_tagger": ci(lambda i, j: metrics_lib.kernel_distance(
+          gen.embedding_NxE[i], ref.embedding_NxE[j], paired=paired)),
       "is_tagger": ci(lambda i, j: metrics_lib.inception_score(gen.posteriors["first_kind"][i])),
   }
+  if min(n, m) >= 8:   # Enough clips for a fit of FD against 1/N (each value fits 8 sizes).
+    out["fd_inf_tagger"] = ci(lambda i, j: metrics_lib.frechet_distance_inf(
+        gen.embedding_NxE[i], ref.embedding_NxE[j])[0])
+  return out
 
 
-def adherence_metrics(scored: Scored, labels: Sequence[str], resamples: int) -> dict[str, Any]:
-  """adherence_<attribute> and adherence_overall of clips against `labels`, with intervals."""
+def adherence_metrics(scored: Scored, labels: Sequence[str], resamples: int,
+                      floor: bool = False) -> dict[str, Any]:
+  """adherence_{precision,recall,f1}_overall and adherence_f1_<attribute> of clips against
+  `labels`, with intervals; with `floor`, adherence_f1_overall against every other caption."""
+  per_clip = ({"f1_overall": adherence_floor(scored.posteriors, labels)} if floor
+              else adherence(scored.posteriors, labels))
   out = {}
-  for name, values in adherence(scored.posteriors, labels).items():
+  for name, values in per_clip.items():
     kept = values[~np.isnan(values)]
     if kept.size:
       out[f"adherence_{name}"] = metrics_lib.mean_with_ci(kept, resamples=resamples)
@@ -260,9 +290,11 @@ def adherence_metrics(scored: Scored, labels: Sequence[str], resamples: int) -> 
 
 EMBEDDINGS = {"fd_tagger": "almtok tagger embedding (not VGGish)",
               "fd_melstats": "per-band log-mel mean and std",
+              "fd_inf_tagger": "almtok tagger embedding, FD extrapolated to 1/N = 0",
               "kid_tagger": "almtok tagger embedding, cubic kernel",
               "is_tagger": "almtok tagger first_kind head",
-              "kl_tagger": "almtok tagger posteriors, paired by caption"}
+              "kl_tagger": "almtok tagger posteriors, paired by caption",
+              "kl_tagger_rev": "almtok tagger posteriors, paired by caption"}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -336,7 +368,7 @@ def compare(out_a: str, out_b: str, resamples: int = 1000) -> dict[str, Any]:
   n = len(clips_a["captions"])
   # Per-clip values, computed once per run and indexed by each resample.
   per_clip = {id(g): dict(kl=paired_kl(r, g),
-                          adherence=adherence(g.posteriors, clips_a["labels"])["overall"])
+                          adherence=adherence(g.posteriors, clips_a["labels"])["f1_overall"])
               for g, r in ((gen_a, real_a), (gen_b, real_b))}
   metrics = {
       "fd_tagger": lambda g, r, i: metrics_lib.frechet_distance(g.embedding_NxE[i],
@@ -344,10 +376,11 @@ def compare(out_a: str, out_b: str, resamples: int = 1000) -> dict[str, Any]:
       "fd_melstats": lambda g, r, i: metrics_lib.frechet_distance(g.melstats_NxE[i],
                                                                   r.melstats_NxE[i]),
       "kid_tagger": lambda g, r, i: metrics_lib.kernel_distance(g.embedding_NxE[i],
-                                                                r.embedding_NxE[i]),
+                                                                r.embedding_NxE[i], paired=True),
       "is_tagger": lambda g, r, i: metrics_lib.inception_score(g.posteriors["first_kind"][i]),
       "kl_tagger": lambda g, r, i: float(np.mean(per_clip[id(g)]["kl"][i])),
-      "adherence_overall": lambda g, r, i: float(np.nanmean(per_clip[id(g)]["adherence"][i])),
+      "adherence_f1_overall": lambda g, r, i: float(
+          np.nanmean(per_clip[id(g)]["adherence"][i])),
   }
   rows = {}
   for name, metric in metrics.items():
@@ -467,10 +500,12 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
     for row, other in (("generated vs real", real), ("generated vs resynthesised", resynth)):
       rows[row]["kl_tagger"] = metrics_lib.mean_with_ci(paired_kl(other, gen),
                                                         resamples=resamples)
+      rows[row]["kl_tagger_rev"] = metrics_lib.mean_with_ci(paired_kl(gen, other),
+                                                            resamples=resamples)
     rows["generated vs real"].update(adherence_metrics(gen, labels, resamples))
     rows["adherence ceiling (real clips)"] = adherence_metrics(real, labels, resamples)
-    shuffled = list(np.random.default_rng(seed).permutation(labels))
-    rows["adherence floor (shuffled captions)"] = adherence_metrics(gen, shuffled, resamples)
+    rows["adherence floor (other captions)"] = adherence_metrics(gen, labels, resamples,
+                                                                 floor=True)
   if embed is not None:   # A user's embedding, named by them: FD and KID against real clips.
     e_gen = np.asarray(embed([wavs[i] for i in keep], rate), np.float64)
     e_real = np.asarray(embed(real_wavs, rate), np.float64)

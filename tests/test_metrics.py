@@ -84,19 +84,80 @@ def test_bootstrap_interval_covers_the_value_and_narrows_with_more_clips():
   assert diff.value == pytest.approx(0.5) and diff.low == pytest.approx(0.5)
 
 
-def test_adherence_counts_the_caption_pairs_the_tagger_finds():
+def test_adherence_is_precision_recall_and_f1_of_the_caption_pairs():
   labels = [json.dumps({"events": [
       {"kind": "tone", "register": "low", "envelope": "sustained", "start_s": 0.0},
       {"kind": "noise", "color": "pink", "envelope": "fade_in", "start_s": 1.0}]})]
   post = {h.name: np.zeros((1, len(h.classes))) for h in tagger.HEADS}
-  post["kinds"][0, tagger.HEAD_BY_NAME["kinds"].classes.index("tone")] = 0.9
+  kind = tagger.HEAD_BY_NAME["kinds"].classes.index
+  post["kinds"][0, kind("tone")] = 0.9
+  post["kinds"][0, kind("drums")] = 0.7  # Found, not asked.
   post["registers"][0, 0] = 0.8          # low: found.
   post["colors"][0, 1] = 0.2             # pink: missed.
   found = evaluate.adherence(post, labels)
-  assert found["kinds"][0] == pytest.approx(0.5)      # tone yes, noise no.
-  assert found["registers"][0] == 1.0 and found["colors"][0] == 0.0
-  assert np.isnan(found["directions"][0])             # The caption names no direction.
-  assert found["overall"][0] == pytest.approx(2 / 6)  # 6 pairs, 2 found.
+  # Asked: tone, noise, low, pink, sustained, fade_in (6); found: tone, drums, low (3); 2 in both.
+  assert found["recall_overall"][0] == pytest.approx(2 / 6)
+  assert found["precision_overall"][0] == pytest.approx(2 / 3)
+  assert found["f1_overall"][0] == pytest.approx(2 * 2 / (6 + 3))
+  assert found["f1_kinds"][0] == pytest.approx(2 * 1 / (2 + 2))   # tone of {tone, noise}.
+  assert found["f1_registers"][0] == 1.0 and found["f1_colors"][0] == 0.0
+  assert np.isnan(found["f1_directions"][0])          # The caption names no direction.
+  # A clip that triggers every class finds everything asked but scores far below 1.
+  every = {h.name: np.ones((1, len(h.classes))) for h in tagger.HEADS}
+  loud = evaluate.adherence(every, labels)
+  assert loud["recall_overall"][0] == 1.0 and loud["f1_overall"][0] < 0.5
+
+
+def test_set_scores_and_the_mismatched_pair_floor_on_hand_made_sets():
+  asked = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]], bool)
+  precision, recall, f1 = metrics.set_scores(asked, asked)
+  np.testing.assert_array_equal(f1[:3], 1.0)
+  assert np.isnan(f1[3]) and np.isnan(recall[3]) and np.isnan(precision[3])  # Nothing asked.
+  nothing = np.zeros_like(asked)
+  np.testing.assert_array_equal(metrics.set_scores(nothing, asked)[2][:3], 0.0)
+  # Clip 0 finds {0, 1}: against clip 1's {2, 3} F1 0, against clip 2's {0, 2} F1 1/2; clip 3
+  # asks nothing and does not count. The floor is the mean over those pairs.
+  floor = metrics.mismatched_f1(asked, asked)
+  assert floor[0] == pytest.approx((0.0 + 0.5) / 2)
+  assert floor[1] == pytest.approx((0.0 + 0.5) / 2) and floor[2] == pytest.approx(0.5)
+  # Clip 3 finds nothing: F1 0 against every other caption.
+  assert floor[3] == 0.0
+
+
+def test_kid_without_the_pairs_own_terms_is_not_negative_on_near_copies():
+  # Paired near-copies (a clip and, say, its resynthesis): the unpaired estimator counts each
+  # pair's own high similarity in the cross term and falls well below zero; without those
+  # terms the estimate is zero within its noise.
+  rng = np.random.default_rng(6)
+  x = rng.standard_normal((200, 16)) * 3.0
+  y = x + 0.05 * rng.standard_normal(x.shape)
+  unpaired = metrics.kernel_distance(x, y)
+  paired = metrics.kernel_distance(x, y, paired=True)
+  spread = np.std([metrics.kernel_distance(x[i], y[i], paired=True)
+                   for i in (rng.permutation(200)[:100] for _ in range(20))])
+  assert unpaired < -5 * spread, (unpaired, spread)
+  assert abs(paired) < 3 * spread, (paired, spread)
+  with pytest.raises(ValueError, match="one size"):
+    metrics.kernel_distance(x, y[:10], paired=True)
+
+
+def test_fd_inf_recovers_the_fd_of_two_known_gaussians():
+  # N(0, I) against N(mu, I) in 8 dimensions: FD = |mu|^2 = 2, whatever the covariances'
+  # sampling noise adds at finite N (the bias falls as 1/N, the extrapolation removes it).
+  rng = np.random.default_rng(7)
+  d, mu = 8, np.full(8, 0.5)
+  x = rng.standard_normal((4000, d))
+  y = rng.standard_normal((4000, d)) + mu
+  at_200 = metrics.frechet_distance(x[:200], y[:200])
+  fd_inf, slope = metrics.frechet_distance_inf(x, y, min_clips=200)
+  assert slope > 0 and at_200 > 2.0 + 0.05   # The finite-N bias is there...
+  assert fd_inf == pytest.approx(2.0, abs=0.06), (fd_inf, at_200)   # ...and extrapolated away.
+
+
+def test_interval_of_a_fraction_stays_within_zero_and_one():
+  values = np.array([1.0] * 18 + [0.0] * 2)
+  est = metrics.mean_with_ci(values, resamples=300)
+  assert 0.0 <= est.low <= est.value <= est.high <= 1.0, est
 
 
 def test_set_metric_intervals_contain_their_value():

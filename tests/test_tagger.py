@@ -74,9 +74,8 @@ def test_adherence_of_a_tiny_tagger_is_clearly_above_its_floor():
     params, opt = step(params, opt)
   _, post = tagger.predict(nnx.merge(graphdef, params), mels.mel_NxMxF, mels.frames_N)
   labels = [json.dumps(c.labels) for c in clips]
-  ceiling = np.nanmean(evaluate.adherence(post, labels)["overall"])
-  shuffled = list(np.random.default_rng(0).permutation(labels))
-  floor = np.nanmean(evaluate.adherence(post, shuffled)["overall"])
+  ceiling = np.nanmean(evaluate.adherence(post, labels)["f1_overall"])
+  floor = np.nanmean(evaluate.adherence_floor(post, labels))
   assert ceiling > 0.8 and ceiling > floor + 0.3, (ceiling, floor)
 
 
@@ -113,10 +112,11 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
   assert results["clips"] == 4 and results["paired"]
   rows = results["rows"]
   for name in ("fd_tagger", "fd_melstats", "kid_tagger", "is_tagger", "kl_tagger",
-               "adherence_overall"):
+               "kl_tagger_rev", "adherence_f1_overall", "adherence_precision_overall",
+               "adherence_recall_overall"):
     est = rows["generated vs real"][name]
     assert est["low"] <= est["value"] <= est["high"] or name == "kid_tagger", name
-  assert "adherence ceiling (real clips)" in rows and "adherence floor (shuffled captions)" in rows
+  assert "adherence ceiling (real clips)" in rows and "adherence floor (other captions)" in rows
   assert "fd_bands" in rows["generated vs real"] and "kid_bands" in rows["generated vs real"]
   assert "bands (--embedding=tests.tiny:band_energy_embedding)" in (out / "metrics.md").read_text()
   assert sorted(os.listdir(out / "generated")) == [f"{i:05d}.wav" for i in range(4)] + [
@@ -173,7 +173,7 @@ def test_compare_two_evaluations_with_a_paired_bootstrap(tiny_lm, tiny_tagger, t
     assert row["difference"]["value"] == 0 and not row["differ"]
   other = evaluate.compare(str(tmp_path / "a"), str(tmp_path / "b"), resamples=30)
   assert other["clips"] == 4 and set(other["rows"]) >= {"fd_tagger", "kl_tagger",
-                                                         "adherence_overall"}
+                                                         "adherence_f1_overall"}
   row = other["rows"]["kl_tagger"]
   assert row["difference"]["value"] == pytest.approx(row["a"] - row["b"])
   assert "| kl_tagger |" in evaluate.comparison_markdown(other)

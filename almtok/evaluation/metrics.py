@@ -5,7 +5,12 @@ Fréchet distance on almtok's own tagger embedding, never VGGish FAD. The functi
 arrays (numpy, float64 inside) and know nothing of audio models:
 
   frechet_distance   between Gaussian fits of two sets of embeddings [N, E]
-  kernel_distance    KID: unbiased MMD² with the cubic polynomial kernel (x·y / E + 1)³
+  frechet_distance_inf  FD extrapolated to infinitely many clips (FD against 1/N, as fadtk)
+  kernel_distance    KID: unbiased MMD² with the cubic polynomial kernel (x·y / E + 1)³; for
+                     paired sets (clip i of one made for the caption of clip i of the other)
+                     without the pairs' own terms
+  set_scores         per clip, precision, recall and F1 of a detected set against an asked one
+  mismatched_f1      per clip, the F1 of its detected set against every other clip's asked set
   bernoulli_kl       per-class KL(p || q) of independent Bernoulli posteriors (multi-label heads)
   categorical_kl     KL(p || q) of softmax posteriors (single-label heads)
   inception_score    exp(E_x KL(p(y|x) || p(y))) over one softmax head
@@ -14,8 +19,10 @@ arrays (numpy, float64 inside) and know nothing of audio models:
 `bootstrap` resamples clips with replacement and gives a percentile interval of the resampled
 values centred on the full-sample value (their mean shifted to it): repeated clips in a resample
 inflate FD and KID, and the centring removes that bias, so that the interval is about the value
-it goes with. `paired_bootstrap` resamples the same clips for two runs and gives the interval of
-their difference.
+it goes with. A mean has no such bias: `mean_with_ci` keeps the plain percentile interval,
+which stays within the range of the values it averages (a fraction's within [0, 1]).
+`paired_bootstrap` resamples the same clips for two runs and gives the interval of their
+difference.
 
 Shape letters: N clips, E embedding width, K classes, M mel bands, F frames, R resamples.
 """
@@ -68,16 +75,77 @@ def frechet_distance(x_NxE: np.ndarray, y_NxE: np.ndarray) -> float:
   return frechet_from_moments(*gaussian(x_NxE), *gaussian(y_NxE))
 
 
-def kernel_distance(x_NxE: np.ndarray, y_NxE: np.ndarray) -> float:
-  """KID: the unbiased estimate of MMD² with the kernel k(a, b) = (a·b / E + 1)³."""
+def frechet_distance_inf(x_NxE: np.ndarray, y_MxE: np.ndarray, *, points: int = 8,
+                         min_clips: int | None = None, seed: int = 0) -> tuple[float, float]:
+  """(FD-inf, slope): FD between random subsets of N clips of each set at `points` sizes from
+  `min_clips` (default a quarter of the smaller set) to all of it, fitted by least squares as
+  FD(N) = FD-inf + slope / N. FD's finite-sample bias falls as 1/N, so the intercept is the
+  distance that no number of clips would change (as fadtk extrapolates FAD)."""
+  x_NxE, y_MxE = np.asarray(x_NxE, np.float64), np.asarray(y_MxE, np.float64)
+  most = min(len(x_NxE), len(y_MxE))
+  least = min_clips or max(2, most // 4)
+  if most < 2 or least >= most:
+    raise ValueError(f"FD-inf needs subsets of at least 2 clips and more than {least}, got {most}")
+  rng = np.random.default_rng(seed)
+  sizes = np.unique(np.linspace(least, most, points).astype(int))
+  fds = [frechet_distance(x_NxE[rng.choice(len(x_NxE), n, replace=False)],
+                          y_MxE[rng.choice(len(y_MxE), n, replace=False)]) for n in sizes]
+  slope, intercept = np.polyfit(1.0 / sizes, fds, 1)
+  return float(intercept), float(slope)
+
+
+def kernel_distance(x_NxE: np.ndarray, y_NxE: np.ndarray, paired: bool = False) -> float:
+  """KID: the unbiased estimate of MMD² with the kernel k(a, b) = (a·b / E + 1)³.
+
+  With `paired` (the sets are the same size and x_i goes with y_i, e.g. a clip and its
+  resynthesis, or clips made for the same caption) the cross term leaves out the pairs' own
+  k(x_i, y_i), which the estimator assumes independent: with them in, near-copies score below
+  zero by the pairs' similarity.
+  """
   x_NxE, y_NxE = np.asarray(x_NxE, np.float64), np.asarray(y_NxE, np.float64)
   n, m, e = x_NxE.shape[0], y_NxE.shape[0], x_NxE.shape[1]
   if n < 2 or m < 2:
     raise ValueError(f"KID needs at least 2 clips per set, got {n} and {m}")
+  if paired and n != m:
+    raise ValueError(f"paired KID needs sets of one size, got {n} and {m}")
   kernel = lambda a, b: (a @ b.T / e + 1.0) ** 3
   k_xx, k_yy, k_xy = kernel(x_NxE, x_NxE), kernel(y_NxE, y_NxE), kernel(x_NxE, y_NxE)
+  cross = (k_xy.sum() - np.trace(k_xy)) / (n * (n - 1)) if paired else k_xy.mean()
   return float((k_xx.sum() - np.trace(k_xx)) / (n * (n - 1))
-               + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1)) - 2.0 * k_xy.mean())
+               + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1)) - 2.0 * cross)
+
+
+def set_scores(detected_NxK: np.ndarray, asked_NxK: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per clip, (precision, recall, F1) [N] of the detected set of classes against the asked
+  set (boolean [N, K] each): recall counts what was asked and found, precision what was found
+  and asked, so a clip that triggers every class no longer scores 1. NaN where nothing is
+  asked; where something is asked and nothing found, precision (and F1) is 0."""
+  d, a = np.asarray(detected_NxK, bool), np.asarray(asked_NxK, bool)
+  hit_N = np.sum(d & a, axis=-1).astype(np.float64)
+  found_N, asked_N = d.sum(-1).astype(np.float64), a.sum(-1).astype(np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    precision = np.where(found_N > 0, hit_N / found_N, 0.0)
+    recall = hit_N / asked_N
+    f1 = np.where(hit_N > 0, 2.0 * hit_N / (found_N + asked_N), 0.0)
+  none = asked_N == 0
+  return (np.where(none, np.nan, precision), np.where(none, np.nan, recall),
+          np.where(none, np.nan, f1))
+
+
+def mismatched_f1(detected_NxK: np.ndarray, asked_NxK: np.ndarray) -> np.ndarray:
+  """Per clip i, the mean F1 of its detected set against the asked set of every other clip j
+  that asks something [N]: what adherence is for a clip that answers some other caption (a
+  floor over all mismatched pairs, not one shuffle). NaN for a clip with no such j."""
+  d, a = np.asarray(detected_NxK, np.float64), np.asarray(asked_NxK, np.float64)
+  hit_NxN = d @ a.T
+  total_NxN = d.sum(-1)[:, None] + a.sum(-1)[None, :]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    f1_NxN = np.where(hit_NxN > 0, 2.0 * hit_NxN / total_NxN, 0.0)
+  use_NxN = (a.sum(-1)[None, :] > 0) & ~np.eye(len(d), dtype=bool)
+  count_N = use_NxN.sum(-1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(count_N > 0, np.sum(f1_NxN * use_NxN, -1) / count_N, np.nan)
 
 
 def bernoulli_kl(p_NxK: np.ndarray, q_NxK: np.ndarray) -> np.ndarray:
@@ -160,7 +228,14 @@ def paired_bootstrap(metric_a: Callable[[np.ndarray], float],
   return bootstrap(lambda idx: metric_a(idx) - metric_b(idx), n, **kwargs)
 
 
-def mean_with_ci(values_N: Sequence[float], **kwargs) -> Estimate:
-  """The mean of per-clip values with its bootstrap interval."""
+def mean_with_ci(values_N: Sequence[float], *, resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> Estimate:
+  """The mean of per-clip values with the plain percentile interval of its bootstrap resamples
+  (a mean is unbiased, so nothing is centred): the interval stays within the values' range."""
   values_N = np.asarray(values_N, np.float64)
-  return bootstrap(lambda idx: float(values_N[idx].mean()), values_N.size, **kwargs)
+  rng = np.random.default_rng(seed)
+  means = [float(values_N[rng.integers(0, values_N.size, size=values_N.size)].mean())
+           for _ in range(resamples)]
+  tail = 100.0 * (1.0 - level) / 2.0
+  low, high = np.percentile(means, [tail, 100.0 - tail])
+  return Estimate(float(values_N.mean()), float(low), float(high), resamples)
