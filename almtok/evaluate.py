@@ -367,7 +367,7 @@ def compare(out_a: str, out_b: str, resamples: int = 1000) -> dict[str, Any]:
                                 "evaluate both with the same --tagger")
   n = len(clips_a["captions"])
   # Per-clip values, computed once per run and indexed by each resample.
-  per_clip = {id(g): dict(kl=paired_kl(r, g),
+  per_clip = {id(g): dict(kl=paired_kl(r, g), kl_rev=paired_kl(g, r),
                           adherence=adherence(g.posteriors, clips_a["labels"])["f1_overall"])
               for g, r in ((gen_a, real_a), (gen_b, real_b))}
   metrics = {
@@ -379,6 +379,7 @@ def compare(out_a: str, out_b: str, resamples: int = 1000) -> dict[str, Any]:
                                                                 r.embedding_NxE[i], paired=True),
       "is_tagger": lambda g, r, i: metrics_lib.inception_score(g.posteriors["first_kind"][i]),
       "kl_tagger": lambda g, r, i: float(np.mean(per_clip[id(g)]["kl"][i])),
+      "kl_tagger_rev": lambda g, r, i: float(np.mean(per_clip[id(g)]["kl_rev"][i])),
       "adherence_f1_overall": lambda g, r, i: float(
           np.nanmean(per_clip[id(g)]["adherence"][i])),
   }
