@@ -29,7 +29,8 @@ intervals over clips):
   kl_tagger     per clip, KL(reference || generated) of the tagger's posteriors for the same
                 caption: the sum over multi-label heads of per-class Bernoulli KLs plus the
                 softmax KL of num_events and first_kind; the mean over clips
-  kl_tagger_rev the same, KL(generated || reference)
+  kl_tagger_rev the same, KL(generated || reference); both beside their floor (each generated
+                clip against every other caption's reference: what hedging alone earns)
   is_tagger     inception score of the `first_kind` head (the earliest event's kind)
   adherence     per clip, the set of (attribute, value) pairs the tagger finds (posterior >= 0.5)
                 against the set its caption asks: adherence_{precision,recall,f1}_overall and
@@ -208,6 +209,22 @@ def paired_kl(ref: Scored, gen: Scored) -> np.ndarray:
     kl = metrics_lib.bernoulli_kl if head.kind == "multi" else metrics_lib.categorical_kl
     total = total + kl(ref.posteriors[head.name], gen.posteriors[head.name])
   return np.asarray(total)
+
+
+def mismatched_kl(ref: Scored, gen: Scored, reverse: bool = False) -> np.ndarray:
+  """Per generated clip i, the mean over every other caption's reference j of KL(reference j ||
+  generated i) (with `reverse`, KL(generated i || reference j)), summed over heads as
+  `paired_kl`: the KL of a clip that answers another caption, the floor of `kl_tagger`."""
+  total_GxR = 0.0
+  for head in tagger_lib.HEADS:
+    if head.name == "category":
+      continue
+    g, r = gen.posteriors[head.name], ref.posteriors[head.name]
+    multi = head.kind == "multi"
+    total_GxR = total_GxR + (metrics_lib.kl_matrix(g, r, bernoulli=multi) if reverse
+                             else metrics_lib.kl_matrix(r, g, bernoulli=multi).T)
+  n = len(total_GxR)
+  return (np.sum(total_GxR, axis=1) - np.diag(total_GxR)) / (n - 1)
 
 
 def attribute_sets(posteriors: dict[str, np.ndarray], labels: Sequence[str]
@@ -507,6 +524,9 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
     rows["adherence ceiling (real clips)"] = adherence_metrics(real, labels, resamples)
     rows["adherence floor (other captions)"] = adherence_metrics(gen, labels, resamples,
                                                                  floor=True)
+    rows["kl floor (other captions)"] = {
+        name: metrics_lib.mean_with_ci(mismatched_kl(real, gen, reverse), resamples=resamples)
+        for name, reverse in (("kl_tagger", False), ("kl_tagger_rev", True))}
   if embed is not None:   # A user's embedding, named by them: FD and KID against real clips.
     e_gen = np.asarray(embed([wavs[i] for i in keep], rate), np.float64)
     e_real = np.asarray(embed(real_wavs, rate), np.float64)

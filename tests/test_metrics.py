@@ -168,3 +168,36 @@ def test_set_metric_intervals_contain_their_value():
   for metric in (metrics.frechet_distance, metrics.kernel_distance):
     est = metrics.bootstrap(lambda i, m=metric: m(x[i], y[i]), 200, resamples=200)
     assert est.low <= est.value <= est.high, (metric.__name__, est)
+
+
+def test_kl_matrix_holds_the_paired_kls_on_its_diagonal_and_the_floor_is_their_off_diagonal():
+  rng = np.random.default_rng(8)
+  p, q = rng.uniform(0.02, 0.98, (6, 5)), rng.uniform(0.02, 0.98, (6, 5))
+  np.testing.assert_allclose(np.diag(metrics.kl_matrix(p, q, bernoulli=True)),
+                             metrics.bernoulli_kl(p, q), rtol=1e-10)
+  c, d = rng.dirichlet(np.ones(4), 6), rng.dirichlet(np.ones(4), 6)
+  matrix = metrics.kl_matrix(c, d, bernoulli=False)
+  np.testing.assert_allclose(np.diag(matrix), metrics.categorical_kl(c, d), rtol=1e-10)
+  np.testing.assert_allclose(matrix[1, 3], metrics.categorical_kl(c[1:2], d[3:4])[0], rtol=1e-10)
+  # The floor of a generated clip: its KL against every other caption's reference, averaged.
+  post = lambda a: {h.name: (a[:, :len(h.classes)] if h.kind == "multi"
+                             else a[:, :len(h.classes)] / a[:, :len(h.classes)].sum(-1,
+                                                                                  keepdims=True))
+                    for h in tagger.HEADS}
+  wide_r, wide_g = rng.uniform(0.05, 0.95, (6, 40)), rng.uniform(0.05, 0.95, (6, 40))
+  ref = evaluate.Scored(np.zeros((6, 2)), post(wide_r), np.zeros((6, 2)))
+  gen = evaluate.Scored(np.zeros((6, 2)), post(wide_g), np.zeros((6, 2)))
+  floor = evaluate.mismatched_kl(ref, gen)
+  others = [evaluate.paired_kl(evaluate.Scored(ref.embedding_NxE[[j]],
+                                               {k: v[[j]] for k, v in ref.posteriors.items()},
+                                               ref.melstats_NxE[[j]]),
+                               evaluate.Scored(gen.embedding_NxE[[0]],
+                                               {k: v[[0]] for k, v in gen.posteriors.items()},
+                                               gen.melstats_NxE[[0]]))[0] for j in range(1, 6)]
+  assert floor[0] == pytest.approx(np.mean(others), rel=1e-9)
+  rev = evaluate.mismatched_kl(ref, gen, reverse=True)
+  assert rev[0] == pytest.approx(np.mean([evaluate.paired_kl(
+      evaluate.Scored(gen.embedding_NxE[[0]], {k: v[[0]] for k, v in gen.posteriors.items()},
+                      gen.melstats_NxE[[0]]),
+      evaluate.Scored(ref.embedding_NxE[[j]], {k: v[[j]] for k, v in ref.posteriors.items()},
+                      ref.melstats_NxE[[j]]))[0] for j in range(1, 6)]), rel=1e-9)

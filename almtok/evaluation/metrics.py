@@ -13,6 +13,7 @@ arrays (numpy, float64 inside) and know nothing of audio models:
   mismatched_f1      per clip, the F1 of its detected set against every other clip's asked set
   bernoulli_kl       per-class KL(p || q) of independent Bernoulli posteriors (multi-label heads)
   categorical_kl     KL(p || q) of softmax posteriors (single-label heads)
+  kl_matrix          either KL for every pair of rows (floors over mismatched captions)
   inception_score    exp(E_x KL(p(y|x) || p(y))) over one softmax head
   melstats           an embedding almtok does not train: per-band mean and std of the log-mel
 
@@ -161,6 +162,18 @@ def categorical_kl(p_NxK: np.ndarray, q_NxK: np.ndarray) -> np.ndarray:
   q = np.clip(np.asarray(q_NxK, np.float64), _EPS, 1.0)
   p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
   return np.sum(p * np.log(p / q), axis=-1)
+
+
+def kl_matrix(p_NxK: np.ndarray, q_MxK: np.ndarray, bernoulli: bool) -> np.ndarray:
+  """KL(p_i || q_j) for every pair [N, M]: per-class Bernoulli KLs summed (`bernoulli`) or the
+  categorical KL; its diagonal is `bernoulli_kl` / `categorical_kl` of the paired rows."""
+  p = np.clip(np.asarray(p_NxK, np.float64), _EPS, 1.0 - _EPS if bernoulli else 1.0)
+  q = np.clip(np.asarray(q_MxK, np.float64), _EPS, 1.0 - _EPS if bernoulli else 1.0)
+  if not bernoulli:
+    p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    return np.sum(p * np.log(p), -1)[:, None] - p @ np.log(q).T
+  self_N = np.sum(p * np.log(p) + (1.0 - p) * np.log(1.0 - p), -1)
+  return self_N[:, None] - p @ np.log(q).T - (1.0 - p) @ np.log(1.0 - q).T
 
 
 def inception_score(p_NxK: np.ndarray) -> float:

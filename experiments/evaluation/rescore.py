@@ -6,8 +6,9 @@ clips, and the captions' labels), without generating or tagging anything again.
   python experiments/evaluation/rescore.py --out=experiments/evaluation/demo_discrete
 
 Writes <out>/rescored.json and <out>/rescored.md: the distribution metrics of the generated
-against the real clips, KL in both directions, and adherence (precision, recall, F1) with its
-ceiling (the real clips) and its floor (each generated clip against every other caption). The
+against the real clips, KL in both directions with its floor (each generated clip against every
+other caption's reference), and adherence (precision, recall, F1) with its ceiling (the real
+clips) and its floor (each generated clip against every other caption). The
 resynthesised references are not stored with the scores, so their rows are not here.
 """
 
@@ -39,6 +40,10 @@ def rescore(out: str, resamples: int) -> dict:
   rows["adherence ceiling (real clips)"] = evaluate.adherence_metrics(real, labels, resamples)
   rows["adherence floor (other captions)"] = evaluate.adherence_metrics(gen, labels, resamples,
                                                                         floor=True)
+  rows["kl floor (other captions)"] = {
+      name: metrics_lib.mean_with_ci(evaluate.mismatched_kl(real, gen, reverse),
+                                     resamples=resamples)
+      for name, reverse in (("kl_tagger", False), ("kl_tagger_rev", True))}
   rows = {k: {m: e.to_json() for m, e in v.items()} for k, v in rows.items()}
   return dict(workdir=f"{out} (stored scores)", split="stored", clips=len(labels),
               tagger=f"weights sha256 {clips.get('tagger_sha256')}", resamples=resamples,
