@@ -35,7 +35,8 @@ intervals over clips):
   adherence     per clip, the set of (attribute, value) pairs the tagger finds (posterior >= 0.5)
                 against the set its caption asks: adherence_{precision,recall,f1}_overall and
                 adherence_f1_<attribute>; beside it the ceiling (reference clips) and the floor
-                (each generated clip against every other clip's caption)
+                (each generated clip against every other clip's caption), and
+                adherence_f1_normalized, (F1 - floor) / (ceiling - floor)
 Paired metrics (kl_tagger, adherence) need the split's captions: with --generated_dir they apply
 only when the captions file matches the split's.
 
@@ -291,6 +292,22 @@ def distribution_metrics(gen: Scored, ref: Scored, resamples: int, paired: bool 
   return out
 
 
+def normalized_adherence(gen: Scored, real: Scored, labels: Sequence[str], resamples: int
+                         ) -> metrics_lib.Estimate:
+  """adherence F1 above its floor as a fraction of (ceiling - floor): 0 for clips that answer
+  other captions as well as their own, 1 for clips that answer theirs as the real clips do;
+  captions resampled together for the three."""
+  gen_f1 = adherence(gen.posteriors, labels)["f1_overall"]
+  real_f1 = adherence(real.posteriors, labels)["f1_overall"]
+  floor_f1 = adherence_floor(gen.posteriors, labels)
+
+  def fraction(i):
+    floor = np.nanmean(floor_f1[i])
+    return float((np.nanmean(gen_f1[i]) - floor) / (np.nanmean(real_f1[i]) - floor))
+
+  return metrics_lib.bootstrap(fraction, len(labels), resamples=resamples)
+
+
 def adherence_metrics(scored: Scored, labels: Sequence[str], resamples: int,
                       floor: bool = False) -> dict[str, Any]:
   """adherence_{precision,recall,f1}_overall and adherence_f1_<attribute> of clips against
@@ -521,6 +538,8 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
       rows[row]["kl_tagger_rev"] = metrics_lib.mean_with_ci(paired_kl(gen, other),
                                                             resamples=resamples)
     rows["generated vs real"].update(adherence_metrics(gen, labels, resamples))
+    rows["generated vs real"]["adherence_f1_normalized"] = normalized_adherence(
+        gen, real, labels, resamples)
     rows["adherence ceiling (real clips)"] = adherence_metrics(real, labels, resamples)
     rows["adherence floor (other captions)"] = adherence_metrics(gen, labels, resamples,
                                                                  floor=True)

@@ -170,3 +170,22 @@ def test_every_train_command_parses_and_builds_every_block(path):
     audio_lm.LossConfig.from_config(config.loss)
     sample.settings_from_config(config)
     assert tokenizers.spec(config.tokenizer).latent_dim == objective.token_dim(config)
+
+
+def test_a_family_of_runs_is_one_config_with_arguments():
+  from configs import paper, synth_small  # pylint: disable=g-import-not-at-top
+  demo, dlm = synth_small.get_config(None), synth_small.get_config("arm=discrete")
+  assert (demo.model_name, dlm.model_name) == ("continuous_lm", "discrete_lm")
+  # MNTP defaults by arm (on for the continuous LM, off as in AudioGen) and can be set.
+  assert (demo.loss.mntp_weight, dlm.loss.mntp_weight) == (1.0, 0.0)
+  assert synth_small.get_config("mntp=false").loss.mntp_weight == 0.0
+  assert synth_small.get_config("arm=discrete,pattern=parallel,mntp=true").loss.mntp_weight == 1.0
+  # The arms share everything that is not the tokens and the heads.
+  for block in ("data", "train", "mesh"):
+    assert demo[block].to_dict() == dlm[block].to_dict(), block
+  base, disc = paper.get_config("base"), paper.get_config("base,arm=discrete")
+  assert base.data.to_dict() == disc.data.to_dict() and base.dtype == disc.dtype == "bfloat16"
+  for arg, message in (("arm=bogus", "config arg arm='bogus': choose one of"),
+                       ("mntp=maybe", "config arg mntp='maybe': choose one of")):
+    with pytest.raises(ValueError, match=message):
+      synth_small.get_config(arg)

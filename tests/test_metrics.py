@@ -201,3 +201,22 @@ def test_kl_matrix_holds_the_paired_kls_on_its_diagonal_and_the_floor_is_their_o
                       gen.melstats_NxE[[0]]),
       evaluate.Scored(ref.embedding_NxE[[j]], {k: v[[j]] for k, v in ref.posteriors.items()},
                       ref.melstats_NxE[[j]]))[0] for j in range(1, 6)]), rel=1e-9)
+
+
+def test_normalized_adherence_is_one_for_clips_that_answer_as_the_real_ones():
+  def event(**kw):
+    return dict(dict(envelope="sustained", start_s=0.0), **kw)
+  labels = [json.dumps({"events": [event(kind=k, register=r)]})
+            for k, r in (("tone", "low"), ("chord", "high"), ("arpeggio", "mid"), ("tone", "high"))]
+  post = {h.name: np.zeros((4, len(h.classes))) for h in tagger.HEADS}
+  _, asked = evaluate.attribute_sets(post, labels)
+  columns = evaluate._head_columns()  # pylint: disable=protected-access
+  for name, cols in columns.items():   # Posteriors that find exactly what each caption asks.
+    post[name] = asked[:, cols].astype(float)
+  real = evaluate.Scored(np.zeros((4, 2)), post, np.zeros((4, 2)))
+  same = evaluate.normalized_adherence(real, real, labels, resamples=50)
+  assert same.value == pytest.approx(1.0)
+  # Clips that answer the next caption instead: at most the floor's level, far below 1.
+  shifted = {k: np.roll(v, 1, axis=0) for k, v in post.items()}
+  other = evaluate.Scored(np.zeros((4, 2)), shifted, np.zeros((4, 2)))
+  assert evaluate.normalized_adherence(other, real, labels, resamples=50).value < 0.2

@@ -113,7 +113,7 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
   rows = results["rows"]
   for name in ("fd_tagger", "fd_melstats", "kid_tagger", "is_tagger", "kl_tagger",
                "kl_tagger_rev", "adherence_f1_overall", "adherence_precision_overall",
-               "adherence_recall_overall"):
+               "adherence_recall_overall", "adherence_f1_normalized"):
     est = rows["generated vs real"][name]
     assert est["low"] <= est["value"] <= est["high"] or name == "kid_tagger", name
   assert "adherence ceiling (real clips)" in rows and "adherence floor (other captions)" in rows

@@ -37,6 +37,8 @@ def rescore(out: str, resamples: int) -> dict:
   rows["generated vs real"]["kl_tagger_rev"] = metrics_lib.mean_with_ci(
       evaluate.paired_kl(gen, real), resamples=resamples)
   rows["generated vs real"].update(evaluate.adherence_metrics(gen, labels, resamples))
+  rows["generated vs real"]["adherence_f1_normalized"] = evaluate.normalized_adherence(
+      gen, real, labels, resamples)
   rows["adherence ceiling (real clips)"] = evaluate.adherence_metrics(real, labels, resamples)
   rows["adherence floor (other captions)"] = evaluate.adherence_metrics(gen, labels, resamples,
                                                                         floor=True)
