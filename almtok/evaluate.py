@@ -228,25 +228,24 @@ def mismatched_kl(ref: Scored, gen: Scored, reverse: bool = False) -> np.ndarray
   return (np.sum(total_GxR, axis=1) - np.diag(total_GxR)) / (n - 1)
 
 
+def _head_columns() -> dict[str, slice]:
+  """Each multi-label head's columns in the attribute sets of `attribute_sets`."""
+  heads = [h for h in tagger_lib.HEADS if h.kind == "multi"]
+  ends = np.cumsum([len(h.classes) for h in heads])
+  return {h.name: slice(int(e) - len(h.classes), int(e)) for h, e in zip(heads, ends)}
+
+
 def attribute_sets(posteriors: dict[str, np.ndarray], labels: Sequence[str]
                    ) -> tuple[np.ndarray, np.ndarray]:
   """(detected, asked) [N, A], boolean over every (attribute, value) pair of the multi-label
   heads: what the tagger finds in each clip (posterior >= 0.5), and what its caption asks."""
-  heads = [h for h in tagger_lib.HEADS if h.kind == "multi"]
-  detected = np.concatenate([posteriors[h.name] >= 0.5 for h in heads], axis=1)
-  offset = dict(zip([h.name for h in heads],
-                    np.cumsum([0] + [len(h.classes) for h in heads])[:-1]))
+  columns = _head_columns()
+  detected = np.concatenate([posteriors[name] >= 0.5 for name in columns], axis=1)
   asked = np.zeros_like(detected)
   for i, text in enumerate(labels):
     for head, value in tagger_lib.attributes(json.loads(text)):
-      asked[i, offset[head] + tagger_lib.HEAD_BY_NAME[head].classes.index(value)] = True
+      asked[i, columns[head].start + tagger_lib.HEAD_BY_NAME[head].classes.index(value)] = True
   return detected, asked
-
-
-def _head_columns() -> dict[str, slice]:
-  heads = [h for h in tagger_lib.HEADS if h.kind == "multi"]
-  ends = np.cumsum([len(h.classes) for h in heads])
-  return {h.name: slice(int(e) - len(h.classes), int(e)) for h, e in zip(heads, ends)}
 
 
 def adherence(posteriors: dict[str, np.ndarray], labels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -292,34 +291,51 @@ def distribution_metrics(gen: Scored, ref: Scored, resamples: int, paired: bool 
   return out
 
 
-def normalized_adherence(gen: Scored, real: Scored, labels: Sequence[str], resamples: int
-                         ) -> metrics_lib.Estimate:
-  """adherence F1 above its floor as a fraction of (ceiling - floor): 0 for clips that answer
+def normalized_adherence(gen_f1: np.ndarray, real_f1: np.ndarray, floor_f1: np.ndarray,
+                         resamples: int) -> metrics_lib.Estimate:
+  """adherence F1 above its floor as a fraction of (ceiling - floor), from per-clip F1s of the
+  generated clips, the real clips and the floor (`adherence_floor`): 0 for clips that answer
   other captions as well as their own, 1 for clips that answer theirs as the real clips do;
   captions resampled together for the three."""
-  gen_f1 = adherence(gen.posteriors, labels)["f1_overall"]
-  real_f1 = adherence(real.posteriors, labels)["f1_overall"]
-  floor_f1 = adherence_floor(gen.posteriors, labels)
 
   def fraction(i):
     floor = np.nanmean(floor_f1[i])
     return float((np.nanmean(gen_f1[i]) - floor) / (np.nanmean(real_f1[i]) - floor))
 
-  return metrics_lib.bootstrap(fraction, len(labels), resamples=resamples)
+  return metrics_lib.bootstrap(fraction, len(gen_f1), resamples=resamples)
 
 
-def adherence_metrics(scored: Scored, labels: Sequence[str], resamples: int,
-                      floor: bool = False) -> dict[str, Any]:
-  """adherence_{precision,recall,f1}_overall and adherence_f1_<attribute> of clips against
-  `labels`, with intervals; with `floor`, adherence_f1_overall against every other caption."""
-  per_clip = ({"f1_overall": adherence_floor(scored.posteriors, labels)} if floor
-              else adherence(scored.posteriors, labels))
+def _adherence_rows(per_clip: dict[str, np.ndarray], resamples: int) -> dict[str, Any]:
+  """adherence_<name>: the mean of each per-clip array over the clips where it is defined."""
   out = {}
   for name, values in per_clip.items():
     kept = values[~np.isnan(values)]
     if kept.size:
       out[f"adherence_{name}"] = metrics_lib.mean_with_ci(kept, resamples=resamples)
   return out
+
+
+def caption_metrics(gen: Scored, real: Scored, labels: Sequence[str], resamples: int
+                    ) -> dict[str, dict[str, Any]]:
+  """The metrics that pair each generated clip with its caption's real clip, by row: KL both
+  ways and adherence (precision, recall, F1, normalized) of the generated clips, the adherence
+  ceiling (the real clips), and the floors of adherence and KL (every other caption)."""
+  gen_clip = adherence(gen.posteriors, labels)
+  real_clip = adherence(real.posteriors, labels)
+  floor_f1 = adherence_floor(gen.posteriors, labels)
+  generated = {
+      "kl_tagger": metrics_lib.mean_with_ci(paired_kl(real, gen), resamples=resamples),
+      "kl_tagger_rev": metrics_lib.mean_with_ci(paired_kl(gen, real), resamples=resamples),
+      **_adherence_rows(gen_clip, resamples),
+      "adherence_f1_normalized": normalized_adherence(
+          gen_clip["f1_overall"], real_clip["f1_overall"], floor_f1, resamples)}
+  return {
+      "generated vs real": generated,
+      "adherence ceiling (real clips)": _adherence_rows(real_clip, resamples),
+      "adherence floor (other captions)": _adherence_rows({"f1_overall": floor_f1}, resamples),
+      "kl floor (other captions)": {
+          name: metrics_lib.mean_with_ci(mismatched_kl(real, gen, reverse), resamples=resamples)
+          for name, reverse in (("kl_tagger", False), ("kl_tagger_rev", True))}}
 
 
 EMBEDDINGS = {"fd_tagger": "almtok tagger embedding (not VGGish)",
@@ -532,20 +548,11 @@ def run(*, workdir: str, tagger: str, out: str, split: str = "test", num: int | 
           "resynthesis ceiling (resynthesised vs real)": distribution_metrics(resynth, real,
                                                                               resamples)}
   if paired:   # KL pairs clips by caption; adherence needs the split's labels.
-    for row, other in (("generated vs real", real), ("generated vs resynthesised", resynth)):
-      rows[row]["kl_tagger"] = metrics_lib.mean_with_ci(paired_kl(other, gen),
-                                                        resamples=resamples)
-      rows[row]["kl_tagger_rev"] = metrics_lib.mean_with_ci(paired_kl(gen, other),
-                                                            resamples=resamples)
-    rows["generated vs real"].update(adherence_metrics(gen, labels, resamples))
-    rows["generated vs real"]["adherence_f1_normalized"] = normalized_adherence(
-        gen, real, labels, resamples)
-    rows["adherence ceiling (real clips)"] = adherence_metrics(real, labels, resamples)
-    rows["adherence floor (other captions)"] = adherence_metrics(gen, labels, resamples,
-                                                                 floor=True)
-    rows["kl floor (other captions)"] = {
-        name: metrics_lib.mean_with_ci(mismatched_kl(real, gen, reverse), resamples=resamples)
-        for name, reverse in (("kl_tagger", False), ("kl_tagger_rev", True))}
+    for row, values in caption_metrics(gen, real, labels, resamples).items():
+      rows.setdefault(row, {}).update(values)
+    rows["generated vs resynthesised"].update(
+        kl_tagger=metrics_lib.mean_with_ci(paired_kl(resynth, gen), resamples=resamples),
+        kl_tagger_rev=metrics_lib.mean_with_ci(paired_kl(gen, resynth), resamples=resamples))
   if embed is not None:   # A user's embedding, named by them: FD and KID against real clips.
     e_gen = np.asarray(embed([wavs[i] for i in keep], rate), np.float64)
     e_real = np.asarray(embed(real_wavs, rate), np.float64)

@@ -214,9 +214,15 @@ def test_normalized_adherence_is_one_for_clips_that_answer_as_the_real_ones():
   for name, cols in columns.items():   # Posteriors that find exactly what each caption asks.
     post[name] = asked[:, cols].astype(float)
   real = evaluate.Scored(np.zeros((4, 2)), post, np.zeros((4, 2)))
-  same = evaluate.normalized_adherence(real, real, labels, resamples=50)
+  def normalized(gen):
+    return evaluate.normalized_adherence(
+        evaluate.adherence(gen.posteriors, labels)["f1_overall"],
+        evaluate.adherence(real.posteriors, labels)["f1_overall"],
+        evaluate.adherence_floor(gen.posteriors, labels), resamples=50)
+
+  same = normalized(real)
   assert same.value == pytest.approx(1.0)
   # Clips that answer the next caption instead: at most the floor's level, far below 1.
   shifted = {k: np.roll(v, 1, axis=0) for k, v in post.items()}
   other = evaluate.Scored(np.zeros((4, 2)), shifted, np.zeros((4, 2)))
-  assert evaluate.normalized_adherence(other, real, labels, resamples=50).value < 0.2
+  assert normalized(other).value < 0.2

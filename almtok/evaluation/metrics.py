@@ -116,6 +116,12 @@ def kernel_distance(x_NxE: np.ndarray, y_NxE: np.ndarray, paired: bool = False) 
                + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1)) - 2.0 * cross)
 
 
+def _f1(hits: np.ndarray, found_plus_asked: np.ndarray) -> np.ndarray:
+  """F1 = 2 |D ∩ A| / (|D| + |A|) of detected and asked sets, 0 where they share nothing."""
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(hits > 0, 2.0 * hits / found_plus_asked, 0.0)
+
+
 def set_scores(detected_NxK: np.ndarray, asked_NxK: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Per clip, (precision, recall, F1) [N] of the detected set of classes against the asked
@@ -128,7 +134,7 @@ def set_scores(detected_NxK: np.ndarray, asked_NxK: np.ndarray
   with np.errstate(invalid="ignore", divide="ignore"):
     precision = np.where(found_N > 0, hit_N / found_N, 0.0)
     recall = hit_N / asked_N
-    f1 = np.where(hit_N > 0, 2.0 * hit_N / (found_N + asked_N), 0.0)
+  f1 = _f1(hit_N, found_N + asked_N)
   none = asked_N == 0
   return (np.where(none, np.nan, precision), np.where(none, np.nan, recall),
           np.where(none, np.nan, f1))
@@ -139,10 +145,7 @@ def mismatched_f1(detected_NxK: np.ndarray, asked_NxK: np.ndarray) -> np.ndarray
   that asks something [N]: what adherence is for a clip that answers some other caption (a
   floor over all mismatched pairs, not one shuffle). NaN for a clip with no such j."""
   d, a = np.asarray(detected_NxK, np.float64), np.asarray(asked_NxK, np.float64)
-  hit_NxN = d @ a.T
-  total_NxN = d.sum(-1)[:, None] + a.sum(-1)[None, :]
-  with np.errstate(invalid="ignore", divide="ignore"):
-    f1_NxN = np.where(hit_NxN > 0, 2.0 * hit_NxN / total_NxN, 0.0)
+  f1_NxN = _f1(d @ a.T, d.sum(-1)[:, None] + a.sum(-1)[None, :])
   use_NxN = (a.sum(-1)[None, :] > 0) & ~np.eye(len(d), dtype=bool)
   count_N = use_NxN.sum(-1)
   with np.errstate(invalid="ignore", divide="ignore"):

@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from almtok import configlib  # noqa: E402
 from almtok import evaluate  # noqa: E402
 from almtok import fileio  # noqa: E402
-from almtok.evaluation import metrics as metrics_lib  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", None, "An `almtok.evaluate --out` folder.", required=True)
 _RESAMPLES = flags.DEFINE_integer("resamples", 1000, "Bootstrap resamples.")
@@ -32,20 +31,8 @@ def rescore(out: str, resamples: int) -> dict:
   gen, real, clips = evaluate.load_scores(out)
   labels = clips["labels"]
   rows = {"generated vs real": evaluate.distribution_metrics(gen, real, resamples)}
-  rows["generated vs real"]["kl_tagger"] = metrics_lib.mean_with_ci(
-      evaluate.paired_kl(real, gen), resamples=resamples)
-  rows["generated vs real"]["kl_tagger_rev"] = metrics_lib.mean_with_ci(
-      evaluate.paired_kl(gen, real), resamples=resamples)
-  rows["generated vs real"].update(evaluate.adherence_metrics(gen, labels, resamples))
-  rows["generated vs real"]["adherence_f1_normalized"] = evaluate.normalized_adherence(
-      gen, real, labels, resamples)
-  rows["adherence ceiling (real clips)"] = evaluate.adherence_metrics(real, labels, resamples)
-  rows["adherence floor (other captions)"] = evaluate.adherence_metrics(gen, labels, resamples,
-                                                                        floor=True)
-  rows["kl floor (other captions)"] = {
-      name: metrics_lib.mean_with_ci(evaluate.mismatched_kl(real, gen, reverse),
-                                     resamples=resamples)
-      for name, reverse in (("kl_tagger", False), ("kl_tagger_rev", True))}
+  for row, values in evaluate.caption_metrics(gen, real, labels, resamples).items():
+    rows.setdefault(row, {}).update(values)
   rows = {k: {m: e.to_json() for m, e in v.items()} for k, v in rows.items()}
   return dict(workdir=f"{out} (stored scores)", split="stored", clips=len(labels),
               tagger=f"weights sha256 {clips.get('tagger_sha256')}", resamples=resamples,

@@ -1,7 +1,7 @@
 r"""Reconstruction quality of the `mel` and `mel_vae` tokenizers on held-out clips.
 
-  .venv/bin/python experiments/tokenizers/reconstruction.py --mel_vae=/work/runs/mel_vae \
-      --data_dir=/work/runs/mel_vae/tfds --out=experiments/tokenizers
+  .venv/bin/python experiments/tokenizers/reconstruction.py --mel_vae=runs/mel_vae \
+      --data_dir=runs/mel_vae/tfds --out=experiments/tokenizers
 
 Clips: the synth_sounds `test` split (4 s, the build that configs/mel_vae.py trains on) and the
 debian_sounds `test` split (0.03-10 s). For each clip, M is its log-mel in dB (S // 160 frames,
@@ -35,9 +35,10 @@ from almtok import tokenizers
 from almtok.tokenizers import melspec
 from almtok.tokenizers import vocoder as vocoder_lib
 
-_MEL_VAE = flags.DEFINE_string("mel_vae", "/work/runs/mel_vae",
-                               "Directory with mel_vae.safetensors + mel_vae.json.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "/work/runs/mel_vae/tfds", "TFDS data_dir.")
+_MEL_VAE = flags.DEFINE_string("mel_vae", None,
+                               "Directory with mel_vae.safetensors + mel_vae.json.",
+                               required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir.", required=True)
 _OUT = flags.DEFINE_string("out", os.path.dirname(os.path.abspath(__file__)), "Output folder.")
 _WAVE_CLIPS = flags.DEFINE_integer("wave_clips", 50, "Clips per split for the waveform trip.")
 _GL_ITERS = flags.DEFINE_integer("gl_iters", 32, "Griffin-Lim iterations.")

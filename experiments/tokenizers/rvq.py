@@ -1,10 +1,10 @@
 r"""Quantization error of residual VQ over prepared latents: relative MSE and mel SNR.
 
   .venv/bin/python -m almtok.prepare --config=configs/prepare.py:synth_sounds,size=small \
-      --workdir=/work/runs/prep_synth_small_mel
+      --workdir=runs/prep_synth_small_mel
   .venv/bin/python experiments/tokenizers/rvq.py \
-      --latents_dir=/work/runs/prep_synth_small_mel/latents --fits=4x256,8x1024 \
-      --out=/work/runs/rvq_synth_small_mel
+      --latents_dir=runs/prep_synth_small_mel/latents --fits=4x256,8x1024 \
+      --out=runs/rvq_synth_small_mel
 
 Each `QxK` in --fits is one fit (`almtok.quantizers.rvq.fit`) of Q stages of K codes on
 --num_vectors train-split vectors (all of them when the split has fewer), --iters Lloyd
@@ -43,7 +43,7 @@ from almtok import tokenizers
 from almtok.latents import store as latents_lib
 from almtok.quantizers import rvq as rvq_lib
 
-_LATENTS_DIR = flags.DEFINE_string("latents_dir", "/work/runs/prep_synth_small_mel/latents",
+_LATENTS_DIR = flags.DEFINE_string("latents_dir", "runs/prep_synth_small_mel/latents",
                                    "A prepared dataset's latents folder.")
 _TOKENIZER_PATH = flags.DEFINE_string("tokenizer_path", "",
                                       "mel_vae: the export directory (mel_vae.safetensors).")
