@@ -4,6 +4,7 @@ end to end (tiny), adherence above its floor, and `almtok.evaluate` on the tiny 
 Shape letters: B batch, M mel bins, F frames.
 """
 
+import dataclasses
 import json
 import os
 
@@ -18,6 +19,9 @@ from almtok import audio
 from almtok import configlib
 from almtok import evaluate
 from almtok.datasets import synth_generator
+from almtok.evaluation import degrade
+from almtok.evaluation import judge
+from almtok.evaluation import ladder
 from almtok.evaluation import tagger
 from almtok.evaluation import train_tagger
 from configs import tagger as tagger_config
@@ -57,7 +61,7 @@ def test_adherence_of_a_tiny_tagger_is_clearly_above_its_floor():
   clips = [synth_generator.render_clip(seed, seconds=1.0) for seed in range(48)]
   mels = train_tagger.Clips([audio.log_mel(c.wav) for c in clips],
                             [json.dumps(c.labels) for c in clips], 101)
-  model = tagger.Tagger((8, 16, 16, 16), 16, 4, rngs=nnx.Rngs(0))
+  model = tagger.Tagger((8, 16, 16, 16), 16, 4, floor_db=-50.0, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.adam(3e-3)
   opt = tx.init(params)
@@ -73,10 +77,11 @@ def test_adherence_of_a_tiny_tagger_is_clearly_above_its_floor():
   for _ in range(150):
     params, opt = step(params, opt)
   _, post = tagger.predict(nnx.merge(graphdef, params), mels.mel_NxMxF, mels.frames_N)
-  labels = [json.dumps(c.labels) for c in clips]
-  ceiling = np.nanmean(evaluate.adherence(post, labels)["f1_overall"])
-  floor = np.nanmean(evaluate.adherence_floor(post, labels))
-  assert ceiling > 0.8 and ceiling > floor + 0.3, (ceiling, floor)
+  scored = judge.Scored(np.zeros((48, 2)), post, np.zeros((48, 2)))
+  captions = judge.Captions([json.dumps(c.labels) for c in clips], scored)
+  est = judge.caption_estimates(judge.BY_NAME["adherence_f1"], scored, np.arange(48), captions,
+                                resamples=20)
+  assert est["value"].value > 0.8 and est["gap"].value > 0.3, est
 
 
 @pytest.fixture(scope="module")
@@ -106,32 +111,111 @@ def test_trainer_reports_exports_and_resumes(tiny_tagger):
 
 def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
   out = tmp_path / "eval"
-  results = evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
-                         resamples=50, sample_overrides={"solver_steps": 2},
-                         embedding="tests.tiny:band_energy_embedding", embedding_name="bands")
-  assert results["clips"] == 4 and results["paired"]
-  rows = results["rows"]
-  for name in ("fd_tagger", "fd_melstats", "kid_tagger", "is_tagger", "kl_tagger",
-               "kl_tagger_rev", "adherence_f1_overall", "adherence_precision_overall",
-               "adherence_recall_overall", "adherence_f1_normalized"):
-    est = rows["generated vs real"][name]
-    assert est["low"] <= est["value"] <= est["high"] or name == "kid_tagger", name
-  assert "adherence ceiling (real clips)" in rows and "adherence floor (other captions)" in rows
-  assert "fd_bands" in rows["generated vs real"] and "kid_bands" in rows["generated vs real"]
-  assert "bands (--embedding=tests.tiny:band_energy_embedding)" in (out / "metrics.md").read_text()
-  assert sorted(os.listdir(out / "generated")) == [f"{i:05d}.wav" for i in range(4)] + [
-      "made_by.json"]
+  kw = dict(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, per_caption=2,
+            batch=4, resamples=20, sample_overrides={"solver_steps": 2},
+            reference_cache=str(tmp_path / "cache"))
+  results = evaluate.run(embedding="tests.tiny:band_energy_embedding", embedding_name="bands",
+                         **kw)
+  assert results["clips"] == 8 and results["captions"] == 4 and results["paired"]
+  metrics = results["metrics"]
+  # Every metric of the registry that applies (the 4 captions ask no direction and no tempo).
+  assert set(metrics) <= set(judge.BY_NAME) | {"fd_bands", "kid_bands"}
+  assert set(judge.BY_NAME) - set(metrics) <= {"adherence_f1_directions", "adherence_f1_tempos",
+                                               "adherence_order"}
+  for name in ("fd_tagger", "kid_tagger", "fd_melstats", "class_tv_tagger", "fd_bands"):
+    # Generated, and at the same N the real floor and (from the tagger's log-mels) its
+    # resynthesis.
+    rows = metrics[name]["values"]
+    want = {"generated", "real (disjoint)"} | ({"resynthesised (disjoint)"}
+                                                if name != "fd_bands" else set())
+    assert set(rows) == want, name
+    assert rows["generated"]["low"] <= rows["generated"]["value"] <= rows["generated"]["high"]
+  for name in ("kl_tagger", "adherence_f1", "adherence_events"):
+    assert set(metrics[name]["values"]) >= {"value", "floor", "gap", "ceiling"}, name
+  assert "fraction" in metrics["adherence_f1"]["values"]
+  assert "fraction" not in metrics["kl_tagger"]["values"]
+  text = (out / "metrics.md").read_text()
+  assert "N = 8 clips of 4 captions, 2 per caption" in text
+  assert "bands (--embedding=tests.tiny:band_energy_embedding)" in text
+  generated = sorted(os.listdir(out / "generated"))
+  assert generated == sorted([f"{c:05d}-{k}.wav" for c in range(4) for k in range(2)]
+                             + ["clips.csv", "made_by.json"])
   for name in ("metrics.json", "metrics.md", "spectrograms.png"):
     assert os.path.getsize(out / name) > 100
-  # A rerun keeps the clips already written.
-  before = os.path.getmtime(out / "generated" / "00000.wav")
-  evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
-               resamples=20, sample_overrides={"solver_steps": 2})
-  assert os.path.getmtime(out / "generated" / "00000.wav") == before
+  # A rerun keeps the clips already written; the reference scores come from the cache.
+  before = os.path.getmtime(out / "generated" / "00000-0.wav")
+  evaluate.run(**kw)
+  assert os.path.getmtime(out / "generated" / "00000-0.wav") == before
+  assert len(os.listdir(tmp_path / "cache")) == 1
   # Clips made with other settings are never mixed in.
   with pytest.raises(configlib.ConfigError, match=r"holds clips generated with another \['seed'\]"):
-    evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, batch=2,
-                 resamples=20, seed=5, sample_overrides={"solver_steps": 2})
+    evaluate.run(**dict(kw, seed=5))
+  # Compare: against itself, no difference; against another seed, paired by caption.
+  evaluate.run(**dict(kw, out=str(tmp_path / "b"), seed=1, per_caption=1))
+  same = evaluate.compare(str(out), str(out), resamples=20)
+  for row in same["rows"].values():
+    assert row["difference"]["value"] == 0 and not row["differ"]
+  other = evaluate.compare(str(out), str(tmp_path / "b"), resamples=20)
+  assert other["captions"] == 4 and other["clips_a"] == 8 and other["clips_b"] == 4
+  row = other["rows"]["kl_tagger"]
+  assert row["difference"]["value"] == pytest.approx(row["a"] - row["b"])
+  assert "| adherence_f1 |" in evaluate.comparison_markdown(other)
+  with pytest.raises(configlib.ConfigError, match="no scores.npz"):
+    evaluate.compare(str(out), str(tmp_path / "none"))
+
+
+def test_generated_dir_pairs_files_through_a_csv(tiny_latents, tiny_tagger, tmp_path):
+  """Any system's clips: named in any order, at any rate and format, paired by the CSV alone."""
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  from configs import synth_sounds  # pylint: disable=g-import-not-at-top
+  dataset = synth_sounds.get_config("tiny,seconds=1.0").dataset
+  data_dir = os.path.join(os.path.dirname(tiny_latents), "tfds")
+  ref = evaluate.reference_clips(dataset, data_dir, "test", None)
+  folder = tmp_path / "other"
+  folder.mkdir()
+  rows = []
+  for c, (wav, caption) in enumerate(zip(ref.wavs, ref.captions)):
+    # Real clips under shuffled names: clip c as file z<3 - c>; one as 44.1 kHz flac.
+    name = f"z{3 - c}.wav" if c else "first.flac"
+    if c:
+      audio.write(str(folder / name), wav, 16_000)
+    else:
+      from scipy import signal  # pylint: disable=g-import-not-at-top
+      sf.write(str(folder / name), signal.resample_poly(wav, 441, 160), 44_100)
+    rows.append(f"{name},\"{caption}\"")
+  (folder / "junk.wav").write_bytes(b"not audio")
+  (folder / "stray.ogg").write_bytes(b"")
+  audio.write(str(folder / "extra.wav"), ref.wavs[1], 16_000)
+  csv_path = tmp_path / "clips.csv"
+  csv_path.write_text("file,caption\n" + "\n".join(rows + [
+      'junk.wav,"a caption"', 'missing.wav,"x"', 'extra.wav,"a sound no caption asks for"'])
+                      + "\n")
+  kw = dict(tagger=tiny_tagger[0], dataset=dataset, data_dir=data_dir,
+            generated_dir=str(folder), captions_csv=str(csv_path), resamples=20,
+            reference_cache=str(tmp_path / "cache"))
+  # extra.wav's caption is not the split's: the caption metrics cannot pair it...
+  with pytest.raises(configlib.ConfigError, match=r"1 caption\(s\) of .* are not in the test "
+                     r"split of synth_sounds .* score the audio alone with --metrics=fd_tagger"):
+    evaluate.run(out=str(tmp_path / "o"), **kw)
+  # ...the set metrics can.
+  alone = evaluate.run(out=str(tmp_path / "o1"), metrics=["fd_tagger", "class_tv_tagger"], **kw)
+  assert alone["clips"] == 5 and not alone["paired"]
+  assert set(alone["metrics"]) == {"fd_tagger", "class_tv_tagger"}
+  csv_path.write_text("file,caption\n" + "\n".join(rows + ['missing.wav,"x"']) + "\n")
+  results = evaluate.run(out=str(tmp_path / "o"), **kw)
+  assert results["clips"] == 4 and results["paired"] and results["per_caption"] is None
+  skipped = "\n".join(results["skipped"])
+  assert "no audio file 'missing.wav'" in skipped and "junk.wav: not in" in skipped
+  assert "stray.ogg: not in" in skipped and "extra.wav: not in" in skipped
+  # Real clips against their own captions: adherence at its ceiling (the real clips).
+  f1 = results["metrics"]["adherence_f1"]["values"]
+  assert f1["value"]["value"] == pytest.approx(f1["ceiling"]["value"])
+  with pytest.raises(configlib.ConfigError, match="--captions_csv=.*want a header"):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,text\nx,y\n")
+    evaluate.run(out=str(tmp_path / "o2"), **dict(kw, captions_csv=str(bad)))
+  with pytest.raises(configlib.ConfigError, match="needs --dataset"):
+    evaluate.run(out=str(tmp_path / "o2"), **dict(kw, dataset=None))
 
 
 def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
@@ -146,36 +230,32 @@ def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
     evaluate.run(workdir=str(tmp_path), tagger=tiny_tagger[0], out=str(tmp_path / "o"))
   with pytest.raises(configlib.ConfigError, match="--split=nope"):
     evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o"), split="nope")
-  # A folder of WAVs from elsewhere: an unreadable one is skipped and listed, a wrong rate stops.
-  gen = tmp_path / "other"
-  gen.mkdir()
-  for i in range(3):
-    audio.write(str(gen / f"{i}.wav"), np.sin(np.arange(16_000) * 0.05 * (i + 1)) * 0.3, 16_000)
-  (gen / "3.wav").write_bytes(b"not audio")
-  captions = tmp_path / "captions.txt"
-  captions.write_text("a\nb\nc\nd\n")
-  results = evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o2"),
-                         generated_dir=str(gen), captions_file=str(captions), resamples=20)
-  assert results["clips"] == 3 and len(results["skipped"]) == 1 and not results["paired"]
-  audio.write(str(gen / "3.wav"), np.zeros(8000) + 0.1, 8000)
-  with pytest.raises(configlib.ConfigError, match="sample rate 8000 Hz"):
-    evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o3"),
-                 generated_dir=str(gen), captions_file=str(captions))
+  with pytest.raises(configlib.ConfigError, match="--metrics: unknown metric 'is_tagger'"):
+    evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o"),
+                 metrics=["is_tagger"])
+  with pytest.raises(configlib.ConfigError, match="--per_caption=0"):
+    evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o"),
+                 per_caption=0)
 
 
-def test_compare_two_evaluations_with_a_paired_bootstrap(tiny_lm, tiny_tagger, tmp_path):
-  kw = dict(workdir=tiny_lm, tagger=tiny_tagger[0], num=4, batch=4, resamples=30,
-            sample_overrides={"solver_steps": 2})
-  evaluate.run(out=str(tmp_path / "a"), seed=0, **kw)
-  evaluate.run(out=str(tmp_path / "b"), seed=1, **kw)
-  same = evaluate.compare(str(tmp_path / "a"), str(tmp_path / "a"), resamples=30)
-  for row in same["rows"].values():   # A run against itself: no difference, never "differ".
-    assert row["difference"]["value"] == 0 and not row["differ"]
-  other = evaluate.compare(str(tmp_path / "a"), str(tmp_path / "b"), resamples=30)
-  assert other["clips"] == 4 and set(other["rows"]) >= {"fd_tagger", "kl_tagger",
-                                                         "adherence_f1_overall"}
-  row = other["rows"]["kl_tagger"]
-  assert row["difference"]["value"] == pytest.approx(row["a"] - row["b"])
-  assert "| kl_tagger |" in evaluate.comparison_markdown(other)
-  with pytest.raises(configlib.ConfigError, match="no scores.npz"):
-    evaluate.compare(str(tmp_path / "a"), str(tmp_path / "none"))
+def test_a_quick_ladder_on_the_tiny_tagger(tiny_tagger, tmp_path):
+  model, meta = tagger.load(tiny_tagger[0])
+  wavs, labels = ladder.clean_clips(8, 1.0)
+  scorer = ladder.Scorer(model, meta, wavs, labels, 1.0, resamples=30, cache_dir=str(tmp_path))
+  ladders = [dataclasses.replace(degrade.BY_NAME["noise"], rungs=(10.0, -10.0)),
+             dataclasses.replace(degrade.BY_NAME["swap"], rungs=(0.5, 1.0))]
+  out = ladder.run_ladders(scorer, wavs, ladders)
+  noise, swap = out["noise"], out["swap"]
+  assert len(noise["values"]["fd_melstats"]) == 3   # Clean and two rungs.
+  verdict = noise["verdicts"]["fd_melstats"]
+  assert verdict["expected"] and verdict["spearman"] == 1.0 and verdict["passes"], verdict
+  # A caption swap leaves the audio as it is: no set metric moves, so none passes.
+  assert all(len(set(swap["values"][m])) == 1 for m in ladder.SET_METRICS)
+  assert not any(swap["verdicts"][m]["passes"] for m in ladder.SET_METRICS)
+  # KL against the caption's clean clip: 0 for the clip itself, more once captions are swapped.
+  kl = swap["values"]["kl_tagger"]
+  assert kl[0] == pytest.approx(0.0, abs=1e-9) and kl[2] > kl[1] > 0
+  text = ladder.markdown(dict(command="python -m almtok.evaluation.ladder", clips=8,
+                              seconds=1.0, resamples=30, taggers=["t"],
+                              per_tagger={"t": dict(steps=6, seed=0, ladders=out)}))
+  assert "| noise | fd_melstats | yes | +1.00," in text

@@ -27,7 +27,9 @@ from almtok.datasets import synth_captions as captions
 from almtok.datasets import synth_render as render
 from almtok.datasets import synth_scenes as scenes
 
-_SPLIT_OFFSETS = {"train": 0, "validation": 1 << 40, "test": 2 << 40}
+# "reference": the seeds no dataset split uses, from which the judge draws real clips as many
+# as it needs (noise floors at any size; `evaluation/reference.py`).
+_SPLIT_OFFSETS = {"train": 0, "validation": 1 << 40, "test": 2 << 40, "reference": 3 << 40}
 _SPLIT_SPAN = 1 << 40
 
 VOCABULARY: dict[str, Any] = {

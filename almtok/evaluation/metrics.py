@@ -9,21 +9,16 @@ arrays (numpy, float64 inside) and know nothing of audio models:
   kernel_distance    KID: unbiased MMD² with the cubic polynomial kernel (x·y / E + 1)³; for
                      paired sets (clip i of one made for the caption of clip i of the other)
                      without the pairs' own terms
-  set_scores         per clip, precision, recall and F1 of a detected set against an asked one
-  mismatched_f1      per clip, the F1 of its detected set against every other clip's asked set
-  bernoulli_kl       per-class KL(p || q) of independent Bernoulli posteriors (multi-label heads)
-  categorical_kl     KL(p || q) of softmax posteriors (single-label heads)
-  kl_matrix          either KL for every pair of rows (floors over mismatched captions)
-  inception_score    exp(E_x KL(p(y|x) || p(y))) over one softmax head
+  kl_matrix          KL(p_i || q_j) for every pair of rows, of independent Bernoulli posteriors
+                     (multi-label heads) or of softmax posteriors (single-label heads)
   melstats           an embedding almtok does not train: per-band mean and std of the log-mel
 
 `bootstrap` resamples clips with replacement and gives a percentile interval of the resampled
 values centred on the full-sample value (their mean shifted to it): repeated clips in a resample
 inflate FD and KID, and the centring removes that bias, so that the interval is about the value
-it goes with. A mean has no such bias: `mean_with_ci` keeps the plain percentile interval,
-which stays within the range of the values it averages (a fraction's within [0, 1]).
-`paired_bootstrap` resamples the same clips for two runs and gives the interval of their
-difference.
+it goes with (`centred_interval`). A mean has no such bias: `mean_with_ci` keeps the plain
+percentile interval, which stays within the range of the values it averages (a fraction's within
+[0, 1]).
 
 Shape letters: N clips, E embedding width, K classes, M mel bands, F frames, R resamples.
 """
@@ -116,60 +111,10 @@ def kernel_distance(x_NxE: np.ndarray, y_NxE: np.ndarray, paired: bool = False) 
                + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1)) - 2.0 * cross)
 
 
-def _f1(hits: np.ndarray, found_plus_asked: np.ndarray) -> np.ndarray:
-  """F1 = 2 |D ∩ A| / (|D| + |A|) of detected and asked sets, 0 where they share nothing."""
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(hits > 0, 2.0 * hits / found_plus_asked, 0.0)
-
-
-def set_scores(detected_NxK: np.ndarray, asked_NxK: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Per clip, (precision, recall, F1) [N] of the detected set of classes against the asked
-  set (boolean [N, K] each): recall counts what was asked and found, precision what was found
-  and asked, so a clip that triggers every class no longer scores 1. NaN where nothing is
-  asked; where something is asked and nothing found, precision (and F1) is 0."""
-  d, a = np.asarray(detected_NxK, bool), np.asarray(asked_NxK, bool)
-  hit_N = np.sum(d & a, axis=-1).astype(np.float64)
-  found_N, asked_N = d.sum(-1).astype(np.float64), a.sum(-1).astype(np.float64)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    precision = np.where(found_N > 0, hit_N / found_N, 0.0)
-    recall = hit_N / asked_N
-  f1 = _f1(hit_N, found_N + asked_N)
-  none = asked_N == 0
-  return (np.where(none, np.nan, precision), np.where(none, np.nan, recall),
-          np.where(none, np.nan, f1))
-
-
-def mismatched_f1(detected_NxK: np.ndarray, asked_NxK: np.ndarray) -> np.ndarray:
-  """Per clip i, the mean F1 of its detected set against the asked set of every other clip j
-  that asks something [N]: what adherence is for a clip that answers some other caption (a
-  floor over all mismatched pairs, not one shuffle). NaN for a clip with no such j."""
-  d, a = np.asarray(detected_NxK, np.float64), np.asarray(asked_NxK, np.float64)
-  f1_NxN = _f1(d @ a.T, d.sum(-1)[:, None] + a.sum(-1)[None, :])
-  use_NxN = (a.sum(-1)[None, :] > 0) & ~np.eye(len(d), dtype=bool)
-  count_N = use_NxN.sum(-1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(count_N > 0, np.sum(f1_NxN * use_NxN, -1) / count_N, np.nan)
-
-
-def bernoulli_kl(p_NxK: np.ndarray, q_NxK: np.ndarray) -> np.ndarray:
-  """Per clip, the sum over classes of KL(Bernoulli(p) || Bernoulli(q)): [N]."""
-  p = np.clip(np.asarray(p_NxK, np.float64), _EPS, 1.0 - _EPS)
-  q = np.clip(np.asarray(q_NxK, np.float64), _EPS, 1.0 - _EPS)
-  return np.sum(p * np.log(p / q) + (1.0 - p) * np.log((1.0 - p) / (1.0 - q)), axis=-1)
-
-
-def categorical_kl(p_NxK: np.ndarray, q_NxK: np.ndarray) -> np.ndarray:
-  """Per clip, KL(p || q) of two categorical distributions over the last axis: [N]."""
-  p = np.clip(np.asarray(p_NxK, np.float64), _EPS, 1.0)
-  q = np.clip(np.asarray(q_NxK, np.float64), _EPS, 1.0)
-  p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
-  return np.sum(p * np.log(p / q), axis=-1)
-
-
 def kl_matrix(p_NxK: np.ndarray, q_MxK: np.ndarray, bernoulli: bool) -> np.ndarray:
-  """KL(p_i || q_j) for every pair [N, M]: per-class Bernoulli KLs summed (`bernoulli`) or the
-  categorical KL; its diagonal is `bernoulli_kl` / `categorical_kl` of the paired rows."""
+  """KL(p_i || q_j) for every pair [N, M]: the sum over classes of KL(Bernoulli(p) ||
+  Bernoulli(q)) (`bernoulli`), or the KL of two categorical distributions over the last axis.
+  Probabilities are clipped away from 0 (and 1) before the log."""
   p = np.clip(np.asarray(p_NxK, np.float64), _EPS, 1.0 - _EPS if bernoulli else 1.0)
   q = np.clip(np.asarray(q_MxK, np.float64), _EPS, 1.0 - _EPS if bernoulli else 1.0)
   if not bernoulli:
@@ -177,14 +122,6 @@ def kl_matrix(p_NxK: np.ndarray, q_MxK: np.ndarray, bernoulli: bool) -> np.ndarr
     return np.sum(p * np.log(p), -1)[:, None] - p @ np.log(q).T
   self_N = np.sum(p * np.log(p) + (1.0 - p) * np.log(1.0 - p), -1)
   return self_N[:, None] - p @ np.log(q).T - (1.0 - p) @ np.log(1.0 - q).T
-
-
-def inception_score(p_NxK: np.ndarray) -> float:
-  """exp(mean over clips of KL(p(y|x) || p(y))), p(y) the mean posterior: 1 when every clip
-  gets the same prediction, K when each is certain and the classes are used evenly."""
-  p_NxK = np.asarray(p_NxK, np.float64)
-  marginal_K = p_NxK.mean(axis=0, keepdims=True)
-  return float(np.exp(np.mean(categorical_kl(p_NxK, np.broadcast_to(marginal_K, p_NxK.shape)))))
 
 
 def melstats(log_mel_MxF: np.ndarray) -> np.ndarray:
@@ -216,32 +153,21 @@ def bootstrap(metric: Callable[[np.ndarray], float], n: int, *, resamples: int =
   indices with replacement (the same indices for every set the metric pairs), centred."""
   rng = np.random.default_rng(seed)
   values = [metric(rng.integers(0, n, size=n)) for _ in range(resamples)]
-  return _interval(float(metric(np.arange(n))), values, level, resamples)
+  return centred_interval(float(metric(np.arange(n))), values, level, resamples)
 
 
-def _interval(value: float, values: Sequence[float], level: float, resamples: int) -> Estimate:
-  """The `level` percentile interval of `values` centred on `value` (see the module docstring)."""
+def centred_interval(value: float, values: Sequence[float], level: float = 0.95,
+                     resamples: int | None = None) -> Estimate:
+  """The `level` percentile interval of resampled `values` centred on `value` (see the module
+  docstring); resamples where the metric is undefined (NaN, as a ratio over 0) are left out."""
+  resamples = len(values) if resamples is None else resamples
   values = np.asarray(values, np.float64)
+  values = values[np.isfinite(values)]   # Resamples where the metric is undefined (0 / 0).
+  if not values.size:
+    return Estimate(value, np.nan, np.nan, resamples)
   tail = 100.0 * (1.0 - level) / 2.0
   low, high = np.percentile(values - values.mean(), [tail, 100.0 - tail]) + value
   return Estimate(value, float(low), float(high), resamples)
-
-
-def unpaired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], n: int, m: int, *,
-                       resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
-  """As `bootstrap` for two sets that are not paired (n and m clips): `metric(idx_n, idx_m)`
-  over independent resamples of each."""
-  rng = np.random.default_rng(seed)
-  values = [metric(rng.integers(0, n, size=n), rng.integers(0, m, size=m))
-            for _ in range(resamples)]
-  return _interval(float(metric(np.arange(n), np.arange(m))), values, level, resamples)
-
-
-def paired_bootstrap(metric_a: Callable[[np.ndarray], float],
-                     metric_b: Callable[[np.ndarray], float], n: int, **kwargs) -> Estimate:
-  """The difference a - b of one metric for two runs on the same n captions, resampling the
-  same captions for both: an interval that excludes 0 says the runs differ at that level."""
-  return bootstrap(lambda idx: metric_a(idx) - metric_b(idx), n, **kwargs)
 
 
 def mean_with_ci(values_N: Sequence[float], *, resamples: int = 1000, level: float = 0.95,

@@ -62,6 +62,16 @@ from almtok.datasets import synth_scenes
 Array = jax.Array
 
 FLOOR_DB = -100.0   # Padding value of a log-mel (audio.log_mel's floor).
+
+
+def soft_floor(mel_db, floor_db: float):
+  """10 log10(10^(dB / 10) + 10^(floor / 10)): the power sum of the log-mel and a constant
+  level, numpy or jax as the input. Smooth (a hard max would make the gradient and the
+  embedding jump at the floor); equal to the input well above the floor, to the floor well
+  below it."""
+  xp = jnp if isinstance(mel_db, jax.Array) else np
+  scale = np.log(10.0) / 10.0
+  return xp.logaddexp(mel_db * scale, floor_db * scale) / scale
 FREQ_POOLS, TIME_POOLS = 2, 3   # Conv blocks that halve frequency, and time.
 
 
@@ -146,8 +156,12 @@ class Tagger(nnx.Module):
   """Log-mel [B, M, F] (dB) -> (embedding [B, E], logits per head)."""
 
   def __init__(self, channels: Sequence[int] = (16, 32, 64, 128), embed_dim: int = 64,
-               num_groups: int = 8, width: int = 128, *, rngs: nnx.Rngs):
-    self.channels, self.embed_dim = tuple(channels), embed_dim
+               num_groups: int = 8, width: int = 128, floor_db: float | None = None, *,
+               rngs: nnx.Rngs):
+    """`floor_db`: the level (dB) the input adds to every mel bin (`soft_floor`), so that sounds
+    far below it (a faint hiss under digital silence) barely move the input, as they barely
+    change what one hears; None: the log-mel as it is (floored at -100 dB)."""
+    self.channels, self.embed_dim, self.floor_db = tuple(channels), embed_dim, floor_db
     conv = dict(kernel_size=(3, 3), padding="SAME",
                 kernel_init=nnx.initializers.he_normal(), rngs=rngs)
     c_in = 1
@@ -171,6 +185,8 @@ class Tagger(nnx.Module):
     """`frames_B`: each clip's real frames (the rest is padding, left out of the pooling)."""
     if mel_BxMxF.shape[1] != 64:
       raise ValueError(f"the tagger reads 64-bin log-mels, got {mel_BxMxF.shape[1]} bins")
+    if self.floor_db is not None:
+      mel_BxMxF = soft_floor(mel_BxMxF, self.floor_db)
     x = ((mel_BxMxF + 50.0) / 30.0)[..., None]   # B x H=M x W=F x 1
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = jax.nn.gelu(norm(conv(x)))
@@ -247,8 +263,8 @@ def load(path: str) -> tuple[Tagger, dict[str, Any]]:
     raise ValueError(f"{where}: not an almtok tagger (format {meta.get('format')!r})")
   m = meta["model"]
   abstract = nnx.eval_shape(lambda: Tagger(tuple(m["channels"]), m["embed_dim"],
-                                                      m["num_groups"], m["width"],
-                                                      rngs=nnx.Rngs(0)))
+                                           m["num_groups"], m["width"], m.get("floor_db"),
+                                           rngs=nnx.Rngs(0)))
   return checkpoint.with_flat_params(abstract, st_numpy.load(weights), where), meta
 
 

@@ -168,7 +168,7 @@ def sample_batch(clips: Clips, step: int, *, seed: int, batch_size: int, gain_db
 
 def make_model(config: ml_collections.ConfigDict, seed: int = 0) -> tagger_lib.Tagger:
   m = config.model
-  return tagger_lib.Tagger(tuple(m.channels), m.embed_dim, m.num_groups, m.width,
+  return tagger_lib.Tagger(tuple(m.channels), m.embed_dim, m.num_groups, m.width, m.floor_db,
                            rngs=nnx.Rngs(seed))
 
 
@@ -345,7 +345,14 @@ def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   scores = report(final, {k: v for k, v in data.items() if k != "train"}, out_dir)
   summary = dict(step=step, train_seconds=train_seconds, train_clips=len(data["train"]),
                  scores=scores)
-  summary["weights"] = export(final, config, workdir, dict(trained_steps=step, scores=scores))
+  # The embedding's per-dimension mean and std over the training clips as they are (no
+  # augmentation): the metrics z-score embeddings with them before FD and KID.
+  emb, _ = tagger_lib.predict(final, data["train"].mel_NxMxF, data["train"].frames_N)
+  normalization = dict(embedding_mean=emb.mean(0).tolist(),
+                       embedding_std=np.maximum(emb.std(0), 1e-6).tolist())
+  summary["weights"] = export(final, config, workdir, dict(
+      trained_steps=step, seed=config.seed, train_seconds=train_seconds, scores=scores,
+      **normalization))
   fileio.atomic_json(os.path.join(workdir, "report", "scores.json"), summary, indent=1)
   writer.flush()
   writer.close()
