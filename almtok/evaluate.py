@@ -358,15 +358,17 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
 
   # --- Scores -----------------------------------------------------------------------------------
   t1 = time.perf_counter()
-  score = lambda ws: judge.Scored.concat([
-      judge.score(tagger_model, tagger_meta, [audio.log_mel(w) for w in ws[i:i + 256]])
-      for i in range(0, len(ws), 256)])
-  gen = score(wavs)
+  def score(ws, dsp=False):   # In chunks: the log-mels of a chunk at a time in memory.
+    return judge.Scored.concat([judge.score(
+        tagger_model, tagger_meta, [audio.log_mel(w) for w in ws[i:i + 256]],
+        ws[i:i + 256] if dsp else None) for i in range(0, len(ws), 256)])
+
+  gen = score(wavs, dsp=True)
   n = len(gen)
   captions = ceiling = None
   if paired:
     real_wavs = [ref.wavs[c] for c in used]
-    captions = judge.Captions([ref.labels[c] for c in used], score(real_wavs))
+    captions = judge.Captions([ref.labels[c] for c in used], score(real_wavs, dsp=True))
     ceiling = captions.real
     if tok is not None:   # The real clips through the run's tokenizer and vocoder.
       os.makedirs(out, exist_ok=True)

@@ -1,6 +1,7 @@
 """The judge's registry and estimates on hand-made posteriors and embeddings: adherence precision,
 recall and F1, structure, the mismatched-caption floor, the fraction of the range, KL beside its
-floor, class frequencies, grouped set estimates; and the degradations of the ladders.
+floor, class frequencies, grouped set estimates; the degradations of the ladders; and the DSP
+verifiers on rendered events.
 
 Shape letters: N clips, C captions, E embedding width.
 """
@@ -11,9 +12,12 @@ import numpy as np
 import pytest
 
 from almtok import audio
+from almtok.datasets import synth_render
+from almtok.datasets import synth_scenes
 from almtok.evaluation import degrade
 from almtok.evaluation import judge
 from almtok.evaluation import tagger
+from almtok.evaluation import verifiers
 
 
 def _labels(*events_per_clip):
@@ -169,3 +173,44 @@ def test_degradations_keep_lengths_and_change_what_they_say():
   spectrum = np.abs(np.fft.rfft(low)) ** 2
   freqs = np.fft.rfftfreq(low.size, 1 / audio.SAMPLE_RATE)
   assert spectrum[freqs > 2000].sum() < 1e-3 * spectrum[freqs < 1000].sum()
+
+
+@pytest.mark.parametrize("fixed, attribute, want", [
+    (dict(kind="tone", register="low", envelope="sustained"), "register", "low"),
+    (dict(kind="chord", register="mid", envelope="sustained"), "register", "mid"),
+    (dict(kind="arpeggio", register="high", tempo="medium"), "register", "high"),
+    (dict(kind="chirp", direction="rising"), "direction", "rising"),
+    (dict(kind="arpeggio", direction="falling", tempo="slow"), "direction", "falling"),
+    (dict(kind="noise", color="white", envelope="sustained"), "color", "white"),
+    (dict(kind="noise", color="pink", envelope="sustained"), "color", "pink"),
+    (dict(kind="noise", color="brown", envelope="sustained"), "color", "brown"),
+    (dict(kind="clicks", tempo="slow", envelope="sustained"), "tempo", "slow"),
+    (dict(kind="drums", tempo="fast", envelope="sustained"), "tempo", "fast"),
+    (dict(kind="tone", envelope="fade_in"), "envelope", "fade_in"),
+    (dict(kind="noise", envelope="fade_out"), "envelope", "fade_out"),
+    (dict(kind="chord", envelope="staccato", tempo="slow"), "envelope", "staccato"),
+])
+def test_dsp_verifiers_read_a_rendered_event(fixed, attribute, want):
+  event = synth_scenes.make_event(np.random.default_rng(3), 0.2, 3.8, **fixed)
+  wav, _ = synth_render.mix([event], 4.0, audio.SAMPLE_RATE, seed=0)
+  measured = verifiers.decode(verifiers.codes([wav])[0])
+  assert verifiers.read(measured, attribute, fixed["kind"]) == want, measured
+
+
+def test_dsp_adherence_scores_the_caption_a_clip_was_made_for():
+  labels, wavs = [], []
+  for seed, fixed in enumerate((dict(kind="tone", register="low", envelope="sustained"),
+                                dict(kind="noise", color="brown", envelope="fade_in"),
+                                dict(kind="chirp", direction="falling", envelope="sustained"))):
+    event = synth_scenes.make_event(np.random.default_rng(seed), 0.2, 3.8, **fixed)
+    wav, events = synth_render.mix([event], 4.0, audio.SAMPLE_RATE, seed=seed)
+    wavs.append(wav)
+    labels.append(json.dumps({"events": events}))
+  clips = _scored({}, 3)
+  clips.dsp_NxV = verifiers.codes(wavs)
+  matrix = judge.dsp_matrix(clips, judge.Captions(labels, clips))
+  np.testing.assert_array_equal(np.diag(matrix), 1.0)
+  # A steady tone has no direction, and a tone is no brown noise fading in.
+  assert matrix[0, 2] < 1.0 and matrix[0, 1] < 1.0 and matrix[1, 0] < 1.0
+  # Scores without waveforms have nothing for the verifiers to read.
+  assert np.all(np.isnan(judge.dsp_matrix(_scored({}, 3), judge.Captions(labels, clips))))

@@ -43,6 +43,7 @@ from almtok import audio
 from almtok.datasets import synth_scenes
 from almtok.evaluation import metrics as metrics_lib
 from almtok.evaluation import tagger as tagger_lib
+from almtok.evaluation import verifiers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,37 +53,45 @@ from almtok.evaluation import tagger as tagger_lib
 
 @dataclasses.dataclass
 class Scored:
-  """Per clip: the z-scored tagger embedding, the posteriors per head, the log-mel stats."""
+  """Per clip: the z-scored tagger embedding, the posteriors per head, the log-mel stats, and
+  (when the waveforms were at hand) what the DSP verifiers measured (`verifiers.codes`)."""
   embedding_NxE: np.ndarray
   posteriors: dict[str, np.ndarray]
   melstats_NxE: np.ndarray
+  dsp_NxV: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.embedding_NxE)
 
   def take(self, index: np.ndarray) -> Scored:
     return Scored(self.embedding_NxE[index], {k: v[index] for k, v in self.posteriors.items()},
-                  self.melstats_NxE[index])
+                  self.melstats_NxE[index],
+                  None if self.dsp_NxV is None else self.dsp_NxV[index])
 
   @classmethod
   def concat(cls, parts: Sequence[Scored]) -> Scored:
+    dsp = [p.dsp_NxV for p in parts]
     return cls(np.concatenate([p.embedding_NxE for p in parts]),
                {k: np.concatenate([p.posteriors[k] for p in parts]) for k in parts[0].posteriors},
-               np.concatenate([p.melstats_NxE for p in parts]))
+               np.concatenate([p.melstats_NxE for p in parts]),
+               None if any(d is None for d in dsp) else np.concatenate(dsp))
 
   def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+    dsp = {} if self.dsp_NxV is None else {f"{prefix}_dsp": self.dsp_NxV}
     return {f"{prefix}_embedding": self.embedding_NxE, f"{prefix}_melstats": self.melstats_NxE,
-            **{f"{prefix}_post_{k}": v for k, v in self.posteriors.items()}}
+            **{f"{prefix}_post_{k}": v for k, v in self.posteriors.items()}, **dsp}
 
   @classmethod
   def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> Scored:
     post = {k[len(prefix) + 6:]: v for k, v in arrays.items() if k.startswith(f"{prefix}_post_")}
-    return cls(arrays[f"{prefix}_embedding"], post, arrays[f"{prefix}_melstats"])
+    return cls(arrays[f"{prefix}_embedding"], post, arrays[f"{prefix}_melstats"],
+               arrays.get(f"{prefix}_dsp"))
 
 
-def score(model: tagger_lib.Tagger, meta: Mapping[str, Any], mels: Sequence[np.ndarray]
-          ) -> Scored:
-  """What the tagger (and its stored normalization and floor) says about log-mels [M, F]."""
+def score(model: tagger_lib.Tagger, meta: Mapping[str, Any], mels: Sequence[np.ndarray],
+          wavs: Sequence[np.ndarray] | None = None) -> Scored:
+  """What the tagger (and its stored normalization and floor) says about log-mels [M, F], and
+  the DSP verifiers about the waveforms, if given."""
   frames = max(m.shape[1] for m in mels)
   mel_NxMxF = np.full((len(mels), audio.N_MELS, frames), tagger_lib.FLOOR_DB, np.float32)
   for i, m in enumerate(mels):
@@ -95,7 +104,8 @@ def score(model: tagger_lib.Tagger, meta: Mapping[str, Any], mels: Sequence[np.n
   floor = meta.get("model", {}).get("floor_db")
   floored = (lambda m: m) if floor is None else (
       lambda m: tagger_lib.soft_floor(m.astype(np.float64), floor))
-  return Scored(emb, post, np.stack([metrics_lib.melstats(floored(m)) for m in mels]))
+  return Scored(emb, post, np.stack([metrics_lib.melstats(floored(m)) for m in mels]),
+                None if wavs is None else verifiers.codes(wavs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +213,23 @@ def kl_matrix(reverse: bool):
   return matrix
 
 
+def dsp_matrix(clips: Scored, captions: Captions) -> np.ndarray:
+  """For one-event captions, the fraction of the attributes they ask that the accurate DSP
+  verifiers (`verifiers.ACCURATE`) read in the clip [N, C]; NaN for other captions, and
+  everywhere for clips scored without their waveforms."""
+  out = np.full((len(clips), len(captions.labels)), np.nan)
+  if clips.dsp_NxV is None:
+    return out
+  measured = [verifiers.decode(c) for c in clips.dsp_NxV]
+  for j, text in enumerate(captions.labels):
+    kind, want = verifiers.asked(json.loads(text))
+    want = {k: v for k, v in want.items() if k in verifiers.ACCURATE}
+    if want:
+      out[:, j] = [np.mean([verifiers.read(m, k, kind) == v for k, v in want.items()])
+                   for m in measured]
+  return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Set metrics.
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +284,7 @@ class Metric:
 TAGGER_EMBEDDING = "almtok tagger embedding, z-scored by its training clips' (not VGGish)"
 MELSTATS = "per-band log-mel mean and std on the tagger's floor (untrained)"
 POSTERIORS = "almtok tagger posteriors"
+DSP = "weight-free DSP verifiers (the second judge; no tagger)"
 
 METRICS: tuple[Metric, ...] = (
     Metric("fd_tagger", TAGGER_EMBEDDING, False, "Fréchet distance",
@@ -294,10 +322,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("adherence_order", POSTERIORS, True,
            "captions of 2+ kinds: the first kind found is the caption's first",
            matrix=order_matrix, fraction=True),
+    Metric("adherence_dsp", DSP, True,
+           "one-event captions: the fraction of register, direction, colour, tempo and "
+           "envelope asked that the verifiers read", matrix=dsp_matrix, fraction=True),
 )
 BY_NAME = {m.name: m for m in METRICS}
 HEADLINE = ("fd_tagger", "fd_inf_tagger", "kid_tagger", "fd_melstats", "class_tv_tagger",
-            "kl_tagger", "kl_tagger_rev", "adherence_f1", "adherence_events", "adherence_order")
+            "kl_tagger", "kl_tagger_rev", "adherence_f1", "adherence_events", "adherence_order",
+            "adherence_dsp")
 
 
 def select(names: Sequence[str] | None) -> tuple[Metric, ...]:
@@ -375,8 +407,12 @@ def caption_estimates(metric: Metric, clips: Scored, groups_N: np.ndarray, capti
   out = {"value": metrics_lib.mean_with_ci(own[use], resamples=resamples),
          "floor": metrics_lib.mean_with_ci(other[use], resamples=resamples),
          "gap": metrics_lib.mean_with_ci(sign * (own[use] - other[use]), resamples=resamples)}
+  best = None
   if ceiling is not None:
     best, _ = per_caption(metric.matrix(ceiling, captions), np.arange(len(ceiling)))
+    if np.isnan(best[use]).any():   # The ceiling's clips lack what the metric reads.
+      best = None
+  if best is not None:
     out["ceiling"] = metrics_lib.mean_with_ci(best[use], resamples=resamples)
     if metric.fraction:
       g, f, c = own[use], other[use], best[use]

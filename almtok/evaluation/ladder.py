@@ -45,9 +45,7 @@ from almtok.evaluation import metrics as metrics_lib
 from almtok.evaluation import reference as reference_lib
 from almtok.evaluation import tagger as tagger_lib
 
-SET_METRICS = ("fd_tagger", "fd_inf_tagger", "kid_tagger", "fd_melstats", "class_tv_tagger")
-CAPTION_METRICS = ("kl_tagger", "kl_tagger_rev", "adherence_f1", "adherence_events",
-                   "adherence_order")
+SET_METRICS = tuple(m for m in judge.HEADLINE if judge.BY_NAME[m].family == "set")
 # Which metric must respond to which ladder, written before the ladders were run. A caption
 # swap leaves the audio as it is, so no set metric can see it; degraded audio with the right
 # caption moves the set metrics first.
@@ -57,7 +55,7 @@ EXPECTED = {
     "griffin_lim": ("fd_tagger", "kid_tagger", "fd_melstats"),
     "shuffle": ("fd_tagger", "kl_tagger", "adherence_order"),
     "swap": ("kl_tagger", "kl_tagger_rev", "adherence_f1", "adherence_events",
-             "adherence_order"),
+             "adherence_order", "adherence_dsp"),
 }
 SPEARMAN_MIN = 0.9
 # (ladder, rung) of the common scale: a faint change, the vocoder, and the wrong caption.
@@ -84,7 +82,7 @@ class Scorer:
     self.ref = reference_lib.pool(model, meta, len(wavs), seconds, cache_dir)
 
   def score(self, wavs: Sequence[np.ndarray]) -> judge.Scored:
-    return judge.score(self.model, self.meta, [audio.log_mel(w) for w in wavs])
+    return judge.score(self.model, self.meta, [audio.log_mel(w) for w in wavs], wavs)
 
   def values(self, name: str, scored: judge.Scored, groups: np.ndarray
              ) -> tuple[float, Any]:
@@ -113,7 +111,7 @@ class Scorer:
 
 
 def run_ladders(scorer: Scorer, wavs: Sequence[np.ndarray], ladders: Sequence[degrade.Ladder],
-                metric_names: Sequence[str] = SET_METRICS + CAPTION_METRICS, seed: int = 0
+                metric_names: Sequence[str] = judge.HEADLINE, seed: int = 0
                 ) -> dict[str, Any]:
   """Every ladder's values per rung and its verdicts, for one tagger."""
   n = len(wavs)
