@@ -118,3 +118,15 @@ def test_kl_matrix_against_the_direct_formulas():
   np.testing.assert_allclose(metrics.kl_matrix(c, d, bernoulli=False), want, rtol=1e-10)
   np.testing.assert_allclose(np.diag(metrics.kl_matrix(c, c, bernoulli=False)), 0.0, atol=1e-12)
   assert np.all(metrics.kl_matrix(c, d, bernoulli=False) > 0)
+
+
+def test_manifold_precision_tells_fidelity_from_diversity():
+  rng = np.random.default_rng(9)
+  real = rng.standard_normal((400, 4))
+  collapsed = 0.2 * rng.standard_normal((400, 4))               # Faithful, not varied.
+  far = rng.standard_normal((400, 4)) + 6.0                      # Neither.
+  assert metrics.manifold_precision(collapsed, real) == 1.0      # Precision: all inside...
+  assert metrics.manifold_precision(real, collapsed) < 0.3       # ...recall: little covered.
+  assert metrics.manifold_precision(far, real) < 0.05
+  same = metrics.manifold_precision(rng.standard_normal((400, 4)), real)
+  assert 0.8 < same <= 1.0

@@ -5,7 +5,8 @@ read from it.
 Two families:
 
   set metrics      compare a set of clips with a reference set through an embedding and ignore
-                   captions (FD, FD-inf, KID, class frequencies). Each comes with its noise
+                   captions (FD, FD-inf, KID, class frequencies; precision and recall tell
+                   fidelity from diversity). Each comes with its noise
                    floor at the same size: a disjoint set of real clips against the same
                    reference (what no model can beat), and those real clips resynthesised (what
                    the tokenizer and vocoder alone cost).
@@ -301,6 +302,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("class_tv_tagger", POSTERIORS, False,
            "total variation of predicted class frequencies, mean over heads (replaces IS)",
            on_sets=class_tv),
+    Metric("precision_tagger", TAGGER_EMBEDDING, True,
+           "fidelity: the fraction of clips inside the reference's 5-NN manifold",
+           on_sets=lambda x, y: metrics_lib.manifold_precision(x.embedding_NxE, y.embedding_NxE),
+           min_clips=6),
+    Metric("recall_tagger", TAGGER_EMBEDDING, True,
+           "diversity: the fraction of reference clips inside the clips' 5-NN manifold",
+           on_sets=lambda x, y: metrics_lib.manifold_precision(y.embedding_NxE, x.embedding_NxE),
+           min_clips=6),
     Metric("kl_tagger", POSTERIORS, False,
            "KL(real clip || clip) of the caption's real clip, summed over heads",
            matrix=kl_matrix(reverse=False)),
@@ -327,9 +336,10 @@ METRICS: tuple[Metric, ...] = (
            "envelope asked that the verifiers read", matrix=dsp_matrix, fraction=True),
 )
 BY_NAME = {m.name: m for m in METRICS}
+# The metrics the ladders test and the README's quality table gives.
 HEADLINE = ("fd_tagger", "fd_inf_tagger", "kid_tagger", "fd_melstats", "class_tv_tagger",
-            "kl_tagger", "kl_tagger_rev", "adherence_f1", "adherence_events", "adherence_order",
-            "adherence_dsp")
+            "precision_tagger", "recall_tagger", "kl_tagger", "kl_tagger_rev", "adherence_f1",
+            "adherence_events", "adherence_order", "adherence_dsp")
 
 
 def select(names: Sequence[str] | None) -> tuple[Metric, ...]:

@@ -34,6 +34,7 @@ from typing import Any
 from absl import flags
 import numpy as np
 import scipy.stats
+import tqdm
 
 from almtok import audio
 from almtok import configlib
@@ -111,9 +112,12 @@ class Scorer:
 
 
 def run_ladders(scorer: Scorer, wavs: Sequence[np.ndarray], ladders: Sequence[degrade.Ladder],
-                metric_names: Sequence[str] = judge.HEADLINE, seed: int = 0
+                metric_names: Sequence[str] = judge.HEADLINE, seed: int = 0,
+                degraded: dict[tuple[str, float], list[np.ndarray]] | None = None
                 ) -> dict[str, Any]:
-  """Every ladder's values per rung and its verdicts, for one tagger."""
+  """Every ladder's values per rung and its verdicts, for one tagger. `degraded` keeps each
+  rung's audio for the next tagger."""
+  degraded = {} if degraded is None else degraded
   n = len(wavs)
   own = np.arange(n)
   clean = {name: scorer.values(name, scorer.clean, own) for name in metric_names}
@@ -121,11 +125,15 @@ def run_ladders(scorer: Scorer, wavs: Sequence[np.ndarray], ladders: Sequence[de
   for ladder in ladders:
     values = {name: [clean[name][0]] for name in metric_names}
     first = {}
-    for k, rung in enumerate(ladder.rungs):
+    for k, rung in enumerate(tqdm.tqdm(ladder.rungs, desc=f"ladder {ladder.name}", unit="rung",
+                                       disable=None)):
       if ladder.apply is None:   # Clean audio scored against swapped captions.
         scored, groups = scorer.clean, degrade.swap_captions(n, rung, seed)
       else:
-        scored, groups = scorer.score(ladder.apply(wavs, rung, seed)), own
+        key = (ladder.name, rung)
+        if key not in degraded:
+          degraded[key] = ladder.apply(wavs, rung, seed)
+        scored, groups = scorer.score(degraded[key]), own
       for name in metric_names:
         value, paired = scorer.values(name, scored, groups)
         values[name].append(value)
@@ -232,13 +240,13 @@ def main(argv):
     raise configlib.ConfigError(f"--ladders: unknown {unknown[0]!r}; have {list(degrade.BY_NAME)}")
   ladders = [degrade.BY_NAME[l] for l in _LADDERS.value]
   wavs, labels = clean_clips(_CLIPS.value, _SECONDS.value)
-  per = {}
+  per, degraded = {}, {}
   for path in _TAGGERS.value:
     model, meta = tagger_lib.load(path)
     scorer = Scorer(model, meta, wavs, labels, _SECONDS.value, _RESAMPLES.value, _CACHE.value)
     per[path] = dict(steps=meta.get("trained_steps"), seed=meta.get("seed"),
                      sha256=meta.get("weights_sha256"),
-                     ladders=run_ladders(scorer, wavs, ladders))
+                     ladders=run_ladders(scorer, wavs, ladders, degraded=degraded))
   results = dict(command="python -m almtok.evaluation.ladder " + " ".join(sys.argv[1:]),
                  clips=_CLIPS.value, seconds=_SECONDS.value, resamples=_RESAMPLES.value,
                  taggers=list(_TAGGERS.value), expected=EXPECTED, per_tagger=per)

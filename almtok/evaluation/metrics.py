@@ -9,6 +9,8 @@ arrays (numpy, float64 inside) and know nothing of audio models:
   kernel_distance    KID: unbiased MMD² with the cubic polynomial kernel (x·y / E + 1)³; for
                      paired sets (clip i of one made for the caption of clip i of the other)
                      without the pairs' own terms
+  manifold_precision the fraction of one set inside the other's k-NN manifold: precision
+                     (generated in real) and recall (real in generated)
   kl_matrix          KL(p_i || q_j) for every pair of rows, of independent Bernoulli posteriors
                      (multi-label heads) or of softmax posteriors (single-label heads)
   melstats           an embedding almtok does not train: per-band mean and std of the log-mel
@@ -109,6 +111,28 @@ def kernel_distance(x_NxE: np.ndarray, y_NxE: np.ndarray, paired: bool = False) 
   cross = (k_xy.sum() - np.trace(k_xy)) / (n * (n - 1)) if paired else k_xy.mean()
   return float((k_xx.sum() - np.trace(k_xx)) / (n * (n - 1))
                + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1)) - 2.0 * cross)
+
+
+def _kth_neighbour_radii(x_NxE: np.ndarray, k: int) -> np.ndarray:
+  """Each point's distance to its k-th nearest other point [N]."""
+  kth = min(k, len(x_NxE) - 1)   # Column 0 of the sorted row is the point itself.
+  d_NxN = np.sqrt(np.maximum(_sq_distances(x_NxE, x_NxE), 0.0))
+  return np.partition(d_NxN, kth, axis=1)[:, kth]
+
+
+def _sq_distances(a_NxE: np.ndarray, b_MxE: np.ndarray) -> np.ndarray:
+  return (np.sum(a_NxE ** 2, -1)[:, None] + np.sum(b_MxE ** 2, -1)[None, :]
+          - 2.0 * a_NxE @ b_MxE.T)
+
+
+def manifold_precision(x_NxE: np.ndarray, y_MxE: np.ndarray, k: int = 5) -> float:
+  """The fraction of x that falls within y's manifold: the union of balls around each y_j
+  reaching its k-th nearest neighbour in y (Kynkäänniemi et al., 2019). With x generated and y
+  real it is precision (fidelity); with the two swapped, recall (diversity)."""
+  x_NxE, y_MxE = np.asarray(x_NxE, np.float64), np.asarray(y_MxE, np.float64)
+  radii_M = _kth_neighbour_radii(y_MxE, k)
+  inside = _sq_distances(x_NxE, y_MxE) <= radii_M[None, :] ** 2
+  return float(np.mean(np.any(inside, axis=1)))
 
 
 def kl_matrix(p_NxK: np.ndarray, q_MxK: np.ndarray, bernoulli: bool) -> np.ndarray:
