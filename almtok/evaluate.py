@@ -13,9 +13,9 @@ trained run's samples, or any system's files.
 Generation (with --workdir and no --generated_dir): --per_caption clips for each caption of the
 split (or its first --num), each with its own seed, as long as the caption's real clip (capped at
 the model's context): <out>/generated/CCCCC-K.wav for caption C's K-th clip, listed with its
-caption in <out>/generated/clips.csv. A rerun keeps the clips already written (a batch's seed
-depends only on --seed, K and the batch, never on where a run stopped) and refuses a folder made
-by another run or other settings.
+caption (and the split's clip index) in <out>/generated/clips.csv. A rerun keeps the clips
+already written (a batch's seed depends only on --seed, K and the batch, never on where a run
+stopped) and refuses a folder made by another run or other settings.
 
 Any system's clips: --generated_dir with --captions_csv, a CSV with a header that pairs files
 with captions: `file,caption` (file names relative to --generated_dir), or AudioCaps-style
@@ -162,23 +162,35 @@ def generate_clips(generator: inference.Generator, captions: Sequence[str],
   path = os.path.join(out_dir, CLIPS_CSV)
   with fileio.atomic_write(path, encoding="utf-8", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["file", "caption"])
-    writer.writerows((n, captions[c]) for row in names for c, n in enumerate(row))
+    writer.writerow(["file", "caption", "index"])
+    writer.writerows((n, captions[c], c) for row in names for c, n in enumerate(row))
   return path
 
 
-def read_pairs(captions_csv: str, generated_dir: str) -> tuple[list[tuple[str, str]], list[str]]:
-  """([(audio path, caption)], skipped lines) from a `file,caption` or AudioCaps-style CSV: one
-  line for a CSV without those columns; rows whose file is not in the folder, and audio files
-  that no row names, are skipped and listed."""
+@dataclasses.dataclass
+class Pair:
+  """A generated clip's file, its caption, and the split's clip it was made for (when the CSV
+  says: column `index`, as `generate_clips` writes it; otherwise found by caption)."""
+  path: str
+  caption: str
+  index: int | None = None
+
+
+ID_COLUMNS = ("file", "audiocap_id", "youtube_id")
+
+
+def read_pairs(captions_csv: str, generated_dir: str) -> tuple[list[Pair], list[str]]:
+  """(pairs, skipped lines) from a `file,caption` or AudioCaps-style CSV: one line for a CSV
+  without those columns; rows whose file is not in the folder, and audio files that no row
+  names, are skipped and listed."""
   try:
     with open(captions_csv, encoding="utf-8", newline="") as f:
       rows = list(csv.DictReader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise configlib.ConfigError(f"--captions_csv={captions_csv}: {e}") from None
   columns = rows[0].keys() if rows else ()
-  key = next((c for c in ("file", "audiocap_id", "youtube_id") if c in columns), None)
-  if key is None or "caption" not in columns:
+  keys = [c for c in ID_COLUMNS if c in columns]
+  if not keys or "caption" not in columns:
     raise configlib.ConfigError(f"--captions_csv={captions_csv}: want a header with `file,caption`"
                                 f" or AudioCaps' `audiocap_id,youtube_id,...,caption`; got "
                                 f"{list(columns)}")
@@ -187,14 +199,20 @@ def read_pairs(captions_csv: str, generated_dir: str) -> tuple[list[tuple[str, s
   by_name = {n: n for n in files}
   by_stem = {os.path.splitext(n)[0]: n for n in files}
   pairs, skipped, used = [], [], set()
-  for i, row in enumerate(rows, start=2):
-    value = (row[key] or "").strip()
-    name = by_name.get(value) or (by_stem.get(value) if key != "file" else None)
+  for line, row in enumerate(rows, start=2):
+    values = [(row[k] or "").strip() for k in keys]
+    # A file named as the `file` column says, or (AudioCaps) by either id with any extension.
+    name = next((by_name.get(v) or (by_stem.get(v) if k != "file" else None)
+                 for k, v in zip(keys, values) if by_name.get(v) or
+                 (k != "file" and by_stem.get(v))), None)
     if name is None:
-      skipped.append(f"{captions_csv} line {i}: no audio file {value!r} in {generated_dir}")
+      skipped.append(f"{captions_csv} line {line}: no audio file {values[0]!r} in "
+                     f"{generated_dir}")
       continue
     used.add(name)
-    pairs.append((os.path.join(generated_dir, name), row["caption"].strip()))
+    index = row.get("index")
+    pairs.append(Pair(os.path.join(generated_dir, name), row["caption"].strip(),
+                      int(index) if index not in (None, "") else None))
   skipped += [f"{os.path.join(generated_dir, n)}: not in {captions_csv}"
               for n in files if n not in used]
   return pairs, skipped
@@ -322,6 +340,7 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
   t0 = time.perf_counter()
 
   # --- Generated clips --------------------------------------------------------------------------
+  context = None
   if generator is not None:
     context = run_config["model"]["max_len"] / generator.tokenizer.frame_rate
     seconds = [min(w.size / audio.SAMPLE_RATE, context) for w in ref.wavs]
@@ -330,70 +349,44 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
                                   batch, seed)
   generate_s = time.perf_counter() - t0
   pairs, skipped = read_pairs(captions_csv, generated_dir)
-  wavs, unreadable = read_audio([p for p, _ in pairs])
+  split_index = pair_with_split(pairs, ref, chosen, captions_csv, f"the {split} split" + (
+      f"'s first {num} captions (--num)" if num is not None else ""))
+  wavs, unreadable = read_audio([p.path for p in pairs])
   skipped += unreadable
   keep = [i for i, w in enumerate(wavs) if w is not None]
   if len(keep) < 2:
     raise configlib.ConfigError(f"fewer than 2 readable generated clips ({len(skipped)} skipped"
                                 f"{': ' + skipped[0] if skipped else ''})")
-  wavs = [wavs[i] for i in keep]
-  texts = [pairs[i][1] for i in keep]
-  index = {c: i for i, c in reversed(list(enumerate(ref.captions)))}
-  missing = sorted({t for t in texts if t not in index})
-  paired = not missing
-  caption_metrics = [m.name for m in chosen if m.family == "caption"]
-  if missing and caption_metrics:
-    raise configlib.ConfigError(
-        f"{len(missing)} caption(s) of {captions_csv} are not in the {split} split of "
-        f"{ref.dataset} (e.g. {missing[0]!r}), so {caption_metrics[0]} and the other caption "
-        f"metrics cannot pair them; score the audio alone with --metrics="
-        f"{','.join(m.name for m in chosen if m.family == 'set')}")
-  # Captions scored: the split's that have clips, in split order; each clip's group is one.
-  if paired:
-    used = sorted({index[t] for t in texts})
-  else:
-    used = sorted(set(texts), key=texts.index)
+  wavs, texts = [wavs[i] for i in keep], [pairs[i].caption for i in keep]
+  paired = split_index is not None
+  # Captions scored: the split's that have clips, in split order (or, unpaired, each distinct
+  # caption); a clip's group is its caption's position among them.
+  keys = [split_index[i] for i in keep] if paired else texts
+  used = sorted(set(keys)) if paired else sorted(set(keys), key=keys.index)
   position = {c: i for i, c in enumerate(used)}
-  groups = np.asarray([position[index[t]] if paired else position[t] for t in texts])
+  groups = np.asarray([position[k] for k in keys])
 
   # --- Scores -----------------------------------------------------------------------------------
   t1 = time.perf_counter()
-  def score(ws, dsp=False):   # In chunks: the log-mels of a chunk at a time in memory.
-    return judge.Scored.concat([judge.score(
-        tagger_model, tagger_meta, [audio.log_mel(w) for w in ws[i:i + 256]],
-        ws[i:i + 256] if dsp else None) for i in range(0, len(ws), 256)])
-
-  gen = score(wavs, dsp=True)
+  gen = judge.score_wavs(tagger_model, tagger_meta, wavs, dsp=True)
   n = len(gen)
+  resynth_key = None if tok is None else json.dumps(dataclasses.asdict(stats.tokenizer),
+                                                    sort_keys=True)
+  os.makedirs(out, exist_ok=True)
   captions = ceiling = None
   if paired:
     real_wavs = [ref.wavs[c] for c in used]
-    captions = judge.Captions([ref.labels[c] for c in used], score(real_wavs, dsp=True))
+    captions = judge.Captions([ref.labels[c] for c in used], judge.score_wavs(
+        tagger_model, tagger_meta, real_wavs, dsp=True))
     ceiling = captions.real
     if tok is not None:   # The real clips through the run's tokenizer and vocoder.
-      os.makedirs(out, exist_ok=True)
       ceiling = judge.score(tagger_model, tagger_meta, tagger_lib.resynthesise(
-          real_wavs, tok, os.path.join(out, "reference_resynth.npz"),
-          json.dumps(dataclasses.asdict(stats.tokenizer), sort_keys=True)))
-  floor_sets: dict[str, judge.Scored] = {}
-  pool_wavs = None
-  if ref.dataset == "synth_sounds":
-    seconds = float(np.median([w.size for w in wavs]) / audio.SAMPLE_RATE)
-    pool = reference_lib.pool(tagger_model, tagger_meta, 2 * n, seconds, reference_cache)
-    reference_set, floor_sets["real (disjoint)"] = pool.take(np.arange(n)), pool.take(
-        np.arange(n, 2 * n))
-    if tok is not None or embed is not None:
-      pool_wavs, _ = reference_lib.render(2 * n, seconds)
-    if tok is not None:
-      floor_sets["resynthesised (disjoint)"] = judge.score(
-          tagger_model, tagger_meta, tagger_lib.resynthesise(
-              pool_wavs[n:], tok, os.path.join(out, "pool_resynth.npz"),
-              json.dumps(dataclasses.asdict(stats.tokenizer), sort_keys=True)))
-    reference_kind = f"{n} reference clips (synth_sounds seeds no split uses)"
-  else:
-    reference_set = score(ref.wavs)
-    reference_kind = (f"the {split} split's {len(ref.wavs)} clips ({ref.dataset} is not "
-                      "procedural: no disjoint real set, so no noise floor)")
+          real_wavs, tok, os.path.join(out, "reference_resynth.npz"), resynth_key))
+  # Clips as long as the split's (cut to the model's context, as the generated ones are).
+  seconds = ref.seconds if generator is None else min(ref.seconds, context)
+  reference_set, floor_sets, reference_kind, pool_wavs = reference_sets(
+      tagger_model, tagger_meta, ref, split, n, seconds, reference_cache, tok, resynth_key,
+      out, need_wavs=embed is not None)
   builtin = [m for m in chosen if not m.embedding.endswith(f"(--embedding={embedding})")]
   results_by_metric = score_all(builtin, gen, groups, captions, ceiling, reference_set,
                                 floor_sets, resamples)
@@ -425,23 +418,84 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
                for name, values in results_by_metric.items() if values},
       skipped=skipped, generate_seconds=generate_s, metrics_seconds=metrics_s,
       settings=None if generator is None else dataclasses.asdict(generator.settings))
-  os.makedirs(out, exist_ok=True)
+  write_outputs(out, results, gen, groups, captions, ceiling, reference_set,
+                [ref.captions[c] for c in used] if paired else None, wavs, texts,
+                [ref.wavs[used[g]] for g in groups] if paired else None)
+  return results
+
+
+def pair_with_split(pairs: Sequence[Pair], ref: Reference, chosen: Sequence[judge.Metric],
+                    captions_csv: str, where: str) -> list[int] | None:
+  """Each pair's clip of the split (its `index` where the CSV gives one that matches its
+  caption, else the first clip with its caption), or None when some caption is not the
+  split's: then a caption metric asked for is a one-line error, before any audio is read."""
+  first = {c: i for i, c in reversed(list(enumerate(ref.captions)))}
+  index = []
+  for p in pairs:
+    given = p.index is not None and p.index < len(ref.captions) and (
+        ref.captions[p.index] == p.caption)
+    index.append(p.index if given else first.get(p.caption))
+  missing = sorted({p.caption for p, i in zip(pairs, index) if i is None})
+  if not missing:
+    return index
+  caption_metrics = [m.name for m in chosen if m.family == "caption"]
+  if caption_metrics:
+    raise configlib.ConfigError(
+        f"{len(missing)} caption(s) of {captions_csv} are not in {where} of {ref.dataset} "
+        f"(e.g. {missing[0]!r}), so {caption_metrics[0]} and the other caption metrics cannot "
+        f"pair them; score the audio alone with --metrics="
+        f"{','.join(m.name for m in chosen if m.family == 'set')}")
+  return None
+
+
+def reference_sets(model: tagger_lib.Tagger, meta: dict[str, Any], ref: Reference, split: str,
+                   n: int, seconds: float, cache: str | None, tok: Any, resynth_key: str | None,
+                   out: str, need_wavs: bool
+                   ) -> tuple[judge.Scored, dict[str, judge.Scored], str, list | None]:
+  """(the reference the set metrics compare with, the floor's sets at the same N, what the
+  reference is, the 2N reference waveforms if `need_wavs`): for synth_sounds, N reference
+  clips no split holds, beside N others (real) and those resynthesised (with a tokenizer);
+  otherwise the split's clips, with no floor."""
+  if ref.dataset != "synth_sounds":
+    return (judge.score_wavs(model, meta, ref.wavs), {},
+            f"the {split} split's {len(ref.wavs)} clips ({ref.dataset} is not procedural: no "
+            "disjoint real set, so no noise floor)", None)
+  pool = reference_lib.pool(model, meta, 2 * n, seconds, cache)
+  floor_sets = {"real (disjoint)": pool.take(np.arange(n, 2 * n))}
+  wavs = reference_lib.render(2 * n, seconds)[0] if tok is not None or need_wavs else None
+  if tok is not None:
+    floor_sets["resynthesised (disjoint)"] = judge.score(model, meta, tagger_lib.resynthesise(
+        wavs[n:], tok, os.path.join(out, "pool_resynth.npz"), resynth_key))
+  return (pool.take(np.arange(n)), floor_sets,
+          f"{n} reference clips of {seconds:g} s (synth_sounds seeds no split uses)", wavs)
+
+
+def write_outputs(out: str, results: dict[str, Any], gen: judge.Scored, groups: np.ndarray,
+                  captions: judge.Captions | None, ceiling: judge.Scored | None,
+                  reference_set: judge.Scored, texts_used: Sequence[str] | None,
+                  wavs: Sequence[np.ndarray], texts: Sequence[str],
+                  real_wavs: Sequence[np.ndarray] | None) -> None:
+  """metrics.json, metrics.md, spectrograms.png, and (paired) the per-clip scores; an unpaired
+  evaluation removes the scores an earlier one left, so that --compare never reads them."""
   fileio.atomic_json(os.path.join(out, "metrics.json"), results, indent=1)
-  if paired:
-    save_scores(out, gen, groups, captions, ceiling, reference_set,
-                [ref.captions[c] for c in used], tagger_meta.get("weights_sha256"))
+  if captions is not None:
+    save_scores(out, gen, groups, captions, ceiling, reference_set, texts_used,
+                results["tagger_sha256"])
+  else:
+    for name in (SCORES_FILE, CLIPS_FILE):
+      if os.path.exists(os.path.join(out, name)):
+        os.remove(os.path.join(out, name))
   with fileio.atomic_write(os.path.join(out, "metrics.md"), encoding="utf-8") as f:
     f.write(markdown(results))
   panels, titles = [], []
-  for i in range(min(4, n)):
+  for i in range(min(4, len(wavs))):
     panels.append(wavs[i])
     titles.append(f"generated: {texts[i]}")
-    if paired:
-      panels.append(ref.wavs[used[groups[i]]])
+    if real_wavs is not None:
+      panels.append(real_wavs[i])
       titles.append("real clip of that caption")
   plotting.spectrogram_grid(os.path.join(out, "spectrograms.png"), panels, titles,
                             audio.SAMPLE_RATE)
-  return results
 
 
 def _cell(est: dict[str, float] | None) -> str:
@@ -553,23 +607,29 @@ def compare(out_a: str, out_b: str, resamples: int = 1000,
     raise configlib.ConfigError(f"{out_a} and {out_b} were scored by different taggers: "
                                 "evaluate both with the same --tagger")
   c = len(a.clips["captions"])
-  members = {id(s): judge._members(s.groups) for s in (a, b)}  # pylint: disable=protected-access
+  try:
+    chosen = judge.select(metrics)
+  except ValueError as e:
+    raise configlib.ConfigError(f"--metrics: {e}") from None
+  groups = {id(s): judge.members(s.groups) for s in (a, b)}
+  same_ref = len(a.ref) == len(b.ref)   # Then the same reference clips: resampled together.
   rows = {}
-  for metric in judge.select(metrics):
+  for metric in chosen:
     if metric.family == "set":
-      def value(s, chosen, ref_index):
-        clip_index = np.concatenate([members[id(s)][g] for g in chosen])
-        return metric.scale * metric.on_sets(s.gen.take(clip_index), s.ref.take(ref_index))
-      if min(len(a.gen), len(b.gen), len(a.ref)) < metric.min_clips:
+      if min(len(a.gen), len(b.gen), len(a.ref), len(b.ref)) < metric.min_clips:
         continue
+      def value(s, chosen_captions, ref_index, metric=metric):
+        return metric.scale * metric.on_sets(s.gen.take(judge.expand(groups[id(s)],
+                                                                     chosen_captions)),
+                                             s.ref.take(ref_index))
       every = np.arange(c)
       full = (value(a, every, np.arange(len(a.ref))), value(b, every, np.arange(len(b.ref))))
-      rng = np.random.default_rng(0)
+      other = judge.draws(c, len(b.ref), resamples, metric.resample_reference, seed=1)
       diffs = []
-      for _ in range(resamples):
-        chosen = rng.integers(0, c, c)
-        diffs.append(value(a, chosen, rng.integers(0, len(a.ref), len(a.ref)))
-                     - value(b, chosen, rng.integers(0, len(b.ref), len(b.ref))))
+      for chosen_captions, ref_index in judge.draws(c, len(a.ref), resamples,
+                                                    metric.resample_reference):
+        ref_b = ref_index if same_ref else next(other)[1]
+        diffs.append(value(a, chosen_captions, ref_index) - value(b, chosen_captions, ref_b))
       diff = metrics_lib.centred_interval(full[0] - full[1], diffs, resamples=resamples)
     else:
       own_a, _ = judge.per_caption(metric.matrix(a.gen, a.captions), a.groups)

@@ -214,3 +214,17 @@ def test_dsp_adherence_scores_the_caption_a_clip_was_made_for():
   assert matrix[0, 2] < 1.0 and matrix[0, 1] < 1.0 and matrix[1, 0] < 1.0
   # Scores without waveforms have nothing for the verifiers to read.
   assert np.all(np.isnan(judge.dsp_matrix(_scored({}, 3), judge.Captions(labels, clips))))
+
+
+def test_audiocaps_csv_pairs_files_by_either_id(tmp_path):
+  from almtok import evaluate  # pylint: disable=g-import-not-at-top
+  for name in ("abc.wav", "17.flac", "stray.ogg"):
+    (tmp_path / name).write_bytes(b"")
+  table = tmp_path / "audiocaps.csv"
+  table.write_text("audiocap_id,youtube_id,start_time,caption\n17,zzz,0,a dog barks\n"
+                   "99,abc,30,rain falls\n5,nope,0,a bell\n")
+  pairs, skipped = evaluate.read_pairs(str(table), str(tmp_path))
+  assert [(p.path.rsplit("/", 1)[1], p.caption) for p in pairs] == [
+      ("17.flac", "a dog barks"), ("abc.wav", "rain falls")]
+  assert len(skipped) == 2 and "line 4: no audio file '5'" in skipped[0]
+  assert "stray.ogg: not in" in skipped[1]

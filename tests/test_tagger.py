@@ -22,6 +22,7 @@ from almtok.datasets import synth_generator
 from almtok.evaluation import degrade
 from almtok.evaluation import judge
 from almtok.evaluation import ladder
+from almtok.evaluation import reference
 from almtok.evaluation import tagger
 from almtok.evaluation import train_tagger
 from configs import tagger as tagger_config
@@ -193,8 +194,9 @@ def test_generated_dir_pairs_files_through_a_csv(tiny_latents, tiny_tagger, tmp_
   kw = dict(tagger=tiny_tagger[0], dataset=dataset, data_dir=data_dir,
             generated_dir=str(folder), captions_csv=str(csv_path), resamples=20,
             reference_cache=str(tmp_path / "cache"))
-  # extra.wav's caption is not the split's: the caption metrics cannot pair it...
-  with pytest.raises(configlib.ConfigError, match=r"1 caption\(s\) of .* are not in the test "
+  # extra.wav's and junk.wav's captions are not the split's (the CSV is checked before any audio
+  # is read): the caption metrics cannot pair them...
+  with pytest.raises(configlib.ConfigError, match=r"2 caption\(s\) of .* are not in the test "
                      r"split of synth_sounds .* score the audio alone with --metrics=fd_tagger"):
     evaluate.run(out=str(tmp_path / "o"), **kw)
   # ...the set metrics can.
@@ -240,7 +242,7 @@ def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
 
 def test_a_quick_ladder_on_the_tiny_tagger(tiny_tagger, tmp_path):
   model, meta = tagger.load(tiny_tagger[0])
-  wavs, labels = ladder.clean_clips(8, 1.0)
+  wavs, labels = reference.render(8, 1.0, split="test")
   scorer = ladder.Scorer(model, meta, wavs, labels, 1.0, resamples=30, cache_dir=str(tmp_path))
   ladders = [dataclasses.replace(degrade.BY_NAME["noise"], rungs=(10.0, -10.0)),
              dataclasses.replace(degrade.BY_NAME["swap"], rungs=(0.5, 1.0))]

@@ -32,7 +32,7 @@ Shape letters: N clips, C captions, E embedding width, K classes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
 import json
 from typing import Any
@@ -109,6 +109,14 @@ def score(model: tagger_lib.Tagger, meta: Mapping[str, Any], mels: Sequence[np.n
                 None if wavs is None else verifiers.codes(wavs))
 
 
+def score_wavs(model: tagger_lib.Tagger, meta: Mapping[str, Any], wavs: Sequence[np.ndarray],
+               dsp: bool = False, chunk: int = 256) -> Scored:
+  """`score` of waveforms (the verifiers' too with `dsp`), a chunk of log-mels at a time."""
+  return Scored.concat([
+      score(model, meta, [audio.log_mel(w) for w in wavs[i:i + chunk]],
+            wavs[i:i + chunk] if dsp else None) for i in range(0, len(wavs), chunk)])
+
+
 # ---------------------------------------------------------------------------------------------
 # Caption metrics: [clips, captions] matrices.
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +130,7 @@ class Captions:
 
 
 def _head_columns() -> dict[str, slice]:
-  """Each multi-label head's columns in the attribute sets of `attribute_sets`."""
+  """Each multi-label head's columns in the attribute sets (`detected_attributes`)."""
   heads = [h for h in tagger_lib.HEADS if h.kind == "multi"]
   ends = np.cumsum([len(h.classes) for h in heads])
   return {h.name: slice(int(e) - len(h.classes), int(e)) for h, e in zip(heads, ends)}
@@ -137,7 +145,7 @@ def detected_attributes(posteriors: Mapping[str, np.ndarray]) -> np.ndarray:
 def asked_attributes(labels: Sequence[str]) -> np.ndarray:
   """[C, A] boolean: the (attribute, value) pairs each caption's labels ask for."""
   columns = _head_columns()
-  asked = np.zeros((len(labels), columns["envelopes"].stop), bool)
+  asked = np.zeros((len(labels), max(c.stop for c in columns.values())), bool)
   for i, text in enumerate(labels):
     for head, value in tagger_lib.attributes(json.loads(text)):
       asked[i, columns[head].start + tagger_lib.HEAD_BY_NAME[head].classes.index(value)] = True
@@ -203,9 +211,7 @@ def kl_matrix(reverse: bool):
   first_kind [N, C]."""
   def matrix(clips: Scored, captions: Captions) -> np.ndarray:
     total = 0.0
-    for head in tagger_lib.HEADS:
-      if head.name == "category":
-        continue
+    for head in map(tagger_lib.HEAD_BY_NAME.get, tagger_lib.SYNTH_HEADS):
       g, r = clips.posteriors[head.name], captions.real.posteriors[head.name]
       multi = head.kind == "multi"
       total = total + (metrics_lib.kl_matrix(g, r, bernoulli=multi) if reverse
@@ -241,11 +247,9 @@ def class_tv(x: Scored, y: Scored) -> float:
   heads: per head, the mean posterior over clips normalised to a distribution over its
   classes. 0 when the sets use every class as often; 1 when they share none."""
   tv = []
-  for head in tagger_lib.HEADS:
-    if head.name == "category":
-      continue
-    p = x.posteriors[head.name].astype(np.float64).mean(0)
-    q = y.posteriors[head.name].astype(np.float64).mean(0)
+  for name in tagger_lib.SYNTH_HEADS:
+    p = x.posteriors[name].astype(np.float64).mean(0)
+    q = y.posteriors[name].astype(np.float64).mean(0)
     tv.append(0.5 * np.abs(p / p.sum() - q / q.sum()).sum())
   return float(np.mean(tv))
 
@@ -265,8 +269,10 @@ class Metric:
 
   A set metric has `on_sets(x, y) -> float`; a caption metric has `matrix(clips, captions)`
   [N, C] (NaN where a caption does not apply). `scale` multiplies what is reported (KID x 1e3),
-  `min_clips` is the fewest clips per set it is computed on, and `fraction` asks for the
-  adherence-style fraction of the range between floor and ceiling."""
+  `min_clips` is the fewest clips per set it is computed on, `bounds` its range (which its
+  interval keeps to), `resample_reference` False for k-NN metrics (a reference clip drawn twice
+  would shrink its neighbours' radii to 0), and `fraction` asks for the adherence-style fraction
+  of the range between floor and ceiling."""
   name: str
   embedding: str
   higher_is_better: bool
@@ -275,6 +281,8 @@ class Metric:
   matrix: Callable[[Scored, Captions], np.ndarray] | None = None
   scale: float = 1.0
   min_clips: int = 2
+  bounds: tuple[float, float] | None = None
+  resample_reference: bool = True
   fraction: bool = False
 
   @property
@@ -301,15 +309,15 @@ METRICS: tuple[Metric, ...] = (
            on_sets=lambda x, y: metrics_lib.frechet_distance(x.melstats_NxE, y.melstats_NxE)),
     Metric("class_tv_tagger", POSTERIORS, False,
            "total variation of predicted class frequencies, mean over heads (replaces IS)",
-           on_sets=class_tv),
+           on_sets=class_tv, bounds=(0.0, 1.0)),
     Metric("precision_tagger", TAGGER_EMBEDDING, True,
            "fidelity: the fraction of clips inside the reference's 5-NN manifold",
            on_sets=lambda x, y: metrics_lib.manifold_precision(x.embedding_NxE, y.embedding_NxE),
-           min_clips=6),
+           min_clips=6, bounds=(0.0, 1.0), resample_reference=False),
     Metric("recall_tagger", TAGGER_EMBEDDING, True,
            "diversity: the fraction of reference clips inside the clips' 5-NN manifold",
            on_sets=lambda x, y: metrics_lib.manifold_precision(y.embedding_NxE, x.embedding_NxE),
-           min_clips=6),
+           min_clips=6, bounds=(0.0, 1.0), resample_reference=False),
     Metric("kl_tagger", POSTERIORS, False,
            "KL(real clip || clip) of the caption's real clip, summed over heads",
            matrix=kl_matrix(reverse=False)),
@@ -333,7 +341,8 @@ METRICS: tuple[Metric, ...] = (
            matrix=order_matrix, fraction=True),
     Metric("adherence_dsp", DSP, True,
            "one-event captions: the fraction of register, direction, colour, tempo and "
-           "envelope asked that the verifiers read", matrix=dsp_matrix, fraction=True),
+           "envelope asked that the verifiers read (ceiling: the real clips)",
+           matrix=dsp_matrix, fraction=True),
 )
 BY_NAME = {m.name: m for m in METRICS}
 # The metrics the ladders test and the README's quality table gives.
@@ -357,32 +366,49 @@ def select(names: Sequence[str] | None) -> tuple[Metric, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def group_index(groups_N: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-  """The clips of the chosen groups (captions), with repeats: [sum of their sizes]."""
-  members = _members(groups_N)
-  return np.concatenate([members[g] for g in chosen])
-
-
-def _members(groups_N: np.ndarray) -> list[np.ndarray]:
+def members(groups_N: np.ndarray) -> list[np.ndarray]:
+  """The clips of each group (caption) 0 .. max: [indices] per group."""
   groups_N = np.asarray(groups_N)
   order = np.argsort(groups_N, kind="stable")
   bounds = np.searchsorted(groups_N[order], np.arange(groups_N.max() + 2))
   return [order[bounds[g]:bounds[g + 1]] for g in range(groups_N.max() + 1)]
 
 
+def expand(groups: Sequence[np.ndarray], chosen: np.ndarray) -> np.ndarray:
+  """The clips of the chosen groups, with repeats."""
+  return np.concatenate([groups[g] for g in chosen])
+
+
+def draws(num_groups: int, num_ref: int, count: int, resample_reference: bool = True,
+          seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """`count` bootstrap draws of (groups, reference clips), each with replacement; the reference
+  kept whole when not `resample_reference`."""
+  rng = np.random.default_rng(seed)
+  for _ in range(count):
+    chosen = rng.integers(0, num_groups, num_groups)
+    yield chosen, (rng.integers(0, num_ref, num_ref) if resample_reference
+                   else np.arange(num_ref))
+
+
+def interval(metric: Metric, value: float, values: Sequence[float]) -> metrics_lib.Estimate:
+  """The centred interval of a set metric's resampled values, kept within its range."""
+  est = metrics_lib.centred_interval(value, values)
+  if metric.bounds is None:
+    return est
+  lo, hi = metric.bounds
+  return dataclasses.replace(est, low=float(np.clip(est.low, lo, hi)),
+                             high=float(np.clip(est.high, lo, hi)))
+
+
 def set_estimate(metric: Metric, x: Scored, x_groups: np.ndarray, y: Scored, *,
                  resamples: int, seed: int = 0) -> metrics_lib.Estimate:
   """`metric` of set x (clips grouped by caption) against reference y, with an interval that
   resamples x's captions and y's clips independently (centred: see the module docstring)."""
-  members = _members(x_groups)
-  rng = np.random.default_rng(seed)
+  groups = members(x_groups)
   f = lambda xi, yi: metric.scale * metric.on_sets(x.take(xi), y.take(yi))
-  values = []
-  for _ in range(resamples):
-    xi = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-    values.append(f(xi, rng.integers(0, len(y), len(y))))
-  return metrics_lib.centred_interval(f(np.arange(len(x)), np.arange(len(y))), values,
-                                      resamples=resamples)
+  values = [f(expand(groups, g), r) for g, r in draws(
+      len(groups), len(y), resamples, metric.resample_reference, seed)]
+  return interval(metric, f(np.arange(len(x)), np.arange(len(y))), values)
 
 
 def per_caption(matrix_NxC: np.ndarray, groups_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -395,9 +421,9 @@ def per_caption(matrix_NxC: np.ndarray, groups_N: np.ndarray) -> tuple[np.ndarra
   with warnings.catch_warnings():   # All-NaN rows are expected (captions a metric skips).
     warnings.simplefilter("ignore", RuntimeWarning)
     other_N = np.nanmean(off_NxC, axis=1)
-    members = _members(groups_N)
-    own = np.asarray([np.nanmean(own_N[m]) if m.size else np.nan for m in members])
-    other = np.asarray([np.nanmean(other_N[m]) if m.size else np.nan for m in members])
+    groups = members(groups_N)
+    own = np.asarray([np.nanmean(own_N[m]) if m.size else np.nan for m in groups])
+    other = np.asarray([np.nanmean(other_N[m]) if m.size else np.nan for m in groups])
   return own, other
 
 
@@ -406,7 +432,8 @@ def caption_estimates(metric: Metric, clips: Scored, groups_N: np.ndarray, capti
                       ) -> dict[str, metrics_lib.Estimate]:
   """Nothing when no caption applies; otherwise: value (clips against their own captions),
   floor (against every other caption), gap (value beyond the floor, oriented so that larger is
-  better), ceiling (`ceiling`'s clips, one per caption in caption order, against their own),
+  better), ceiling (`ceiling`'s clips, one per caption in caption order, against their own;
+  the captions' real clips for a metric that reads what `ceiling` lacks, as DSP on waveforms),
   and fraction ((value - floor) / (ceiling - floor), for metrics that ask for it). Captions
   resampled together for all of them; captions that the metric does not apply to left out."""
   own, other = per_caption(metric.matrix(clips, captions), groups_N)
@@ -418,10 +445,10 @@ def caption_estimates(metric: Metric, clips: Scored, groups_N: np.ndarray, capti
          "floor": metrics_lib.mean_with_ci(other[use], resamples=resamples),
          "gap": metrics_lib.mean_with_ci(sign * (own[use] - other[use]), resamples=resamples)}
   best = None
-  if ceiling is not None:
-    best, _ = per_caption(metric.matrix(ceiling, captions), np.arange(len(ceiling)))
-    if np.isnan(best[use]).any():   # The ceiling's clips lack what the metric reads.
-      best = None
+  for top in (ceiling, captions.real):   # The real clips where the ceiling's lack what it reads.
+    if top is not None and best is None:
+      best, _ = per_caption(metric.matrix(top, captions), np.arange(len(top)))
+      best = None if np.isnan(best[use]).any() else best
   if best is not None:
     out["ceiling"] = metrics_lib.mean_with_ci(best[use], resamples=resamples)
     if metric.fraction:

@@ -26,7 +26,6 @@ Shape letters: N clips.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -36,10 +35,8 @@ import numpy as np
 import scipy.stats
 import tqdm
 
-from almtok import audio
 from almtok import configlib
 from almtok import fileio
-from almtok.datasets import synth_generator
 from almtok.evaluation import degrade
 from almtok.evaluation import judge
 from almtok.evaluation import metrics as metrics_lib
@@ -64,13 +61,6 @@ LANDMARKS = {"hiss 30 dB SNR": ("noise", 30.0), "Griffin-Lim (32 it.)": ("griffi
              "another caption": ("swap", 1.0)}
 
 
-def clean_clips(n: int, seconds: float) -> tuple[list[np.ndarray], list[str]]:
-  """The first n synth_sounds test clips (waveforms, labels JSON)."""
-  clips = [synth_generator.render_clip(s, seconds, audio.SAMPLE_RATE)
-           for s in synth_generator.split_seeds("test", n)]
-  return [c.wav for c in clips], [json.dumps(c.labels, sort_keys=True) for c in clips]
-
-
 class Scorer:
   """One tagger's view of the ladders: the clean clips, their captions and the reference."""
 
@@ -83,7 +73,7 @@ class Scorer:
     self.ref = reference_lib.pool(model, meta, len(wavs), seconds, cache_dir)
 
   def score(self, wavs: Sequence[np.ndarray]) -> judge.Scored:
-    return judge.score(self.model, self.meta, [audio.log_mel(w) for w in wavs], wavs)
+    return judge.score_wavs(self.model, self.meta, wavs, dsp=True)
 
   def values(self, name: str, scored: judge.Scored, groups: np.ndarray
              ) -> tuple[float, Any]:
@@ -102,11 +92,8 @@ class Scorer:
       return metrics_lib.mean_with_ci(rung[use] - clean[use], resamples=self.resamples)
     n, m = len(rung), len(self.ref)
     f = lambda x, i, j: metric.scale * metric.on_sets(x.take(i), self.ref.take(j))
-    rng = np.random.default_rng(0)
-    diffs = []
-    for _ in range(self.resamples):
-      i, j = rng.integers(0, n, n), rng.integers(0, m, m)
-      diffs.append(f(rung, i, j) - f(clean, i, j))
+    diffs = [f(rung, i, j) - f(clean, i, j) for i, j in judge.draws(
+        n, m, self.resamples, metric.resample_reference)]
     every, refs = np.arange(n), np.arange(m)
     return metrics_lib.centred_interval(f(rung, every, refs) - f(clean, every, refs), diffs)
 
@@ -239,7 +226,7 @@ def main(argv):
   if unknown:
     raise configlib.ConfigError(f"--ladders: unknown {unknown[0]!r}; have {list(degrade.BY_NAME)}")
   ladders = [degrade.BY_NAME[l] for l in _LADDERS.value]
-  wavs, labels = clean_clips(_CLIPS.value, _SECONDS.value)
+  wavs, labels = reference_lib.render(_CLIPS.value, _SECONDS.value, split="test")
   per, degraded = {}, {}
   for path in _TAGGERS.value:
     model, meta = tagger_lib.load(path)

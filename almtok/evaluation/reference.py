@@ -39,11 +39,13 @@ def default_cache_dir() -> str:
                       "almtok", "reference")
 
 
-def render(n: int, seconds: float, start: int = 0) -> tuple[list[np.ndarray], list[str]]:
-  """Waveforms and labels (JSON) of reference clips start .. start + n - 1."""
-  seeds = synth_generator.split_seeds("reference", start + n)[start:]
+def render(n: int, seconds: float, split: str = "reference"
+           ) -> tuple[list[np.ndarray], list[str]]:
+  """Waveforms and labels (JSON) of the first n clips of `split`'s seeds (as its TFDS build
+  holds them, for a dataset split)."""
+  seeds = synth_generator.split_seeds(split, n)
   clips = [synth_generator.render_clip(s, seconds, audio.SAMPLE_RATE)
-           for s in tqdm.tqdm(seeds, desc="reference clips", unit="clip", disable=None)]
+           for s in tqdm.tqdm(seeds, desc=f"{split} clips", unit="clip", disable=None)]
   return [c.wav for c in clips], [json.dumps(c.labels, sort_keys=True) for c in clips]
 
 
@@ -67,10 +69,7 @@ def pool(model: tagger_lib.Tagger, meta: Mapping[str, Any], n: int, seconds: flo
     with np.load(path, allow_pickle=False) as f:
       if str(f["key"]) == key:
         return judge.Scored.from_arrays(dict(f), "pool")
-  wavs, _ = render(n, seconds)
-  scored = judge.Scored.concat([
-      judge.score(model, meta, [audio.log_mel(w) for w in wavs[i:i + 256]])
-      for i in range(0, n, 256)])
+  scored = judge.score_wavs(model, meta, render(n, seconds)[0])
   os.makedirs(cache_dir, exist_ok=True)
   with fileio.atomic_path(path) as tmp:
     with open(tmp, "wb") as f:

@@ -16,7 +16,7 @@ attributes (`synth_scenes`). The tagger's heads are defined on the whole clip:
   tempos      multi-label  which tempo classes (slow, medium, fast) some pulsed event has
   envelopes   multi-label  which envelopes (fade_in, fade_out, staccato, sustained) occur
   num_events  single       1, 2 or 3 events
-  first_kind  single       the kind of the earliest event (the inception score's head)
+  first_kind  single       the kind of the earliest event
   category    single       a debian_sounds clip's category (`debian_captions.CATEGORIES`)
 
 The synth heads have no target on debian_sounds clips and `category` none on synth clips; each
@@ -106,9 +106,10 @@ _EVENT_KEY = {"kinds": "kind", "registers": "register", "directions": "direction
 
 
 def attributes(labels: Mapping[str, Any]) -> set[tuple[str, str]]:
-  """The (multi-label head, class) pairs a synth_sounds clip's labels say are present."""
+  """The (multi-label head, class) pairs a synth_sounds clip's labels say are present (none for
+  a clip of another dataset)."""
   pairs = set()
-  for event in labels["events"]:
+  for event in labels.get("events", ()):
     for head, key in _EVENT_KEY.items():
       if event.get(key) is not None:
         pairs.add((head, str(event[key])))

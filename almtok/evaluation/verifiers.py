@@ -121,12 +121,6 @@ def gappy(levels_F: np.ndarray) -> bool:
   return bool(np.mean(_span(levels_F) < levels_F.max() - _ACTIVE_DB) > 1 / 3)
 
 
-def envelope(levels_F: np.ndarray, kind: str | None = None) -> str:
-  if kind in _STACCATO_KINDS and gappy(levels_F):
-    return "staccato"
-  return trend(levels_F)
-
-
 def trend(levels_F: np.ndarray) -> str:
   """fade_in, fade_out or sustained, from the level's trend over the sound's span."""
   span = _span(levels_F)
