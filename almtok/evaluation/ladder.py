@@ -1,7 +1,8 @@
 r"""A test of the judge itself: controlled degradations of real clips (`degrade.LADDERS`), each
 rung scored by the judge's headline metrics, checked against what each metric is expected to do.
 
-  python -m almtok.evaluation.ladder --taggers=experiments/evaluation/tagger,runs/tagger_s1 \
+  python -m almtok.evaluation.ladder \
+      --taggers=experiments/evaluation/tagger,experiments/evaluation/tagger_seed1 \
       --out=experiments/evaluation/ladder
 
 Clean clips: the first --clips synth_sounds test clips (rendered from the test split's seeds, as
