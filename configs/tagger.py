@@ -5,8 +5,8 @@ r"""almtok's audio tagger, the evaluation suite's embedding and classifier.
 
 Presets: `default` trains on synth_sounds (4000 train clips of 4 s), the train split of
 debian_sounds and `resynth_train` train clips resynthesised through the `mel` tokenizer and
-Griffin-Lim, for 2000 steps (about 15 minutes on an idle 2-core CPU; `max_minutes` only stops
-a much slower machine); `tiny` is the test size. The test split
+Griffin-Lim, for 2000 steps (1322 s on a 2-core CPU shared with other jobs; `max_minutes` only
+stops a much slower machine); `tiny` is the test size. The test split
 (synth_sounds 400 clips, their resynthesised versions, debian_sounds test) is what the report
 scores. Datasets are built into `data_dir` (empty: <workdir>/tfds); resynthesised clips are
 cached in <workdir>/resynth/.
