@@ -119,7 +119,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   # A config file that fails to load leaves a placeholder that raises on first use: use it now.
   for name in list(flag_values):
     flag = flag_values[name]
-    if hasattr(flag, "config_filename") and flag.value is not None:
+    # (An optional config file not given has the value None, and no file name to ask for.)
+    if flag.value is not None and hasattr(flag, "config_filename"):
       try:
         flag.value.keys()
       except OSError as e:

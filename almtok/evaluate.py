@@ -665,37 +665,44 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def define_flags() -> None:
-  """The command line (defined only when run as a program, so that tests can import this)."""
-  flags.DEFINE_string("workdir", None, "Training workdir to sample and evaluate.")
-  flags.DEFINE_string("tagger", None, "Directory of an exported tagger (train_tagger).")
-  flags.DEFINE_string("out", None, "Output directory (generated clips, metrics).")
-  flags.DEFINE_string("split", "test", "Split of the dataset whose captions are scored.")
-  flags.DEFINE_integer("num", None, "Only the first N captions (quick screening).")
-  flags.DEFINE_integer("per_caption", 5, "Clips generated per caption, each with its own seed.")
-  flags.DEFINE_integer("batch", 16, "Captions generated together.")
-  flags.DEFINE_integer("seed", 0, "Seed of the generated clips.")
-  flags.DEFINE_integer("resamples", 1000, "Bootstrap resamples.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                 argv: list[str] | None = None) -> None:
+  """The command line (defined only when run as a program, so that tests can import this);
+  `argv` (default sys.argv) is where the config flags read their `--config.*` overrides."""
+  kw = dict(flag_values=flag_values)
+  flags.DEFINE_string("workdir", None, "Training workdir to sample and evaluate.", **kw)
+  flags.DEFINE_string("tagger", None, "Directory of an exported tagger (train_tagger).", **kw)
+  flags.DEFINE_string("out", None, "Output directory (generated clips, metrics).", **kw)
+  flags.DEFINE_string("split", "test", "Split of the dataset whose captions are scored.", **kw)
+  flags.DEFINE_integer("num", None, "Only the first N captions (quick screening).", **kw)
+  flags.DEFINE_integer("per_caption", 5, "Clips generated per caption, each with its own seed.",
+                       **kw)
+  flags.DEFINE_integer("batch", 16, "Captions generated together.", **kw)
+  flags.DEFINE_integer("seed", 0, "Seed of the generated clips.", **kw)
+  flags.DEFINE_integer("resamples", 1000, "Bootstrap resamples.", **kw)
   flags.DEFINE_list("metrics", None, "Metrics of the registry to compute (default: all): "
-                    + ",".join(judge.BY_NAME))
-  flags.DEFINE_string("generated_dir", None, "Score the audio files in this folder instead.")
+                    + ",".join(judge.BY_NAME), **kw)
+  flags.DEFINE_string("generated_dir", None, "Score the audio files in this folder instead.",
+                      **kw)
   flags.DEFINE_string("captions_csv", None, "CSV pairing --generated_dir's files with captions "
-                      "(`file,caption`, or AudioCaps' columns).")
+                      "(`file,caption`, or AudioCaps' columns).", **kw)
   flags.DEFINE_string("data_dir", "", "The dataset's TFDS data (default: beside the run's "
-                      "latents).")
+                      "latents).", **kw)
   flags.DEFINE_string("reference_cache", None, "Cache of the reference clips' scores (default: "
-                      "~/.cache/almtok/reference).")
+                      "~/.cache/almtok/reference).", **kw)
   flags.DEFINE_string("embedding", None, "module:function mapping (waveforms, sample rate) to "
                       "embeddings [N, E], e.g. a VGGish or PANNs model whose weights you have "
-                      "on disk: adds fd_<name> and kid_<name>.")
-  flags.DEFINE_string("embedding_name", "external", "The <name> of --embedding's metrics.")
+                      "on disk: adds fd_<name> and kid_<name>.", **kw)
+  flags.DEFINE_string("embedding_name", "external", "The <name> of --embedding's metrics.", **kw)
   flags.DEFINE_list("compare", None, "Two --out folders of earlier evaluations (A,B) of the "
-                    "same captions: writes A - B per metric with paired intervals to --out.")
+                    "same captions: writes A - B per metric with paired intervals to --out.",
+                    **kw)
   config_flags.DEFINE_config_dict("config", inference.sample_flag_defaults(),
                                   "--config.sample.KEY=VALUE changes one sampling setting of "
-                                  "the run's config.sample.")
+                                  "the run's config.sample.", sys_argv=argv, **kw)
   config_flags.DEFINE_config_file("dataset", None, "Without --workdir: the config of the "
-                                  "dataset to score against, e.g. configs/synth_sounds.py.")
+                                  "dataset to score against, e.g. configs/synth_sounds.py.",
+                                  sys_argv=argv, **kw)
 
 
 def main(argv):

@@ -189,3 +189,27 @@ def test_a_family_of_runs_is_one_config_with_arguments():
                        ("mntp=maybe", "config arg mntp='maybe': choose one of")):
     with pytest.raises(ValueError, match=message):
       synth_small.get_config(arg)
+
+
+def test_every_evaluate_command_parses():
+  # `python -m almtok.evaluate` commands of its docstring, parsed by its own flags from the
+  # repository root: with a run, with another system's files and a dataset config, --compare.
+  from almtok import evaluate  # pylint: disable=g-import-not-at-top
+  text = re.sub(r"\\\n\s*", " ", evaluate.__doc__)
+  commands = [shlex.split(line.strip())[2:] for line in text.splitlines()
+              if line.strip().startswith("python -m almtok.evaluate ")]
+  assert len(commands) == 4
+  for argv in commands:
+    flag_values = flags.FlagValues()
+    evaluate.define_flags(flag_values, argv=["evaluate", *argv])
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+      configlib.parse_flags(["evaluate", *argv], flag_values)
+    finally:
+      os.chdir(cwd)
+    assert flag_values.out, argv
+    if flag_values.generated_dir:
+      assert flag_values.dataset.dataset.name == "synth_sounds"
+    else:
+      assert flag_values.dataset is None   # An optional config file, not given.
