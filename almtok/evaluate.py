@@ -531,14 +531,13 @@ def markdown(results: dict[str, Any]) -> str:
               f"the ceiling, {results['ceiling']}; fraction = (generated - floor) / "
               "(ceiling - floor).", "",
               "| metric | generated | floor (other captions) | gap | ceiling | fraction | "
-              "better |", "|---|---|---|---|---|---|---|"]
+              "better | reads |", "|---|---|---|---|---|---|---|---|"]
     for name, v in captions.items():
       e = v["values"]
       lines.append(f"| {name} | {_cell(e.get('value'))} | {_cell(e.get('floor'))} | "
                    f"{_cell(e.get('gap'))} | {_cell(e.get('ceiling'))} | "
                    f"{_cell(e.get('fraction'))} | "
-                   f"{'higher' if v['higher_is_better'] else 'lower'} |")
-    lines += ["", "Caption metrics read the " + judge.POSTERIORS + "."]
+                   f"{'higher' if v['higher_is_better'] else 'lower'} | {v['embedding']} |")
   if results.get("skipped"):
     lines += ["", f"Skipped ({len(results['skipped'])}):"] + [f"- {s}" for s in results["skipped"]]
   return "\n".join(lines) + "\n"
