@@ -130,9 +130,24 @@ def _docstring_commands(path: str, module: str) -> list[list[str]]:
   spec = importlib.util.spec_from_file_location("cfg", path)
   config_module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(config_module)
-  text = re.sub(r"\\\n\s*", " ", config_module.__doc__ or "")
+  return _commands(config_module.__doc__ or "", module)
+
+
+def _commands(docstring: str, module: str) -> list[list[str]]:
+  """The `python -m <module> ...` commands of a docstring, as argv lists."""
+  text = re.sub(r"\\\n\s*", " ", docstring)
   return [shlex.split(line.strip())[2:] for line in text.splitlines()
           if line.strip().startswith(f"python -m {module} ")]
+
+
+def _parse_from_root(program: str, argv: list[str], flag_values: flags.FlagValues) -> None:
+  """configlib.parse_flags as a user runs it, from the repository root (relative paths)."""
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    configlib.parse_flags([program, *argv], flag_values)
+  finally:
+    os.chdir(cwd)
 
 
 EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -151,12 +166,7 @@ def test_every_train_command_parses_and_builds_every_block(path):
   for argv in _docstring_commands(path, "almtok.train"):
     flag_values = flags.FlagValues()
     train.define_flags(flag_values, argv=["train", *argv])
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-      configlib.parse_flags(["train", *argv], flag_values)
-    finally:
-      os.chdir(cwd)
+    _parse_from_root("train", argv, flag_values)
     config = flag_values.config
     assert flag_values.workdir and config.data.latents_dir, argv
     objective.check_config(config)
@@ -195,19 +205,12 @@ def test_every_evaluate_command_parses():
   # `python -m almtok.evaluate` commands of its docstring, parsed by its own flags from the
   # repository root: with a run, with another system's files and a dataset config, --compare.
   from almtok import evaluate  # pylint: disable=g-import-not-at-top
-  text = re.sub(r"\\\n\s*", " ", evaluate.__doc__)
-  commands = [shlex.split(line.strip())[2:] for line in text.splitlines()
-              if line.strip().startswith("python -m almtok.evaluate ")]
+  commands = _commands(evaluate.__doc__, "almtok.evaluate")
   assert len(commands) == 4
   for argv in commands:
     flag_values = flags.FlagValues()
     evaluate.define_flags(flag_values, argv=["evaluate", *argv])
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-      configlib.parse_flags(["evaluate", *argv], flag_values)
-    finally:
-      os.chdir(cwd)
+    _parse_from_root("evaluate", argv, flag_values)
     assert flag_values.out, argv
     if flag_values.generated_dir:
       assert flag_values.dataset.dataset.name == "synth_sounds"
