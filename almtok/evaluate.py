@@ -2,7 +2,7 @@ r"""Scores generated audio against real clips with almtok's judge (`evaluation/j
 trained run's samples, or any system's files.
 
   python -m almtok.evaluate --workdir=runs/lm --tagger=experiments/evaluation/tagger \
-      --out=runs/eval_lm
+      --clap=experiments/evaluation/clap --out=runs/eval_lm
   python -m almtok.evaluate --workdir=runs/lm --tagger=experiments/evaluation/tagger --num=50 \
       --per_caption=1 --config.sample.cfg_scale=5 --out=runs/eval_quick
   python -m almtok.evaluate --tagger=experiments/evaluation/tagger \
@@ -33,7 +33,9 @@ tokenizer, those clips resynthesised (what the tokenizer and vocoder alone cost)
 is not procedural (debian_sounds) has no pool: its set metrics compare with the split's clips and
 have no floor. The caption metrics (KL both ways, adherence) score each clip against its own
 caption, against every other caption (the floor) and, as the ceiling, the caption's real clip
-resynthesised (real, without a tokenizer). `--metrics` picks from the registry
+resynthesised (real, without a tokenizer). With --clap (an export of `train_clap`), the
+contrastive model's metrics join them: the cosine of clip and caption text, and R@1 / R@10 of
+the caption among the captions scored. `--metrics` picks from the registry
 (judge.METRICS); `--embedding=module:function` adds fd_<name> and kid_<name> on an embedding the
 user supplies (VGGish or PANNs with weights on disk: almtok ships none).
 
@@ -70,12 +72,15 @@ from almtok import inference
 from almtok import plotting
 from almtok import state as state_lib
 from almtok import tokenizers
+from almtok.evaluation import clap as clap_lib
 from almtok.evaluation import judge
 from almtok.evaluation import metrics as metrics_lib
 from almtok.evaluation import reference as reference_lib
 from almtok.evaluation import tagger as tagger_lib
 from almtok.latents import store as latents_lib
 
+CLAP_HINT = ("train one with `python -m almtok.evaluation.train_clap --config=configs/clap.py "
+             "--workdir=DIR` and pass --clap=DIR, or use experiments/evaluation/clap")
 TAGGER_HINT = ("train one with `python -m almtok.evaluation.train_tagger "
                "--config=configs/tagger.py --workdir=DIR` and pass --tagger=DIR")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -288,7 +293,7 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
         captions_csv: str | None = None, dataset: ml_collections.ConfigDict | None = None,
         data_dir: str = "", metrics: Sequence[str] | None = None, resamples: int = 1000,
         embedding: str | None = None, embedding_name: str = "external",
-        reference_cache: str | None = None) -> dict[str, Any]:
+        reference_cache: str | None = None, clap: str | None = None) -> dict[str, Any]:
   """The command line's work; returns what goes into metrics.json."""
   # --- Checks, before any work ------------------------------------------------------------------
   if not out:
@@ -307,6 +312,18 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
     tagger_model, tagger_meta = tagger_lib.load(tagger)
   except FileNotFoundError:
     raise configlib.ConfigError(f"--tagger={tagger}: no tagger there; {TAGGER_HINT}") from None
+  clap_model = clap_meta = None
+  if clap:
+    try:
+      clap_model, clap_meta = clap_lib.load(clap)
+    except FileNotFoundError:
+      raise configlib.ConfigError(f"--clap={clap}: no contrastive model there; {CLAP_HINT}"
+                                  ) from None
+  else:
+    needs = [m.name for m in chosen if m.embedding == judge.CLAP]
+    if metrics is not None and needs:
+      raise configlib.ConfigError(f"--metrics={needs[0]} needs --clap: {CLAP_HINT}")
+    chosen = [m for m in chosen if m.embedding != judge.CLAP]
   embed = load_embedding(embedding) if embedding else None
   if embed is not None:
     chosen += external_metrics(embedding_name, embedding)
@@ -368,7 +385,7 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
 
   # --- Scores -----------------------------------------------------------------------------------
   t1 = time.perf_counter()
-  gen = judge.score_wavs(tagger_model, tagger_meta, wavs, dsp=True)
+  gen = judge.score_wavs(tagger_model, tagger_meta, wavs, dsp=True, clap=clap_model)
   n = len(gen)
   resynth_key = None if tok is None else json.dumps(dataclasses.asdict(stats.tokenizer),
                                                     sort_keys=True)
@@ -376,12 +393,16 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
   captions = ceiling = None
   if paired:
     real_wavs = [ref.wavs[c] for c in used]
-    captions = judge.Captions([ref.labels[c] for c in used], judge.score_wavs(
-        tagger_model, tagger_meta, real_wavs, dsp=True))
+    captions = judge.Captions(
+        [ref.labels[c] for c in used],
+        judge.score_wavs(tagger_model, tagger_meta, real_wavs, dsp=True, clap=clap_model),
+        None if clap_model is None else clap_lib.embed_captions(
+            clap_model, clap_meta, [ref.captions[c] for c in used]))
     ceiling = captions.real
     if tok is not None:   # The real clips through the run's tokenizer and vocoder.
       ceiling = judge.score(tagger_model, tagger_meta, tagger_lib.resynthesise(
-          real_wavs, tok, os.path.join(out, "reference_resynth.npz"), resynth_key))
+          real_wavs, tok, os.path.join(out, "reference_resynth.npz"), resynth_key),
+                            clap=clap_model)
   # Clips as long as the split's (cut to the model's context, as the generated ones are).
   seconds = ref.seconds if generator is None else min(ref.seconds, context)
   reference_set, floor_sets, reference_kind, pool_wavs = reference_sets(
@@ -408,7 +429,9 @@ def run(*, tagger: str, out: str, workdir: str | None = None, split: str = "test
       workdir=workdir, split=split, dataset=ref.dataset, clips=n, captions=len(used),
       per_caption=per_caption if generator is not None else None, paired=paired,
       tagger=tagger, tagger_steps=tagger_meta.get("trained_steps"),
-      tagger_sha256=tagger_meta.get("weights_sha256"), resamples=resamples,
+      tagger_sha256=tagger_meta.get("weights_sha256"), clap=clap or None,
+      clap_sha256=None if clap_meta is None else clap_meta.get("weights_sha256"),
+      resamples=resamples,
       reference=reference_kind,
       ceiling=("the real clips resynthesised through the run's tokenizer" if tok is not None
                else "the real clips"),
@@ -480,7 +503,7 @@ def write_outputs(out: str, results: dict[str, Any], gen: judge.Scored, groups: 
   fileio.atomic_json(os.path.join(out, "metrics.json"), results, indent=1)
   if captions is not None:
     save_scores(out, gen, groups, captions, ceiling, reference_set, texts_used,
-                results["tagger_sha256"])
+                results["tagger_sha256"], results["clap_sha256"])
   else:
     for name in (SCORES_FILE, CLIPS_FILE):
       if os.path.exists(os.path.join(out, name)):
@@ -509,7 +532,9 @@ def markdown(results: dict[str, Any]) -> str:
   per = f", {results['per_caption']} per caption" if results.get("per_caption") else ""
   lines = [f"# {results['workdir'] or 'clips'}: {results['dataset']} {results['split']} split, "
            f"N = {results['clips']} clips of {results['captions']} captions{per}", "",
-           f"Tagger {results['tagger']} (weights sha256 {str(results['tagger_sha256'])[:12]}). "
+           f"Tagger {results['tagger']} (weights sha256 {str(results['tagger_sha256'])[:12]})"
+           + (f", contrastive model {results['clap']} (weights sha256 "
+              f"{str(results['clap_sha256'])[:12]})" if results.get("clap") else "") + ". "
            f"Every value with its 95% bootstrap interval over captions ({results['resamples']} "
            "resamples).", ""]
   metrics = results["metrics"]
@@ -552,15 +577,18 @@ SCORES_FILE, CLIPS_FILE = "scores.npz", "clips.json"
 
 def save_scores(out: str, gen: judge.Scored, groups: np.ndarray, captions: judge.Captions,
                 ceiling: judge.Scored, reference_set: judge.Scored, texts: Sequence[str],
-                tagger_sha256: str | None) -> None:
+                tagger_sha256: str | None, clap_sha256: str | None = None) -> None:
   """What `compare` needs (npz, no pickle; captions as JSON)."""
   arrays = dict(groups=groups, **gen.to_arrays("gen"), **captions.real.to_arrays("real"),
                 **ceiling.to_arrays("ceiling"), **reference_set.to_arrays("ref"))
+  if captions.clap_CxP is not None:
+    arrays["captions_clap"] = captions.clap_CxP
   with fileio.atomic_path(os.path.join(out, SCORES_FILE)) as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
   fileio.atomic_json(os.path.join(out, CLIPS_FILE), dict(
-      captions=list(texts), labels=list(captions.labels), tagger_sha256=tagger_sha256),
+      captions=list(texts), labels=list(captions.labels), tagger_sha256=tagger_sha256,
+      clap_sha256=clap_sha256),
       indent=1)
 
 
@@ -588,7 +616,8 @@ def load_scores(out: str) -> Stored:
   if "groups" not in arrays:
     raise configlib.ConfigError(f"{out}: scores from an older almtok.evaluate; evaluate again")
   get = lambda prefix: judge.Scored.from_arrays(arrays, prefix)
-  return Stored(get("gen"), arrays["groups"], judge.Captions(clips["labels"], get("real")),
+  return Stored(get("gen"), arrays["groups"],
+                judge.Captions(clips["labels"], get("real"), arrays.get("captions_clap")),
                 get("ceiling"), get("ref"), clips)
 
 
@@ -602,9 +631,10 @@ def compare(out_a: str, out_b: str, resamples: int = 1000,
     raise configlib.ConfigError(f"{out_a} and {out_b} scored different captions "
                                 f"({len(a.clips['captions'])} and {len(b.clips['captions'])}): "
                                 "evaluate both on the same split and --num")
-  if a.clips.get("tagger_sha256") != b.clips.get("tagger_sha256"):
-    raise configlib.ConfigError(f"{out_a} and {out_b} were scored by different taggers: "
-                                "evaluate both with the same --tagger")
+  for model, flag in (("tagger", "--tagger"), ("clap", "--clap")):
+    if a.clips.get(f"{model}_sha256") != b.clips.get(f"{model}_sha256"):
+      raise configlib.ConfigError(f"{out_a} and {out_b} were scored with different {flag} "
+                                  f"models: evaluate both with the same {flag}")
   c = len(a.clips["captions"])
   try:
     chosen = judge.select(metrics)
@@ -671,6 +701,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
   kw = dict(flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "Training workdir to sample and evaluate.", **kw)
   flags.DEFINE_string("tagger", None, "Directory of an exported tagger (train_tagger).", **kw)
+  flags.DEFINE_string("clap", None, "Directory of an exported contrastive model (train_clap): "
+                      "adds the clap_* metrics.", **kw)
   flags.DEFINE_string("out", None, "Output directory (generated clips, metrics).", **kw)
   flags.DEFINE_string("split", "test", "Split of the dataset whose captions are scored.", **kw)
   flags.DEFINE_integer("num", None, "Only the first N captions (quick screening).", **kw)
@@ -726,7 +758,8 @@ def main(argv):
                 dataset=f.dataset.dataset if f.dataset is not None else None,
                 data_dir=f.data_dir or (f.dataset.data_dir if f.dataset is not None else ""),
                 metrics=f.metrics, resamples=f.resamples, embedding=f.embedding,
-                embedding_name=f.embedding_name, reference_cache=f.reference_cache)
+                embedding_name=f.embedding_name, reference_cache=f.reference_cache,
+                clap=f.clap)
   print(markdown(results))
   print(f"generation {results['generate_seconds']:.1f} s, metrics "
         f"{results['metrics_seconds']:.1f} s; {os.path.join(f.out, 'metrics.md')}")

@@ -6,6 +6,7 @@ verifiers on rendered events.
 Shape letters: N clips, C captions, E embedding width.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from almtok import audio
 from almtok.datasets import synth_render
 from almtok.datasets import synth_scenes
+from almtok.evaluation import clap
 from almtok.evaluation import degrade
 from almtok.evaluation import judge
 from almtok.evaluation import tagger
@@ -123,6 +125,32 @@ def test_fraction_is_one_for_clips_that_answer_as_the_real_ones_and_near_zero_fo
                                resamples=50)
   assert kl["value"].value == pytest.approx(0.0, abs=1e-9)
   assert kl["gap"].value == pytest.approx(kl["floor"].value) and kl["floor"].value > 1
+
+
+def test_contrastive_metrics_are_cosines_and_ranks_against_every_caption():
+  text_CxP = np.eye(3)
+  clips_NxP = np.array([[1.0, 0.0, 0.0],    # caption 0's direction
+                        [0.0, 0.6, 0.8],    # between captions 1 and 2, closer to 2
+                        [0.0, 0.0, -1.0]])  # away from caption 2, tied between 0 and 1
+  np.testing.assert_array_equal(clap.ranks(clips_NxP @ text_CxP.T),
+                                [[0, 1, 1], [2, 1, 0], [0, 0, 2]])
+  labels = _labels(*[[dict(kind="tone", register=r)] for r in ("low", "mid", "high")])
+  real = dataclasses.replace(_scored(_answering(labels)), clap_NxP=text_CxP)
+  captions = judge.Captions(labels, real, text_CxP)
+  clips = dataclasses.replace(real, clap_NxP=clips_NxP)
+  np.testing.assert_allclose(judge.clap_matrix(clips, captions), clips_NxP)
+  np.testing.assert_array_equal(judge.retrieval_matrix(1)(clips, captions),
+                                [[1, 0, 0], [0, 0, 1], [1, 1, 0]])
+  r1 = judge.caption_estimates(judge.BY_NAME["clap_r1"], clips, np.arange(3), captions,
+                               resamples=20)
+  assert r1["value"].value == pytest.approx(1 / 3) and r1["ceiling"].value == 1.0
+  assert r1["floor"].value == pytest.approx((0 + 0.5 + 1) / 3)
+  score = judge.caption_estimates(judge.BY_NAME["clap_score"], clips, np.arange(3), captions,
+                                  resamples=20)
+  assert score["value"].value == pytest.approx((1 + 0.6 - 1) / 3)
+  # Without the model's vectors the contrastive metrics do not apply.
+  assert judge.caption_estimates(judge.BY_NAME["clap_score"], _scored(real.posteriors),
+                                 np.arange(3), judge.Captions(labels, real), resamples=20) == {}
 
 
 def test_class_frequencies_and_grouped_set_estimates():

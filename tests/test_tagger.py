@@ -19,12 +19,15 @@ from almtok import audio
 from almtok import configlib
 from almtok import evaluate
 from almtok.datasets import synth_generator
+from almtok.evaluation import clap
 from almtok.evaluation import degrade
 from almtok.evaluation import judge
 from almtok.evaluation import ladder
 from almtok.evaluation import reference
 from almtok.evaluation import tagger
+from almtok.evaluation import train_clap
 from almtok.evaluation import train_tagger
+from configs import clap as clap_config
 from configs import tagger as tagger_config
 
 
@@ -61,7 +64,8 @@ def test_tagger_takes_any_duration():
 def test_adherence_of_a_tiny_tagger_is_clearly_above_its_floor():
   clips = [synth_generator.render_clip(seed, seconds=1.0) for seed in range(48)]
   mels = train_tagger.Clips([audio.log_mel(c.wav) for c in clips],
-                            [json.dumps(c.labels) for c in clips], 101)
+                            [json.dumps(c.labels) for c in clips], [c.caption for c in clips],
+                            101)
   model = tagger.Tagger((8, 16, 16, 16), 16, 4, floor_db=-50.0, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.adam(3e-3)
@@ -93,6 +97,64 @@ def tiny_tagger(tmp_path_factory):
   return workdir, summary
 
 
+@pytest.fixture(scope="module")
+def tiny_clap(tmp_path_factory, tiny_tagger):
+  """The tiny contrastive model, trained on the tiny tagger's build of the same clips."""
+  workdir = str(tmp_path_factory.mktemp("clap"))
+  config = clap_config.get_config("tiny,seconds=1.0")
+  with config.unlocked():
+    config.data_dir = os.path.join(tiny_tagger[0], "tfds")
+  return workdir, train_clap.train_and_export(config, workdir)
+
+
+def test_contrastive_loss_learns_a_batch_with_repeated_captions():
+  """Clips 0 and 1 share a caption: both are positives of it, so the batch can be solved
+  exactly (a loss that pushed them apart could not reach accuracy 1)."""
+  model = clap.Clap(channels=16, dim=8, text_dim=12, text_hidden=16, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  batch = dict(mel=jnp.asarray(rng.normal(-40, 15, (4, audio.N_MELS, 24)), jnp.float32),
+               frames=jnp.asarray([24, 24, 20, 16]),
+               text=jnp.asarray(rng.normal(size=(4, 5, 12)), jnp.float32),
+               text_mask=jnp.asarray([[1, 1, 1, 0, 0]] * 4, bool),
+               caption_id=jnp.asarray([0, 0, 1, 2]))
+  batch["text"] = batch["text"].at[1].set(batch["text"][0])   # The same caption, twice.
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = optax.adam(1e-2)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt):
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: clap.loss_fn(nnx.merge(graphdef, p), batch), has_aux=True)(params)
+    updates, opt = tx.update(grads, opt)
+    return optax.apply_updates(params, updates), opt, metrics
+
+  first = None
+  for _ in range(60):
+    params, opt, metrics = step(params, opt)
+    first = first or float(metrics["loss"])
+  assert float(metrics["accuracy"]) == 1.0 and float(metrics["loss"]) < 0.5 * first, metrics
+
+
+def test_contrastive_trainer_reports_and_exports(tiny_clap):
+  workdir, summary = tiny_clap
+  assert summary["step"] == 6 and summary["train_clips"] == 32 + 8
+  assert set(summary["scores"]) == {"test_synth", "test_resynth"}
+  s = summary["scores"]["test_synth"]
+  assert s["clips"] == 16 and s["r10_chance"] == min(10, s["captions"]) / s["captions"]
+  assert 0 <= s["r1"] <= s["r10"] <= 1
+  assert s["gap"]["low"] <= s["gap"]["value"] <= s["gap"]["high"]
+  model, meta = clap.load(workdir)
+  assert meta["trained_steps"] == 6 and meta["text_max_len"] == 32
+  wavs, _ = reference.render(3, 1.0, split="test")
+  mels = [audio.log_mel(w) for w in wavs] + [audio.log_mel(wavs[0][:8000])]
+  vectors = clap.embed_mels(model, mels)
+  assert vectors.shape == (4, 16)
+  np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+  text = clap.embed_captions(model, meta, ["a low tone", "a low tone", "fast clicks"])
+  np.testing.assert_allclose(text[0], text[1], rtol=1e-6)
+
+
 def test_trainer_reports_exports_and_resumes(tiny_tagger):
   workdir, summary = tiny_tagger
   assert summary["step"] == 6 and summary["train_clips"] == 32 + 8
@@ -110,9 +172,10 @@ def test_trainer_reports_exports_and_resumes(tiny_tagger):
   assert again["step"] == 8
 
 
-def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
+def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tiny_clap, tmp_path):
   out = tmp_path / "eval"
-  kw = dict(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(out), num=4, per_caption=2,
+  kw = dict(workdir=tiny_lm, tagger=tiny_tagger[0], clap=tiny_clap[0], out=str(out), num=4,
+            per_caption=2,
             batch=4, resamples=20, sample_overrides={"solver_steps": 2},
             reference_cache=str(tmp_path / "cache"))
   results = evaluate.run(embedding="tests.tiny:band_energy_embedding", embedding_name="bands",
@@ -133,6 +196,10 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
     assert rows["generated"]["low"] <= rows["generated"]["value"] <= rows["generated"]["high"]
   for name in ("kl_tagger", "adherence_f1", "adherence_events"):
     assert set(metrics[name]["values"]) >= {"value", "floor", "gap", "ceiling"}, name
+  for name in ("clap_score", "clap_r1", "clap_r10"):
+    assert set(metrics[name]["values"]) >= {"value", "floor", "gap", "ceiling", "fraction"}
+  # 4 captions: R@10 is 1 for every clip and every caption.
+  assert metrics["clap_r10"]["values"]["floor"]["value"] == 1.0
   assert "fraction" in metrics["adherence_f1"]["values"]
   assert "fraction" not in metrics["kl_tagger"]["values"]
   text = (out / "metrics.md").read_text()
@@ -158,6 +225,7 @@ def test_evaluate_end_to_end_on_the_tiny_run(tiny_lm, tiny_tagger, tmp_path):
     assert row["difference"]["value"] == 0 and not row["differ"]
   other = evaluate.compare(str(out), str(tmp_path / "b"), resamples=20)
   assert other["captions"] == 4 and other["clips_a"] == 8 and other["clips_b"] == 4
+  assert "clap_score" in other["rows"]
   row = other["rows"]["kl_tagger"]
   assert row["difference"]["value"] == pytest.approx(row["a"] - row["b"])
   assert "| adherence_f1 |" in evaluate.comparison_markdown(other)
@@ -235,6 +303,12 @@ def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
   with pytest.raises(configlib.ConfigError, match="--metrics: unknown metric 'is_tagger'"):
     evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o"),
                  metrics=["is_tagger"])
+  with pytest.raises(configlib.ConfigError, match="no contrastive model there; train one"):
+    evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o"),
+                 clap=str(tmp_path / "none"))
+  with pytest.raises(configlib.ConfigError, match="--metrics=clap_r1 needs --clap"):
+    evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o"),
+                 metrics=["fd_tagger", "clap_r1"])
   with pytest.raises(configlib.ConfigError, match="--per_caption=0"):
     evaluate.run(workdir=tiny_lm, tagger=tiny_tagger[0], out=str(tmp_path / "o"),
                  per_caption=0)

@@ -42,6 +42,7 @@ import numpy as np
 
 from almtok import audio
 from almtok.datasets import synth_scenes
+from almtok.evaluation import clap as clap_lib
 from almtok.evaluation import metrics as metrics_lib
 from almtok.evaluation import tagger as tagger_lib
 from almtok.evaluation import verifiers
@@ -55,44 +56,57 @@ from almtok.evaluation import verifiers
 @dataclasses.dataclass
 class Scored:
   """Per clip: the z-scored tagger embedding, the posteriors per head, the log-mel stats, and
-  (when the waveforms were at hand) what the DSP verifiers measured (`verifiers.codes`)."""
+  (when asked) what the DSP verifiers measured (`verifiers.codes`, from the waveforms) and the
+  contrastive model's joint-space vector (`clap.embed_mels`)."""
   embedding_NxE: np.ndarray
   posteriors: dict[str, np.ndarray]
   melstats_NxE: np.ndarray
   dsp_NxV: np.ndarray | None = None
+  clap_NxP: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.embedding_NxE)
 
+  def _optional(self) -> dict[str, np.ndarray | None]:
+    return {f: getattr(self, f) for f in _OPTIONAL.values()}
+
   def take(self, index: np.ndarray) -> Scored:
     return Scored(self.embedding_NxE[index], {k: v[index] for k, v in self.posteriors.items()},
                   self.melstats_NxE[index],
-                  None if self.dsp_NxV is None else self.dsp_NxV[index])
+                  **{f: None if v is None else v[index] for f, v in self._optional().items()})
 
   @classmethod
   def concat(cls, parts: Sequence[Scored]) -> Scored:
-    dsp = [p.dsp_NxV for p in parts]
+    optional = {}
+    for f in _OPTIONAL.values():
+      values = [getattr(p, f) for p in parts]
+      optional[f] = None if any(v is None for v in values) else np.concatenate(values)
     return cls(np.concatenate([p.embedding_NxE for p in parts]),
                {k: np.concatenate([p.posteriors[k] for p in parts]) for k in parts[0].posteriors},
-               np.concatenate([p.melstats_NxE for p in parts]),
-               None if any(d is None for d in dsp) else np.concatenate(dsp))
+               np.concatenate([p.melstats_NxE for p in parts]), **optional)
 
   def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-    dsp = {} if self.dsp_NxV is None else {f"{prefix}_dsp": self.dsp_NxV}
+    optional = {f"{prefix}_{suffix}": getattr(self, f) for suffix, f in _OPTIONAL.items()
+                if getattr(self, f) is not None}
     return {f"{prefix}_embedding": self.embedding_NxE, f"{prefix}_melstats": self.melstats_NxE,
-            **{f"{prefix}_post_{k}": v for k, v in self.posteriors.items()}, **dsp}
+            **{f"{prefix}_post_{k}": v for k, v in self.posteriors.items()}, **optional}
 
   @classmethod
   def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> Scored:
     post = {k[len(prefix) + 6:]: v for k, v in arrays.items() if k.startswith(f"{prefix}_post_")}
     return cls(arrays[f"{prefix}_embedding"], post, arrays[f"{prefix}_melstats"],
-               arrays.get(f"{prefix}_dsp"))
+               **{f: arrays.get(f"{prefix}_{suffix}") for suffix, f in _OPTIONAL.items()})
+
+
+# Scored's optional per-clip arrays: the suffix each is stored under -> its field.
+_OPTIONAL = {"dsp": "dsp_NxV", "clap": "clap_NxP"}
 
 
 def score(model: tagger_lib.Tagger, meta: Mapping[str, Any], mels: Sequence[np.ndarray],
-          wavs: Sequence[np.ndarray] | None = None) -> Scored:
-  """What the tagger (and its stored normalization and floor) says about log-mels [M, F], and
-  the DSP verifiers about the waveforms, if given."""
+          wavs: Sequence[np.ndarray] | None = None, clap: clap_lib.Clap | None = None
+          ) -> Scored:
+  """What the tagger (and its stored normalization and floor) says about log-mels [M, F], the
+  DSP verifiers about the waveforms, if given, and the contrastive model, if given."""
   frames = max(m.shape[1] for m in mels)
   mel_NxMxF = np.full((len(mels), audio.N_MELS, frames), tagger_lib.FLOOR_DB, np.float32)
   for i, m in enumerate(mels):
@@ -106,15 +120,18 @@ def score(model: tagger_lib.Tagger, meta: Mapping[str, Any], mels: Sequence[np.n
   floored = (lambda m: m) if floor is None else (
       lambda m: tagger_lib.soft_floor(m.astype(np.float64), floor))
   return Scored(emb, post, np.stack([metrics_lib.melstats(floored(m)) for m in mels]),
-                None if wavs is None else verifiers.codes(wavs))
+                None if wavs is None else verifiers.codes(wavs),
+                None if clap is None else clap_lib.embed_mels(clap, mels))
 
 
 def score_wavs(model: tagger_lib.Tagger, meta: Mapping[str, Any], wavs: Sequence[np.ndarray],
-               dsp: bool = False, chunk: int = 256) -> Scored:
-  """`score` of waveforms (the verifiers' too with `dsp`), a chunk of log-mels at a time."""
+               dsp: bool = False, chunk: int = 256, clap: clap_lib.Clap | None = None
+               ) -> Scored:
+  """`score` of waveforms (the verifiers' too with `dsp`, the contrastive model's with `clap`),
+  a chunk of log-mels at a time."""
   return Scored.concat([
       score(model, meta, [audio.log_mel(w) for w in wavs[i:i + chunk]],
-            wavs[i:i + chunk] if dsp else None) for i in range(0, len(wavs), chunk)])
+            wavs[i:i + chunk] if dsp else None, clap) for i in range(0, len(wavs), chunk)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,9 +141,11 @@ def score_wavs(model: tagger_lib.Tagger, meta: Mapping[str, Any], wavs: Sequence
 
 @dataclasses.dataclass(frozen=True)
 class Captions:
-  """The captions clips are scored against: their labels (JSON) and their real clips' scores."""
+  """The captions clips are scored against: their labels (JSON), their real clips' scores, and
+  (for the contrastive metrics) their texts' joint-space vectors [C, P]."""
   labels: list[str]
   real: Scored
+  clap_CxP: np.ndarray | None = None
 
 
 def _head_columns() -> dict[str, slice]:
@@ -237,6 +256,31 @@ def dsp_matrix(clips: Scored, captions: Captions) -> np.ndarray:
   return out
 
 
+def _cosines(clips: Scored, captions: Captions) -> np.ndarray | None:
+  if clips.clap_NxP is None or captions.clap_CxP is None:
+    return None
+  return clips.clap_NxP.astype(np.float64) @ captions.clap_CxP.astype(np.float64).T
+
+
+def clap_matrix(clips: Scored, captions: Captions) -> np.ndarray:
+  """The contrastive model's cosine of each clip with each caption [N, C]; NaN everywhere
+  without its vectors."""
+  cosine = _cosines(clips, captions)
+  return np.full((len(clips), len(captions.labels)), np.nan) if cosine is None else cosine
+
+
+def retrieval_matrix(k: int):
+  """1 where caption j is among the k captions closest to clip i (ties take the best place),
+  else 0 [N, C]: a clip's own entry is its R@k, the mean over the other captions about
+  k / C (chance)."""
+  def matrix(clips: Scored, captions: Captions) -> np.ndarray:
+    cosine = _cosines(clips, captions)
+    if cosine is None:
+      return np.full((len(clips), len(captions.labels)), np.nan)
+    return (clap_lib.ranks(cosine) < k).astype(np.float64)
+  return matrix
+
+
 # ---------------------------------------------------------------------------------------------
 # Set metrics.
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +338,7 @@ TAGGER_EMBEDDING = "almtok tagger embedding, z-scored by its training clips' (no
 MELSTATS = "per-band log-mel mean and std on the tagger's floor (untrained)"
 POSTERIORS = "almtok tagger posteriors"
 DSP = "weight-free DSP verifiers (the second judge; no tagger)"
+CLAP = "almtok contrastive model (CLAP-style, trained here; not LAION-CLAP; no tagger)"
 
 METRICS: tuple[Metric, ...] = (
     Metric("fd_tagger", TAGGER_EMBEDDING, False, "Fréchet distance",
@@ -343,6 +388,12 @@ METRICS: tuple[Metric, ...] = (
            "one-event captions: the fraction of register, direction, colour, tempo and "
            "envelope asked that the verifiers read (ceiling: the real clips)",
            matrix=dsp_matrix, fraction=True),
+    Metric("clap_score", CLAP, True, "cosine of the clip with the caption's text",
+           matrix=clap_matrix, fraction=True),
+    Metric("clap_r1", CLAP, True, "the caption is the clip's closest among the captions "
+           "scored (floor: about 1 / captions)", matrix=retrieval_matrix(1), fraction=True),
+    Metric("clap_r10", CLAP, True, "the caption is among the clip's 10 closest (floor: about "
+           "10 / captions)", matrix=retrieval_matrix(10), fraction=True),
 )
 BY_NAME = {m.name: m for m in METRICS}
 # The metrics the ladders test and the README's quality table gives.

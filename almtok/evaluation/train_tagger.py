@@ -11,12 +11,11 @@ shifted in time (up to `augment.shift_s`, circularly), changed in gain (up to +-
 with probability `mix_prob` mixed with another clip (power sum of the two log-mels; the mix keeps
 the union of their multi-label targets and no single-label target).
 
-The loop has the LM trainer's habits: AdamW from `optim.py` with its key names, a time budget
-(`train.max_minutes`) as well as a step budget, orbax checkpoints in <workdir>/checkpoints
-(a rerun resumes; the batch is a pure function of (seed, step)), TensorBoard scalars, clu
-progress, and a non-finite stop. At the end it scores the test split (`report`: per-head F1 and
-accuracy on original and resynthesised synth clips, debian accuracy, confusion matrices as PNG in
-<workdir>/report/) and writes <workdir>/tagger.safetensors + tagger.json (`load`).
+The loop is `loop.fit` (a time budget beside the step budget, checkpoints in
+<workdir>/checkpoints that a rerun resumes from, TensorBoard scalars). At the end it scores the
+test split (`report`: per-head F1 and accuracy on original and resynthesised synth clips, debian
+accuracy, confusion matrices as PNG in <workdir>/report/) and writes
+<workdir>/tagger.safetensors + tagger.json (`load`).
 
 Shape letters: B batch, M mel bins, F frames, N clips.
 """
@@ -24,20 +23,14 @@ Shape letters: B batch, M mel bins, F frames, N clips.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
-import optax
 from flax import nnx
 from safetensors import numpy as st_numpy
 
@@ -45,9 +38,9 @@ from almtok import audio
 from almtok import checkpoint
 from almtok import configlib
 from almtok import fileio
-from almtok import optim
 from almtok import plotting
 from almtok import tokenizers
+from almtok.evaluation import loop
 from almtok.evaluation import tagger as tagger_lib
 
 
@@ -58,9 +51,11 @@ from almtok.evaluation import tagger as tagger_lib
 
 
 class Clips:
-  """Log-mels padded to one length [N, M, F] with their real frame counts, and targets."""
+  """Log-mels padded to one length [N, M, F] with their real frame counts, targets, labels and
+  captions."""
 
-  def __init__(self, mels: Sequence[np.ndarray], labels: Sequence[str], frames: int):
+  def __init__(self, mels: Sequence[np.ndarray], labels: Sequence[str], captions: Sequence[str],
+               frames: int):
     n = len(mels)
     self.mel_NxMxF = np.full((n, audio.N_MELS, frames), tagger_lib.FLOOR_DB, np.float32)
     self.frames_N = np.zeros(n, np.int32)
@@ -70,6 +65,7 @@ class Clips:
       self.frames_N[i] = t
     self.targets = [tagger_lib.targets(l) for l in labels]
     self.labels = list(labels)
+    self.captions = list(captions)
 
   def __len__(self) -> int:
     return len(self.frames_N)
@@ -81,14 +77,16 @@ class Clips:
     out.frames_N = np.concatenate([p.frames_N for p in parts])
     out.targets = [t for p in parts for t in p.targets]
     out.labels = [l for p in parts for l in p.labels]
+    out.captions = [c for p in parts for c in p.captions]
     return out
 
 
-def _source_clips(source: Any, limit: int | None = None) -> tuple[list[np.ndarray], list[str]]:
-  n = len(source) if limit is None else min(limit, len(source))
-  wavs = [np.asarray(source[i]["audio"], np.float32) for i in range(n)]
-  labels = [source[i]["labels"] for i in range(n)]
-  return wavs, [l.decode() if isinstance(l, bytes) else str(l) for l in labels]
+def _source_clips(source: Any) -> tuple[list[np.ndarray], list[str], list[str]]:
+  """(waveforms, labels, captions) of every clip of a TFDS data source."""
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+  rows = [source[i] for i in range(len(source))]
+  return ([np.asarray(r["audio"], np.float32) for r in rows], [text(r["labels"]) for r in rows],
+          [text(r["caption"]) for r in rows])
 
 
 def load_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Clips]:
@@ -98,34 +96,45 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Clip
   data_dir = config.data_dir or os.path.join(workdir, "tfds")
   frames = int(round(config.synth.seconds * audio.SAMPLE_RATE / audio.HOP_LENGTH)) + 1
   synth = registry.build(config.synth, data_dir).as_data_source()
-  train_wavs, train_labels = _source_clips(synth["train"])
-  test_wavs, test_labels = _source_clips(synth["test"])
+  train_wavs, train_labels, train_captions = _source_clips(synth["train"])
+  test_wavs, test_labels, test_captions = _source_clips(synth["test"])
   mel = lambda wavs: [audio.log_mel(w) for w in wavs]
   cache = os.path.join(workdir, "resynth")
   os.makedirs(cache, exist_ok=True)
   name = config.resynth.tokenizer
   tok = tokenizers.get(name)
-  parts = [Clips(mel(train_wavs), train_labels, frames)]
+  parts = [Clips(mel(train_wavs), train_labels, train_captions, frames)]
   k = config.resynth.train
   if k:
     resynth = tagger_lib.resynthesise(train_wavs[:k], tok,
                                       os.path.join(cache, f"{name}_train.npz"), name)
-    parts.append(Clips(resynth, train_labels[:k], frames))
-  data = {"test_synth": Clips(mel(test_wavs), test_labels, frames)}
+    parts.append(Clips(resynth, train_labels[:k], train_captions[:k], frames))
+  data = {"test_synth": Clips(mel(test_wavs), test_labels, test_captions, frames)}
   k = config.resynth.test
   if k:
     data["test_resynth"] = Clips(
         tagger_lib.resynthesise(test_wavs[:k], tok, os.path.join(cache, f"{name}_test.npz"),
                                 name),
-        test_labels[:k], frames)
+        test_labels[:k], test_captions[:k], frames)
   if config.debian.name:
     debian = registry.build(config.debian, data_dir).as_data_source()
-    wavs, labels = _source_clips(debian["train"])
-    parts.append(Clips(mel(wavs), labels, frames))
-    wavs, labels = _source_clips(debian["test"])
-    data["test_debian"] = Clips(mel(wavs), labels, frames)
+    wavs, labels, captions = _source_clips(debian["train"])
+    parts.append(Clips(mel(wavs), labels, captions, frames))
+    wavs, labels, captions = _source_clips(debian["test"])
+    data["test_debian"] = Clips(mel(wavs), labels, captions, frames)
   data["train"] = Clips.concat(parts)
   return data
+
+
+def augment(mel_MxF: np.ndarray, frames: int, rng: np.random.Generator, gain_db: float,
+            shift_frames: int) -> np.ndarray:
+  """A copy of a padded log-mel whose first `frames` frames are changed in gain (up to
+  +-`gain_db`) and shifted circularly in time (up to `shift_frames`)."""
+  m = mel_MxF.copy()
+  m[:, :frames] += rng.uniform(-gain_db, gain_db)   # The padding stays at the floor.
+  shift = int(rng.integers(0, min(shift_frames, frames - 1) + 1)) if frames > 1 else 0
+  m[:, :frames] = np.roll(m[:, :frames], shift, axis=1)
+  return np.maximum(m, tagger_lib.FLOOR_DB)
 
 
 def sample_batch(clips: Clips, step: int, *, seed: int, batch_size: int, gain_db: float,
@@ -135,12 +144,8 @@ def sample_batch(clips: Clips, step: int, *, seed: int, batch_size: int, gain_db
   mels, frames, targets = [], [], []
 
   def one(i):
-    m = clips.mel_NxMxF[i].copy()
     t = int(clips.frames_N[i])
-    m[:, :t] += rng.uniform(-gain_db, gain_db)   # The padding stays at the floor.
-    shift = int(rng.integers(0, min(shift_frames, t - 1) + 1)) if t > 1 else 0
-    m[:, :t] = np.roll(m[:, :t], shift, axis=1)
-    return np.maximum(m, tagger_lib.FLOOR_DB), t
+    return augment(clips.mel_NxMxF[i], t, rng, gain_db, shift_frames), t
 
   for _ in range(batch_size):
     i = int(rng.integers(len(clips)))
@@ -172,27 +177,10 @@ def make_model(config: ml_collections.ConfigDict, seed: int = 0) -> tagger_lib.T
                            rngs=nnx.Rngs(seed))
 
 
-@functools.lru_cache(maxsize=4)
-def _train_step(graphdef, tx, train: ml_collections.FrozenConfigDict):
-
-  def train_step(state, batch, progress):
-    def loss_of(params):
-      targets = {k: v for k, v in batch.items() if k not in ("mel", "frames")}
-      return tagger_lib.loss_fn(nnx.merge(graphdef, params), batch["mel"], batch["frames"],
-                                targets)
-
-    (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
-    lr = optim.budget_learning_rate(train, state["step"], progress)
-    opt_state = optim.set_learning_rate(state["opt_state"], lr)
-    updates, opt_state = tx.update(grads, opt_state, state["params"])
-    grad_norm = optax.tree.norm(grads)
-    new = dict(step=state["step"] + 1, params=optax.apply_updates(state["params"], updates),
-               opt_state=opt_state)
-    new, finite = optim.keep_if_finite(new, state, metrics["loss"], grad_norm)
-    return new, dict(metrics, grad_norm=grad_norm, learning_rate=lr,
-                     finite=finite.astype(jnp.float32))
-
-  return jax.jit(train_step, donate_argnums=0)
+def tagger_loss(model: tagger_lib.Tagger, batch: dict[str, jax.Array]
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  targets = {k: v for k, v in batch.items() if k not in ("mel", "frames")}
+  return tagger_lib.loss_fn(model, batch["mel"], batch["frames"], targets)
 
 
 def f1_scores(p_NxK: np.ndarray, y_NxK: np.ndarray) -> np.ndarray:
@@ -264,13 +252,18 @@ def export(model: tagger_lib.Tagger, config: ml_collections.ConfigDict, director
 # ---------------------------------------------------------------------------------------------
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_clips_config(config: ml_collections.ConfigDict) -> None:
+  """The checks of what `load_data` and `loop.fit` read (shared with the contrastive model)."""
   configlib.validate(config, choices={"synth.name": ("synth_sounds",),
                                       "debian.name": ("", "debian_sounds"),
                                       "resynth.tokenizer": tuple(tokenizers.NAMES)})
   if not config.train.max_minutes > 0:
     raise configlib.ConfigError(f"config.train.max_minutes={config.train.max_minutes}: must "
                                 "be > 0")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  check_clips_config(config)
   if not 0 <= config.augment.mix_prob <= 1:
     raise configlib.ConfigError(f"config.augment.mix_prob={config.augment.mix_prob}: must be "
                                 "in [0, 1]")
@@ -278,71 +271,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from `workdir`), scores the test sets, exports; returns the summary."""
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  tc = config.train
   data = load_data(config, workdir)
   logging.info("clips: %s", {k: len(v) for k, v in data.items()})
-  train_keys = ("learning_rate", "warmup_steps", "final_lr_fraction", "weight_decay", "b1",
-                "b2", "grad_clip")
-  settings = ml_collections.FrozenConfigDict({k: tc[k] for k in train_keys})
-  tx = optim.make_optimizer(settings, injected_lr=True)
-  model = make_model(config, config.seed)
-  graphdef, params = nnx.split(model, nnx.Param)
-  state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  train_seconds = 0.0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta, _ = ckpt.restore(latest, jax.eval_shape(lambda: state))
-    train_seconds = float(meta.get("train_seconds", 0.0))
-  step_fn = _train_step(graphdef, tx, settings)
-  writer = metric_writers.create_default_writer(workdir)
-  report_progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer)
-  budget = 60.0 * tc.max_minutes
-  step = int(state["step"])
+  tests = {k: v for k, v in data.items() if k != "train"}
   shift = int(config.augment.shift_s * audio.SAMPLE_RATE / audio.HOP_LENGTH)
-
-  def save(at: int) -> None:
-    ckpt.save(at, state, dict(step=at, train_seconds=train_seconds, config=config.to_dict()))
-
-  def evaluate(at: int) -> dict[str, Any]:
-    scores = report(nnx.merge(graphdef, state["params"]),
-                    {k: v for k, v in data.items() if k != "train"})
-    writer.write_scalars(at, {f"{name}/{k}": v for name, s in scores.items()
-                              for k, v in s.items() if isinstance(v, float)})
-    return scores
-
-  start, resumed = time.monotonic(), train_seconds
-  try:
-    while step < tc.num_steps and train_seconds < budget:
-      batch = sample_batch(data["train"], step, seed=config.seed, batch_size=tc.batch_size,
-                           gain_db=config.augment.gain_db, shift_frames=shift,
-                           mix_prob=config.augment.mix_prob)
-      progress = np.float32(max(step / tc.num_steps, train_seconds / budget))
-      state, metrics = step_fn(state, batch, progress)
-      step += 1
-      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      values.pop("finite")
-      optim.check_finite(step, values)
-      if step % tc.log_every == 0 or step == 1:
-        writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
-      report_progress(step)
-      train_seconds = resumed + time.monotonic() - start
-      if tc.eval_every and step % tc.eval_every == 0:
-        evaluate(step)
-      if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-        save(step)
-  finally:
-    ckpt.wait()
-  save(step)
-  ckpt.wait()
-  ckpt.close()
-  final = nnx.merge(graphdef, state["params"])
+  batch_at = functools.partial(
+      sample_batch, data["train"], seed=config.seed, batch_size=config.train.batch_size,
+      gain_db=config.augment.gain_db, shift_frames=shift, mix_prob=config.augment.mix_prob)
+  final, step, train_seconds = loop.fit(
+      make_model(config, config.seed), tagger_loss, batch_at, config, workdir,
+      evaluate=lambda model: report(model, tests))
   out_dir = os.path.join(workdir, "report")
   os.makedirs(out_dir, exist_ok=True)
-  scores = report(final, {k: v for k, v in data.items() if k != "train"}, out_dir)
+  scores = report(final, tests, out_dir)
   summary = dict(step=step, train_seconds=train_seconds, train_clips=len(data["train"]),
                  scores=scores)
   # The embedding's per-dimension mean and std over the training clips as they are (no
@@ -354,29 +297,8 @@ def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       trained_steps=step, seed=config.seed, train_seconds=train_seconds, scores=scores,
       **normalization))
   fileio.atomic_json(os.path.join(workdir, "report", "scores.json"), summary, indent=1)
-  writer.flush()
-  writer.close()
   return summary
 
 
-def define_flags() -> None:
-  """The command line (defined only when run as a program, so that tests can import this)."""
-  config_flags.DEFINE_config_file("config", None, "Tagger config file.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Output directory (resumes from it).")
-  flags.mark_flags_as_required(["config"])
-
-
-def main(argv):
-  del argv
-  config = flags.FLAGS.config
-  check_config(config)
-  if not flags.FLAGS.workdir:
-    raise configlib.ConfigError("--workdir is required")
-  summary = train_and_export(config, flags.FLAGS.workdir)
-  print(json.dumps(summary["scores"], indent=1))
-  print(f"tagger: {summary['weights']}")
-
-
 if __name__ == "__main__":
-  define_flags()
-  configlib.run(main)
+  loop.command(train_and_export, check_config, "tagger")
