@@ -146,7 +146,7 @@ def test_contrastive_trainer_reports_and_exports(tiny_clap):
   assert s["gap"]["low"] <= s["gap"]["value"] <= s["gap"]["high"]
   model, meta = clap.load(workdir)
   assert meta["trained_steps"] == 6 and meta["text_max_len"] == 32
-  wavs, _ = reference.render(3, 1.0, split="test")
+  wavs, _, _ = reference.render(3, 1.0, split="test")
   mels = [audio.log_mel(w) for w in wavs] + [audio.log_mel(wavs[0][:8000])]
   vectors = clap.embed_mels(model, mels)
   assert vectors.shape == (4, 16)
@@ -314,10 +314,11 @@ def test_evaluate_errors_are_one_line(tiny_lm, tiny_tagger, tmp_path):
                  per_caption=0)
 
 
-def test_a_quick_ladder_on_the_tiny_tagger(tiny_tagger, tmp_path):
+def test_a_quick_ladder_on_the_tiny_tagger(tiny_tagger, tiny_clap, tmp_path):
   model, meta = tagger.load(tiny_tagger[0])
-  wavs, labels = reference.render(8, 1.0, split="test")
-  scorer = ladder.Scorer(model, meta, wavs, labels, 1.0, resamples=30, cache_dir=str(tmp_path))
+  wavs, labels, texts = reference.render(8, 1.0, split="test")
+  scorer = ladder.Scorer(model, meta, wavs, labels, 1.0, resamples=30, cache_dir=str(tmp_path),
+                         clap=clap.load(tiny_clap[0]), texts=texts)
   ladders = [dataclasses.replace(degrade.BY_NAME["noise"], rungs=(10.0, -10.0)),
              dataclasses.replace(degrade.BY_NAME["swap"], rungs=(0.5, 1.0))]
   out = ladder.run_ladders(scorer, wavs, ladders)
@@ -331,6 +332,9 @@ def test_a_quick_ladder_on_the_tiny_tagger(tiny_tagger, tmp_path):
   # KL against the caption's clean clip: 0 for the clip itself, more once captions are swapped.
   kl = swap["values"]["kl_tagger"]
   assert kl[0] == pytest.approx(0.0, abs=1e-9) and kl[2] > kl[1] > 0
+  # The contrastive metrics are on the ladders too, and the caption swap is expected of them.
+  assert set(ladder.CLAP_METRICS) <= set(noise["values"])
+  assert all(swap["verdicts"][m]["expected"] for m in ladder.CLAP_METRICS)
   text = ladder.markdown(dict(command="python -m almtok.evaluation.ladder", clips=8,
                               seconds=1.0, resamples=30, taggers=["t"],
                               per_tagger={"t": dict(steps=6, seed=0, ladders=out)}))

@@ -3,7 +3,7 @@ rung scored by the judge's headline metrics, checked against what each metric is
 
   python -m almtok.evaluation.ladder \
       --taggers=experiments/evaluation/tagger,experiments/evaluation/tagger_seed1 \
-      --out=experiments/evaluation/ladder
+      --clap=experiments/evaluation/clap --out=experiments/evaluation/ladder
 
 Clean clips: the first --clips synth_sounds test clips (rendered from the test split's seeds, as
 the TFDS build holds them). Every rung degrades all of them; the set metrics compare the rung's
@@ -16,7 +16,9 @@ passes when (1) its values from clean through the rungs, turned so that larger i
 Spearman >= 0.9 against the rung index, and (2) its first rung differs from clean at 95%
 (a paired bootstrap over clips: the same clips and reference clips resampled for both). Pairs not
 expected are reported, not required. With two taggers (trained with different seeds) each
-verdict is given per tagger, and whether they agree.
+verdict is given per tagger, and whether they agree. With --clap the contrastive model's metrics
+(`CLAP_METRICS`) are scored as well; they do not read the tagger, so both taggers' rows for them
+are the same numbers.
 
 Writes <out>/ladder.json, and <out>/ladder.md: the verdicts, every value per rung, and where
 30 dB SNR hiss, a Griffin-Lim resynthesis and a clip of another caption fall on each headline
@@ -38,6 +40,7 @@ import tqdm
 
 from almtok import configlib
 from almtok import fileio
+from almtok.evaluation import clap as clap_lib
 from almtok.evaluation import degrade
 from almtok.evaluation import judge
 from almtok.evaluation import metrics as metrics_lib
@@ -45,6 +48,8 @@ from almtok.evaluation import reference as reference_lib
 from almtok.evaluation import tagger as tagger_lib
 
 SET_METRICS = tuple(m for m in judge.HEADLINE if judge.BY_NAME[m].family == "set")
+# The contrastive model's metrics (with --clap), added to the ladders after their first run.
+CLAP_METRICS = ("clap_score", "clap_r1", "clap_r10")
 # Which metric must respond to which ladder, written before the ladders were run. A caption
 # swap leaves the audio as it is, so no set metric can see it; degraded audio with the right
 # caption moves the set metrics first.
@@ -54,7 +59,9 @@ EXPECTED = {
     "griffin_lim": ("fd_tagger", "kid_tagger", "fd_melstats"),
     "shuffle": ("fd_tagger", "kl_tagger", "adherence_order"),
     "swap": ("kl_tagger", "kl_tagger_rev", "adherence_f1", "adherence_events",
-             "adherence_order", "adherence_dsp"),
+             "adherence_order", "adherence_dsp",
+             # Written before the contrastive metrics were first run on the ladders.
+             *CLAP_METRICS),
 }
 SPEARMAN_MIN = 0.9
 # (ladder, rung) of the common scale: a faint change, the vocoder, and the wrong caption.
@@ -67,14 +74,20 @@ class Scorer:
 
   def __init__(self, model: tagger_lib.Tagger, meta: dict[str, Any], wavs: Sequence[np.ndarray],
                labels: Sequence[str], seconds: float, resamples: int,
-               cache_dir: str | None = None):
+               cache_dir: str | None = None, clap: tuple[Any, dict[str, Any]] | None = None,
+               texts: Sequence[str] | None = None):
+    """`clap`: (model, meta) of the contrastive model, with the clips' caption `texts`."""
     self.model, self.meta, self.resamples = model, meta, resamples
+    self.clap = None if clap is None else clap[0]
+    self.metric_names = judge.HEADLINE + (CLAP_METRICS if clap is not None else ())
     self.clean = self.score(wavs)
-    self.captions = judge.Captions(list(labels), self.clean)
+    self.captions = judge.Captions(
+        list(labels), self.clean,
+        None if clap is None else clap_lib.embed_captions(clap[0], clap[1], texts))
     self.ref = reference_lib.pool(model, meta, len(wavs), seconds, cache_dir)
 
   def score(self, wavs: Sequence[np.ndarray]) -> judge.Scored:
-    return judge.score_wavs(self.model, self.meta, wavs, dsp=True)
+    return judge.score_wavs(self.model, self.meta, wavs, dsp=True, clap=self.clap)
 
   def values(self, name: str, scored: judge.Scored, groups: np.ndarray
              ) -> tuple[float, Any]:
@@ -100,12 +113,13 @@ class Scorer:
 
 
 def run_ladders(scorer: Scorer, wavs: Sequence[np.ndarray], ladders: Sequence[degrade.Ladder],
-                metric_names: Sequence[str] = judge.HEADLINE, seed: int = 0,
+                metric_names: Sequence[str] | None = None, seed: int = 0,
                 degraded: dict[tuple[str, float], list[np.ndarray]] | None = None
                 ) -> dict[str, Any]:
-  """Every ladder's values per rung and its verdicts, for one tagger. `degraded` keeps each
-  rung's audio for the next tagger."""
+  """Every ladder's values per rung and its verdicts, for one tagger (every metric the scorer
+  has unless `metric_names`). `degraded` keeps each rung's audio for the next tagger."""
   degraded = {} if degraded is None else degraded
+  metric_names = scorer.metric_names if metric_names is None else metric_names
   n = len(wavs)
   own = np.arange(n)
   clean = {name: scorer.values(name, scorer.clean, own) for name in metric_names}
@@ -216,6 +230,8 @@ _SECONDS = flags.DEFINE_float("seconds", 4.0, "Clip length.")
 _RESAMPLES = flags.DEFINE_integer("resamples", 200, "Bootstrap resamples of each difference.")
 _LADDERS = flags.DEFINE_list("ladders", [l.name for l in degrade.LADDERS], "Ladders to run.")
 _CACHE = flags.DEFINE_string("reference_cache", None, "Cache of the reference clips' scores.")
+_CLAP = flags.DEFINE_string("clap", None, "An exported contrastive model (train_clap): its "
+                            "metrics join the ladders.")
 
 
 def main(argv):
@@ -227,17 +243,21 @@ def main(argv):
   if unknown:
     raise configlib.ConfigError(f"--ladders: unknown {unknown[0]!r}; have {list(degrade.BY_NAME)}")
   ladders = [degrade.BY_NAME[l] for l in _LADDERS.value]
-  wavs, labels = reference_lib.render(_CLIPS.value, _SECONDS.value, split="test")
+  wavs, labels, texts = reference_lib.render(_CLIPS.value, _SECONDS.value, split="test")
+  clap = clap_lib.load(_CLAP.value) if _CLAP.value else None
   per, degraded = {}, {}
   for path in _TAGGERS.value:
     model, meta = tagger_lib.load(path)
-    scorer = Scorer(model, meta, wavs, labels, _SECONDS.value, _RESAMPLES.value, _CACHE.value)
+    scorer = Scorer(model, meta, wavs, labels, _SECONDS.value, _RESAMPLES.value, _CACHE.value,
+                    clap, texts)
     per[path] = dict(steps=meta.get("trained_steps"), seed=meta.get("seed"),
                      sha256=meta.get("weights_sha256"),
                      ladders=run_ladders(scorer, wavs, ladders, degraded=degraded))
   results = dict(command="python -m almtok.evaluation.ladder " + " ".join(sys.argv[1:]),
                  clips=_CLIPS.value, seconds=_SECONDS.value, resamples=_RESAMPLES.value,
-                 taggers=list(_TAGGERS.value), expected=EXPECTED, per_tagger=per)
+                 taggers=list(_TAGGERS.value), clap=_CLAP.value or None,
+                 clap_sha256=None if clap is None else clap[1].get("weights_sha256"),
+                 expected=EXPECTED, per_tagger=per)
   os.makedirs(_OUT.value, exist_ok=True)
   fileio.atomic_json(os.path.join(_OUT.value, "ladder.json"), results, indent=1)
   with fileio.atomic_write(os.path.join(_OUT.value, "ladder.md"), encoding="utf-8") as f:

@@ -40,13 +40,14 @@ def default_cache_dir() -> str:
 
 
 def render(n: int, seconds: float, split: str = "reference"
-           ) -> tuple[list[np.ndarray], list[str]]:
-  """Waveforms and labels (JSON) of the first n clips of `split`'s seeds (as its TFDS build
-  holds them, for a dataset split)."""
+           ) -> tuple[list[np.ndarray], list[str], list[str]]:
+  """Waveforms, labels (JSON) and captions of the first n clips of `split`'s seeds (as its
+  TFDS build holds them, for a dataset split)."""
   seeds = synth_generator.split_seeds(split, n)
   clips = [synth_generator.render_clip(s, seconds, audio.SAMPLE_RATE)
            for s in tqdm.tqdm(seeds, desc=f"{split} clips", unit="clip", disable=None)]
-  return [c.wav for c in clips], [json.dumps(c.labels, sort_keys=True) for c in clips]
+  return ([c.wav for c in clips], [json.dumps(c.labels, sort_keys=True) for c in clips],
+          [c.caption for c in clips])
 
 
 def _key(n: int, seconds: float, meta: Mapping[str, Any]) -> str:

@@ -21,6 +21,12 @@ On the --split clips (held out), with x the normalized latents and x̂ = decode(
                 so the SNR measures what quantizing adds to the VAE's own reconstruction;
   code use      per stage, the perplexity exp(H) of the codes and the share of codes used.
 
+With --audio_snr (a lossy tokenizer such as `mel_vae`), both the unquantised latents and every
+prefix are also decoded against the clip's original log-mel (`audio.log_mel` of the dataset's
+waveform, read by id from the TFDS data beside the latents or in --data_dir): the tokenizer's
+own ceiling and the RVQ's side by side, on one reference. `--rule_db` then names the smallest
+Q within that many dB of the unquantised latents' SNR (mean over clips).
+
 Writes results.json to --out and prints a markdown table.
 
 Shape letters: B clips, T tokens, C latent channels, Q stages, K codes, M mel bins, F frames.
@@ -54,6 +60,12 @@ _INIT = flags.DEFINE_enum("init", "kmeans++", list(rvq_lib.INITS), "k-means init
 _SEED = flags.DEFINE_integer("seed", 0, "Sample and k-means draws.")
 _SPLIT = flags.DEFINE_string("split", "test", "Held-out split.")
 _OUT = flags.DEFINE_string("out", "", "Folder for results.json (empty: print only).")
+_AUDIO_SNR = flags.DEFINE_bool("audio_snr", False, "Also the mel SNR against the original "
+                               "audio's log-mel, for the unquantised latents and every prefix.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data of the prepared dataset (empty: "
+                                "<latents_dir>/../tfds).")
+_RULE_DB = flags.DEFINE_float("rule_db", 1.0, "With --audio_snr: choose the smallest Q whose "
+                              "SNR is within this many dB of the unquantised latents'.")
 
 
 def snr_db(mel_MxF: np.ndarray, mel_hat_MxF: np.ndarray) -> float:
@@ -75,6 +87,34 @@ def code_use(codes_NxQ: np.ndarray, k: int) -> tuple[list[float], list[float]]:
   return perplexity, used
 
 
+def audio_mels(stats: latents_lib.Stats, clips: list[latents_lib.LatentRecord]
+               ) -> list[np.ndarray]:
+  """The original log-mel [M, F] of each clip, from its waveform in the prepared dataset."""
+  from almtok import audio  # pylint: disable=g-import-not-at-top
+  from almtok.datasets import registry  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  data_dir = _DATA_DIR.value or os.path.join(os.path.dirname(_LATENTS_DIR.value), "tfds")
+  source = registry.build(ml_collections.ConfigDict(stats.dataset), data_dir).as_data_source()
+  wanted = {c.id for c in clips}
+  by_id = {}
+  for split in source.values():
+    for i in range(len(split)):
+      row = split[i]
+      key = row["id"].decode() if isinstance(row["id"], bytes) else str(row["id"])
+      if key in wanted:
+        by_id[key] = audio.log_mel(np.asarray(row["audio"], np.float32))
+  missing = wanted - set(by_id)
+  if missing:
+    raise ValueError(f"{data_dir}: no audio for {len(missing)} clips (e.g. {sorted(missing)[0]})")
+  return [by_id[c.id] for c in clips]
+
+
+def audio_snr(ref_MxF: np.ndarray, mel_hat_MxF: np.ndarray) -> float:
+  """`snr_db` on the frames both have (a tokenizer may pad the last token's frames)."""
+  f = min(ref_MxF.shape[1], mel_hat_MxF.shape[1])
+  return snr_db(ref_MxF[:, :f], mel_hat_MxF[:, :f])
+
+
 def make_tokenizer(stats: latents_lib.Stats) -> tokenizers.AudioTokenizer:
   name = stats.tokenizer.name
   params = dict(stats.tokenizer.params)
@@ -85,8 +125,10 @@ def make_tokenizer(stats: latents_lib.Stats) -> tokenizers.AudioTokenizer:
 
 def evaluate(quantizer: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
              raw: list[latents_lib.LatentRecord], stats: latents_lib.Stats,
-             tokenizer: tokenizers.AudioTokenizer) -> list[dict]:
-  """One row per stage prefix q = 1..Q: relative MSE, mel SNR and code use on `clips`."""
+             tokenizer: tokenizers.AudioTokenizer,
+             originals: list[np.ndarray] | None = None) -> list[dict]:
+  """One row per stage prefix q = 1..Q: relative MSE, mel SNR (also against `originals`, the
+  audio's log-mels, when given) and code use on `clips`."""
   encode = jax.jit(rvq_lib.RVQ.encode)
   decode = jax.jit(rvq_lib.RVQ.decode)
   codes = [np.asarray(encode(quantizer, jnp.asarray(c.latents[None]))[0]) for c in clips]
@@ -99,18 +141,23 @@ def evaluate(quantizer: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
   rows = []
   for q in range(1, quantizer.n_q + 1):
     err = norm = 0.0
-    snrs = []
-    for c, codes_TxQ, ref_MxF in zip(clips, codes, refs):
+    snrs, vs_audio = [], []
+    for i, (c, codes_TxQ, ref_MxF) in enumerate(zip(clips, codes, refs)):
       x_hat_TxC = np.asarray(decode(quantizer, jnp.asarray(codes_TxQ[None, :, :q]))[0])
       err += float(np.sum(np.square(c.latents.astype(np.float64) - x_hat_TxC)))
       norm += float(np.sum(np.square(c.latents.astype(np.float64))))
       mel_hat_MxF = np.asarray(tokenizer.decode_mel(
           jnp.asarray(latents_lib.denormalize(x_hat_TxC, stats))[None]))[0]
       snrs.append(snr_db(ref_MxF, mel_hat_MxF))
+      if originals is not None:
+        vs_audio.append(audio_snr(originals[i], mel_hat_MxF))
     rows.append({"n_q": q, "k": quantizer.k, "rel_mse": err / norm,
                  "mel_snr_db_mean": float(np.mean(snrs)),
                  "mel_snr_db_median": float(np.median(snrs)),
                  "perplexity": perplexity[q - 1], "codes_used": used[q - 1]})
+    if originals is not None:
+      rows[-1].update(audio_snr_db_mean=float(np.mean(vs_audio)),
+                      audio_snr_db_median=float(np.median(vs_audio)))
   return rows
 
 
@@ -130,6 +177,16 @@ def main(argv) -> None:
   results = {"latents_dir": latents_dir, "tokenizer": dataclasses.asdict(stats.tokenizer),
              "num_vectors": int(x_NxC.shape[0]), "iters": _ITERS.value, "init": _INIT.value,
              "seed": _SEED.value, "split": _SPLIT.value, "fits": []}
+  originals = None
+  if _AUDIO_SNR.value:
+    originals = audio_mels(stats, clips)
+    # The tokenizer's own ceiling: the unquantised latents decoded, against the audio.
+    snrs = [audio_snr(o, np.asarray(tokenizer.decode_mel(jnp.asarray(r.latents)[None]))[0])
+            for o, r in zip(originals, raw)]
+    results["unquantised"] = dict(audio_snr_db_mean=float(np.mean(snrs)),
+                                  audio_snr_db_median=float(np.median(snrs)))
+    print(f"unquantised {stats.tokenizer.name}: mel SNR against the audio "
+          f"{np.mean(snrs):.2f} dB mean ({np.median(snrs):.2f} median)")
   for fit_spec in _FITS.value:
     n_q, k = (int(v) for v in fit_spec.lower().split("x"))
     t0 = time.perf_counter()
@@ -138,7 +195,7 @@ def main(argv) -> None:
     jax.block_until_ready(quantizer)
     fit_s = time.perf_counter() - t0
     train_err = np.asarray(rvq_lib.stage_errors(quantizer, x_NxC)).tolist()
-    rows = evaluate(quantizer, clips, raw, stats, tokenizer)
+    rows = evaluate(quantizer, clips, raw, stats, tokenizer, originals)
     for row, e in zip(rows, train_err):
       row["train_rel_mse"] = e
       row["bits_per_s"] = row["n_q"] * np.log2(k) * stats.frame_rate
@@ -153,6 +210,20 @@ def main(argv) -> None:
             f"{r['rel_mse']:.4f} | {r['mel_snr_db_mean']:.2f} ({r['mel_snr_db_median']:.2f}) | "
             f"{r['perplexity']:.0f} / {100 * r['codes_used']:.0f}% | "
             f"{fit['n_q']}x{fit['k']} ({fit['fit_seconds']:.0f} s) |")
+  if originals is not None:
+    print("\n| Q x K | mel SNR dB against the audio, mean (median) |\n|---|---|")
+    print(f"| unquantised | {results['unquantised']['audio_snr_db_mean']:.2f} "
+          f"({results['unquantised']['audio_snr_db_median']:.2f}) |")
+    for fit in results["fits"]:
+      for r in fit["rows"]:
+        print(f"| {r['n_q']} x {r['k']} | {r['audio_snr_db_mean']:.2f} "
+              f"({r['audio_snr_db_median']:.2f}) |")
+    ceiling = results["unquantised"]["audio_snr_db_mean"]
+    within = sorted({r["n_q"] for fit in results["fits"] for r in fit["rows"]
+                     if r["audio_snr_db_mean"] >= ceiling - _RULE_DB.value})
+    results["rule"] = dict(within_db=_RULE_DB.value, chosen_n_q=within[0] if within else None)
+    print(f"\nsmallest Q within {_RULE_DB.value:g} dB of the unquantised latents: "
+          f"{within[0] if within else 'none of those fitted'}")
   if _OUT.value:
     os.makedirs(_OUT.value, exist_ok=True)
     with open(os.path.join(_OUT.value, "results.json"), "w", encoding="utf-8") as f:
