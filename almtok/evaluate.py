@@ -625,16 +625,20 @@ def compare(out_a: str, out_b: str, resamples: int = 1000,
             metrics: Sequence[str] | None = None) -> dict[str, Any]:
   """Every metric of evaluation A minus B on the same captions, with a paired bootstrap
   interval (the same captions resampled for both; each one's reference clips resampled as
-  well): an interval that excludes 0 says they differ."""
+  well): an interval that excludes 0 says they differ. The contrastive metrics are left out
+  unless both were scored with one contrastive model."""
   a, b = load_scores(out_a), load_scores(out_b)
   if a.clips["captions"] != b.clips["captions"]:
     raise configlib.ConfigError(f"{out_a} and {out_b} scored different captions "
                                 f"({len(a.clips['captions'])} and {len(b.clips['captions'])}): "
                                 "evaluate both on the same split and --num")
-  for model, flag in (("tagger", "--tagger"), ("clap", "--clap")):
-    if a.clips.get(f"{model}_sha256") != b.clips.get(f"{model}_sha256"):
-      raise configlib.ConfigError(f"{out_a} and {out_b} were scored with different {flag} "
-                                  f"models: evaluate both with the same {flag}")
+  if a.clips.get("tagger_sha256") != b.clips.get("tagger_sha256"):
+    raise configlib.ConfigError(f"{out_a} and {out_b} were scored by different taggers: "
+                                "evaluate both with the same --tagger")
+  clap_a, clap_b = a.clips.get("clap_sha256"), b.clips.get("clap_sha256")
+  if clap_a and clap_b and clap_a != clap_b:
+    raise configlib.ConfigError(f"{out_a} and {out_b} were scored by different contrastive "
+                                "models: evaluate both with the same --clap")
   c = len(a.clips["captions"])
   try:
     chosen = judge.select(metrics)

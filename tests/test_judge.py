@@ -141,6 +141,8 @@ def test_contrastive_metrics_are_cosines_and_ranks_against_every_caption():
   np.testing.assert_allclose(judge.clap_matrix(clips, captions), clips_NxP)
   np.testing.assert_array_equal(judge.retrieval_matrix(1)(clips, captions),
                                 [[1, 0, 0], [0, 0, 1], [1, 1, 0]])
+  # R@3 of 3 captions is 1 whatever the clips: left out.
+  assert np.isnan(judge.retrieval_matrix(3)(clips, captions)).all()
   r1 = judge.caption_estimates(judge.BY_NAME["clap_r1"], clips, np.arange(3), captions,
                                resamples=20)
   assert r1["value"].value == pytest.approx(1 / 3) and r1["ceiling"].value == 1.0

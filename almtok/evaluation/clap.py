@@ -16,8 +16,8 @@ Both outputs are L2-normalised; their cosine times a learned scale (exp of `log_
 100) are the logits of a symmetric InfoNCE loss in which clips of the same caption are all
 positives.
 
-Shape letters: B clips, M mel bins, F frames, T reduced frames, C channels, N text tokens,
-E text width, P joint-space width, U distinct captions.
+Shape letters: B clips of a batch, N clips, M mel bins, F frames, T reduced frames, C channels,
+L text tokens, E text width, P joint-space width, U distinct captions.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ STRIDES = 3   # Stride-2 blocks: frames are reduced 8x (80 ms at 100 frames a se
 MAX_LOG_SCALE = float(np.log(100.0))
 
 
-def _pool(h_BxNxC: Array, valid_BxN: Array, score: nnx.Linear) -> Array:
-  """[attention-pooled, mean-pooled] over the valid positions [B, 2C]."""
-  w_BxN = jnp.where(valid_BxN, score(h_BxNxC)[..., 0], -1e9)
-  attn_BxC = jnp.einsum("bn,bnc->bc", jax.nn.softmax(w_BxN, axis=-1), h_BxNxC)
-  weight_BxNx1 = valid_BxN[..., None].astype(h_BxNxC.dtype)
-  mean_BxC = jnp.sum(h_BxNxC * weight_BxNx1, 1) / jnp.maximum(jnp.sum(weight_BxNx1, 1), 1.0)
+def _pool(h_BxTxC: Array, valid_BxT: Array, score: nnx.Linear) -> Array:
+  """[attention-pooled, mean-pooled] over the valid positions (frames or tokens) [B, 2C]."""
+  w_BxT = jnp.where(valid_BxT, score(h_BxTxC)[..., 0], -1e9)
+  attn_BxC = jnp.einsum("bt,btc->bc", jax.nn.softmax(w_BxT, axis=-1), h_BxTxC)
+  weight_BxTx1 = valid_BxT[..., None].astype(h_BxTxC.dtype)
+  mean_BxC = jnp.sum(h_BxTxC * weight_BxTx1, 1) / jnp.maximum(jnp.sum(weight_BxTx1, 1), 1.0)
   return jnp.concatenate([attn_BxC, mean_BxC], axis=-1)
 
 
@@ -88,32 +88,32 @@ class AudioEncoder(nnx.Module):
     if mel_BxMxF.shape[1] != audio.N_MELS:
       raise ValueError(f"the contrastive model reads {audio.N_MELS}-bin log-mels, got "
                        f"{mel_BxMxF.shape[1]} bins")
-    x = (tagger_lib.soft_floor(mel_BxMxF, self.floor_db) - self.floor_db) / 30.0
-    h_BxFxC = jax.nn.gelu(self.stem(x.transpose(0, 2, 1)))
+    x_BxMxF = (tagger_lib.soft_floor(mel_BxMxF, self.floor_db) - self.floor_db) / 30.0
+    h_BxTxC = jax.nn.gelu(self.stem(x_BxMxF.transpose(0, 2, 1)))
     for down, norm, residual in zip(self.downs, self.norms, self.residuals):
-      h_BxFxC = jax.nn.gelu(norm(down(h_BxFxC)))
-      h_BxFxC = h_BxFxC + jax.nn.gelu(residual(h_BxFxC))
+      h_BxTxC = jax.nn.gelu(norm(down(h_BxTxC)))
+      h_BxTxC = h_BxTxC + jax.nn.gelu(residual(h_BxTxC))
     # A reduced frame is real if it starts inside the clip.
-    valid_BxT = jnp.arange(h_BxFxC.shape[1])[None, :] * 2 ** STRIDES < frames_B[:, None]
-    return self.project(_pool(h_BxFxC, valid_BxT, self.score))
+    valid_BxT = jnp.arange(h_BxTxC.shape[1])[None, :] * 2 ** STRIDES < frames_B[:, None]
+    return self.project(_pool(h_BxTxC, valid_BxT, self.score))
 
 
 class TextEncoder(nnx.Module):
-  """Frozen MiniLM token states [B, N, E] and their mask -> joint-space vectors [B, P]."""
+  """Frozen MiniLM token states [B, L, E] and their mask -> joint-space vectors [B, P]."""
 
   def __init__(self, text_dim: int, hidden: int, dim: int, *, rngs: nnx.Rngs):
     self.score = nnx.Linear(text_dim, 1, rngs=rngs)
     self.project = Projection(2 * text_dim, hidden, dim, rngs=rngs)
 
-  def __call__(self, tokens_BxNxE: Array, mask_BxN: Array) -> Array:
-    return self.project(_pool(tokens_BxNxE.astype(jnp.float32), mask_BxN, self.score))
+  def __call__(self, tokens_BxLxE: Array, mask_BxL: Array) -> Array:
+    return self.project(_pool(tokens_BxLxE.astype(jnp.float32), mask_BxL, self.score))
 
 
 class Clap(nnx.Module):
   """The two encoders and the learned logit scale."""
 
-  def __init__(self, channels: int = 192, dim: int = 128, text_dim: int = 384,
-               text_hidden: int = 256, floor_db: float = -50.0, *, rngs: nnx.Rngs):
+  def __init__(self, channels: int, dim: int, text_dim: int, text_hidden: int, floor_db: float,
+               *, rngs: nnx.Rngs):
     self.audio = AudioEncoder(channels, dim, floor_db, rngs=rngs)
     self.text = TextEncoder(text_dim, text_hidden, dim, rngs=rngs)
     self.log_scale = nnx.Param(jnp.asarray(np.log(1.0 / 0.07), jnp.float32))
@@ -121,28 +121,32 @@ class Clap(nnx.Module):
   def embed_audio(self, mel_BxMxF: Array, frames_B: Array) -> Array:
     return _normalize(self.audio(mel_BxMxF, frames_B))
 
-  def embed_text(self, tokens_BxNxE: Array, mask_BxN: Array) -> Array:
-    return _normalize(self.text(tokens_BxNxE, mask_BxN))
+  def embed_text(self, tokens_BxLxE: Array, mask_BxL: Array) -> Array:
+    return _normalize(self.text(tokens_BxLxE, mask_BxL))
 
   def scale(self) -> Array:
     return jnp.exp(jnp.minimum(self.log_scale[...], MAX_LOG_SCALE))
 
 
-def loss_fn(model: Clap, batch: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-  """Symmetric InfoNCE over the batch: each clip against every caption and each caption against
-  every clip. Clips of one caption (`caption_id`) are all positives of it: the target of a row
-  is spread evenly over its positives, so a repeated caption is never pushed away from itself."""
-  a_BxP = model.embed_audio(batch["mel"], batch["frames"])
-  t_BxP = model.embed_text(batch["text"], batch["text_mask"])
-  logits_BxB = model.scale() * a_BxP @ t_BxP.T
-  ids_B = batch["caption_id"]
+def info_nce(logits_BxB: Array, ids_B: Array) -> tuple[Array, Array]:
+  """(symmetric InfoNCE, accuracy) of clip-by-caption logits: each clip against every caption
+  and each caption against every clip. Clips of one caption (`ids_B`) are all positives of it:
+  the target of a row is spread evenly over its positives, so a repeated caption is never
+  pushed away from itself (plain diagonal targets would push it down as a negative)."""
   positive_BxB = (ids_B[:, None] == ids_B[None, :]).astype(jnp.float32)
   target_BxB = positive_BxB / jnp.sum(positive_BxB, axis=1, keepdims=True)
   audio_to_text = -jnp.mean(jnp.sum(target_BxB * jax.nn.log_softmax(logits_BxB, 1), 1))
   text_to_audio = -jnp.mean(jnp.sum(target_BxB * jax.nn.log_softmax(logits_BxB.T, 1), 1))
-  loss = 0.5 * (audio_to_text + text_to_audio)
   hit_B = jnp.take_along_axis(positive_BxB, jnp.argmax(logits_BxB, 1)[:, None], 1)[:, 0]
-  return loss, dict(loss=loss, accuracy=jnp.mean(hit_B), scale=model.scale())
+  return 0.5 * (audio_to_text + text_to_audio), jnp.mean(hit_B)
+
+
+def loss_fn(model: Clap, batch: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+  """`info_nce` of the batch's clips against its captions' texts."""
+  a_BxP = model.embed_audio(batch["mel"], batch["frames"])
+  t_BxP = model.embed_text(batch["text"], batch["text_mask"])
+  loss, accuracy = info_nce(model.scale() * a_BxP @ t_BxP.T, batch["caption_id"])
+  return loss, dict(loss=loss, accuracy=accuracy, scale=model.scale())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,14 +193,14 @@ def embed_mels(model: Clap, mels: Sequence[np.ndarray], batch: int = 64) -> np.n
   graphdef, params = nnx.split(model)
   run = _audio_fn(graphdef)
   frames_N = np.asarray([m.shape[1] for m in mels])
-  out = np.zeros((len(mels), model.audio.project.fc2.out_features), np.float32)
+  out_NxP = np.zeros((len(mels), model.audio.project.fc2.out_features), np.float32)
   for length in np.unique(frames_N):
     index = np.flatnonzero(frames_N == length)
     for start in range(0, index.size, batch):
       rows = index[start:start + batch]
-      mel = np.stack([mels[i] for i in rows]).astype(np.float32)
-      out[rows] = np.asarray(run(params, jnp.asarray(mel), jnp.asarray(frames_N[rows])))
-  return out
+      mel_BxMxF = np.stack([mels[i] for i in rows]).astype(np.float32)
+      out_NxP[rows] = np.asarray(run(params, jnp.asarray(mel_BxMxF), jnp.asarray(frames_N[rows])))
+  return out_NxP
 
 
 class CaptionStates:
@@ -208,7 +212,7 @@ class CaptionStates:
     self.max_len = max_len
 
   def __call__(self, texts: Sequence[str], batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """(token states [U, N, E] float16, mask [U, N]) of `texts`."""
+    """(token states [U, L, E] float16, mask [U, L]) of `texts`."""
     tokens, masks = [], []
     for start in range(0, len(texts), batch):
       group = list(texts[start:start + batch])
@@ -219,14 +223,15 @@ class CaptionStates:
     return np.concatenate(tokens), np.concatenate(masks)
 
 
-def embed_states(model: Clap, tokens_UxNxE: np.ndarray, mask_UxN: np.ndarray,
+def embed_states(model: Clap, tokens_UxLxE: np.ndarray, mask_UxL: np.ndarray,
                  batch: int = 128) -> np.ndarray:
-  """Joint-space vectors [U, P] of caption token states."""
+  """Joint-space vectors [U, P] of caption token states (padded to `batch` rows: one compiled
+  shape; a caption's vector never depends on the others')."""
   graphdef, params = nnx.split(model)
   run = _text_fn(graphdef)
   out = []
-  for start in range(0, len(mask_UxN), batch):
-    t, m = tokens_UxNxE[start:start + batch], mask_UxN[start:start + batch]
+  for start in range(0, len(mask_UxL), batch):
+    t, m = tokens_UxLxE[start:start + batch], mask_UxL[start:start + batch]
     pad = batch - len(m)
     t = np.pad(t.astype(np.float32), ((0, pad), (0, 0), (0, 0)))
     m = np.pad(m, ((0, pad), (0, 0)))

@@ -257,6 +257,7 @@ def dsp_matrix(clips: Scored, captions: Captions) -> np.ndarray:
 
 
 def _cosines(clips: Scored, captions: Captions) -> np.ndarray | None:
+  """[N, C], or None without the contrastive model's vectors."""
   if clips.clap_NxP is None or captions.clap_CxP is None:
     return None
   return clips.clap_NxP.astype(np.float64) @ captions.clap_CxP.astype(np.float64).T
@@ -265,19 +266,21 @@ def _cosines(clips: Scored, captions: Captions) -> np.ndarray | None:
 def clap_matrix(clips: Scored, captions: Captions) -> np.ndarray:
   """The contrastive model's cosine of each clip with each caption [N, C]; NaN everywhere
   without its vectors."""
-  cosine = _cosines(clips, captions)
-  return np.full((len(clips), len(captions.labels)), np.nan) if cosine is None else cosine
+  cosine_NxC = _cosines(clips, captions)
+  return (np.full((len(clips), len(captions.labels)), np.nan) if cosine_NxC is None
+          else cosine_NxC)
 
 
 def retrieval_matrix(k: int):
   """1 where caption j is among the k captions closest to clip i (ties take the best place),
   else 0 [N, C]: a clip's own entry is its R@k, the mean over the other captions about
-  k / C (chance)."""
+  k / C (chance). NaN everywhere without the model's vectors or with k captions or fewer (every
+  caption would be among the k)."""
   def matrix(clips: Scored, captions: Captions) -> np.ndarray:
-    cosine = _cosines(clips, captions)
-    if cosine is None:
+    cosine_NxC = _cosines(clips, captions)
+    if cosine_NxC is None or cosine_NxC.shape[1] <= k:
       return np.full((len(clips), len(captions.labels)), np.nan)
-    return (clap_lib.ranks(cosine) < k).astype(np.float64)
+    return (clap_lib.ranks(cosine_NxC) < k).astype(np.float64)
   return matrix
 
 

@@ -77,6 +77,8 @@ class Scorer:
                cache_dir: str | None = None, clap: tuple[Any, dict[str, Any]] | None = None,
                texts: Sequence[str] | None = None):
     """`clap`: (model, meta) of the contrastive model, with the clips' caption `texts`."""
+    if clap is not None and (texts is None or len(texts) != len(wavs)):
+      raise ValueError("a contrastive model needs the caption text of every clip")
     self.model, self.meta, self.resamples = model, meta, resamples
     self.clap = None if clap is None else clap[0]
     self.metric_names = judge.HEADLINE + (CLAP_METRICS if clap is not None else ())
@@ -85,6 +87,13 @@ class Scorer:
         list(labels), self.clean,
         None if clap is None else clap_lib.embed_captions(clap[0], clap[1], texts))
     self.ref = reference_lib.pool(model, meta, len(wavs), seconds, cache_dir)
+    # Caption metrics that apply to none of the clean clips' captions are left out (e.g. R@10
+    # of 10 captions or fewer).
+    every = np.arange(len(wavs))
+    self.metric_names = tuple(
+        n for n in self.metric_names if judge.BY_NAME[n].family == "set" or not np.isnan(
+            judge.per_caption(judge.BY_NAME[n].matrix(self.clean, self.captions), every)[0]
+        ).all())
 
   def score(self, wavs: Sequence[np.ndarray]) -> judge.Scored:
     return judge.score_wavs(self.model, self.meta, wavs, dsp=True, clap=self.clap)
@@ -244,7 +253,11 @@ def main(argv):
     raise configlib.ConfigError(f"--ladders: unknown {unknown[0]!r}; have {list(degrade.BY_NAME)}")
   ladders = [degrade.BY_NAME[l] for l in _LADDERS.value]
   wavs, labels, texts = reference_lib.render(_CLIPS.value, _SECONDS.value, split="test")
-  clap = clap_lib.load(_CLAP.value) if _CLAP.value else None
+  try:
+    clap = clap_lib.load(_CLAP.value) if _CLAP.value else None
+  except FileNotFoundError:
+    raise configlib.ConfigError(f"--clap={_CLAP.value}: no contrastive model there (train one "
+                                "with python -m almtok.evaluation.train_clap)") from None
   per, degraded = {}, {}
   for path in _TAGGERS.value:
     model, meta = tagger_lib.load(path)

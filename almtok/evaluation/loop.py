@@ -10,7 +10,6 @@ a stop on a non-finite loss.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-import functools
 import json
 import os
 import time
@@ -37,7 +36,6 @@ OPTIMIZER_KEYS = ("learning_rate", "warmup_steps", "final_lr_fraction", "weight_
 Loss = Callable[[nnx.Module, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-@functools.lru_cache(maxsize=4)
 def _train_step(graphdef, tx, loss_fn: Loss, settings: ml_collections.FrozenConfigDict):
 
   def train_step(state, batch, progress):
@@ -66,8 +64,7 @@ def fit(model: nnx.Module, loss_fn: Loss, batch_at: Callable[[int], dict[str, np
   resuming from <workdir>/checkpoints; returns (trained model, steps, training seconds).
 
   `evaluate(model)` -> {set: {name: value}} runs every `train.eval_every` steps; its floats go
-  to TensorBoard. `loss_fn` must be hashable (a module-level function): it keys the compiled
-  step."""
+  to TensorBoard."""
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   tc = config.train
   settings = ml_collections.FrozenConfigDict({k: tc[k] for k in OPTIMIZER_KEYS})

@@ -14,7 +14,8 @@ interval over clips, and caption retrieval R@1 and R@10 among the set's distinct
 chance (k / captions); then writes <workdir>/clap.safetensors + clap.json (`clap.load`) and
 <workdir>/report/scores.json.
 
-Shape letters: B batch, N clips, U distinct captions, P joint-space width.
+Shape letters: B batch, N clips, U distinct captions, L text tokens, E text width, P joint-space
+width.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Texts:
   def __init__(self, captions: list[str], states: clap_lib.CaptionStates):
     self.captions = sorted(set(captions))
     self.index = {c: i for i, c in enumerate(self.captions)}
-    self.tokens_UxNxE, self.mask_UxN = states(self.captions)
+    self.tokens_UxLxE, self.mask_UxL = states(self.captions)
 
 
 def sample_batch(clips: train_tagger.Clips, ids_N: np.ndarray, texts: Texts, step: int, *,
@@ -56,7 +57,7 @@ def sample_batch(clips: train_tagger.Clips, ids_N: np.ndarray, texts: Texts, ste
                                        gain_db, shift_frames) for i in rows])
   ids = ids_N[rows]
   return dict(mel=mel.astype(np.float32), frames=clips.frames_N[rows],
-              text=texts.tokens_UxNxE[ids].astype(np.float32), text_mask=texts.mask_UxN[ids],
+              text=texts.tokens_UxLxE[ids].astype(np.float32), text_mask=texts.mask_UxL[ids],
               caption_id=ids.astype(np.int32))
 
 
@@ -71,7 +72,7 @@ def report(model: clap_lib.Clap, data: dict[str, train_tagger.Clips], texts: Tex
     rows = np.asarray([texts.index[c] for c in captions])
     audio_NxP = clap_lib.embed_mels(model, [m[:, :t] for m, t in zip(clips.mel_NxMxF,
                                                                       clips.frames_N)])
-    text_UxP = clap_lib.embed_states(model, texts.tokens_UxNxE[rows], texts.mask_UxN[rows])
+    text_UxP = clap_lib.embed_states(model, texts.tokens_UxLxE[rows], texts.mask_UxL[rows])
     cosine_NxU = audio_NxP @ text_UxP.T
     n, u = cosine_NxU.shape
     own = cosine_NxU[np.arange(n), own_N]

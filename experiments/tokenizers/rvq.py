@@ -94,15 +94,17 @@ def audio_mels(stats: latents_lib.Stats, clips: list[latents_lib.LatentRecord]
   from almtok.datasets import registry  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   data_dir = _DATA_DIR.value or os.path.join(os.path.dirname(_LATENTS_DIR.value), "tfds")
+  if not os.path.isdir(data_dir):
+    raise ValueError(f"--data_dir={data_dir}: no such folder (the prepared dataset's TFDS data)")
   source = registry.build(ml_collections.ConfigDict(stats.dataset), data_dir).as_data_source()
+  split = source[_SPLIT.value]
   wanted = {c.id for c in clips}
   by_id = {}
-  for split in source.values():
-    for i in range(len(split)):
-      row = split[i]
-      key = row["id"].decode() if isinstance(row["id"], bytes) else str(row["id"])
-      if key in wanted:
-        by_id[key] = audio.log_mel(np.asarray(row["audio"], np.float32))
+  for i in range(len(split)):
+    row = split[i]
+    key = row["id"].decode() if isinstance(row["id"], bytes) else str(row["id"])
+    if key in wanted:
+      by_id[key] = audio.log_mel(np.asarray(row["audio"], np.float32))
   missing = wanted - set(by_id)
   if missing:
     raise ValueError(f"{data_dir}: no audio for {len(missing)} clips (e.g. {sorted(missing)[0]})")
@@ -163,6 +165,8 @@ def evaluate(quantizer: rvq_lib.RVQ, clips: list[latents_lib.LatentRecord],
 
 def main(argv) -> None:
   del argv
+  if not _AUDIO_SNR.value and (_DATA_DIR.value or _RULE_DB.present):
+    raise app.UsageError("--data_dir and --rule_db apply only with --audio_snr")
   latents_dir = _LATENTS_DIR.value
   stats = latents_lib.read_stats(latents_dir)
   tokenizer = make_tokenizer(stats)
@@ -219,11 +223,12 @@ def main(argv) -> None:
         print(f"| {r['n_q']} x {r['k']} | {r['audio_snr_db_mean']:.2f} "
               f"({r['audio_snr_db_median']:.2f}) |")
     ceiling = results["unquantised"]["audio_snr_db_mean"]
-    within = sorted({r["n_q"] for fit in results["fits"] for r in fit["rows"]
-                     if r["audio_snr_db_mean"] >= ceiling - _RULE_DB.value})
-    results["rule"] = dict(within_db=_RULE_DB.value, chosen_n_q=within[0] if within else None)
-    print(f"\nsmallest Q within {_RULE_DB.value:g} dB of the unquantised latents: "
-          f"{within[0] if within else 'none of those fitted'}")
+    for fit in results["fits"]:   # Per fit: a prefix of another K is another quantizer.
+      within = [r["n_q"] for r in fit["rows"]
+                if r["audio_snr_db_mean"] >= ceiling - _RULE_DB.value]
+      fit["rule"] = dict(within_db=_RULE_DB.value, chosen_n_q=within[0] if within else None)
+      print(f"\n{fit['n_q']}x{fit['k']}: smallest Q within {_RULE_DB.value:g} dB of the "
+            f"unquantised latents: {within[0] if within else 'none of its prefixes'}")
   if _OUT.value:
     os.makedirs(_OUT.value, exist_ok=True)
     with open(os.path.join(_OUT.value, "results.json"), "w", encoding="utf-8") as f:
